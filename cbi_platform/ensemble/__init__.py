@@ -1,0 +1,1 @@
+"""Combining out-of-fold predictions (meta-learner) and calibrating target zones (conformal)."""

@@ -1,0 +1,1 @@
+"""Walk-forward evaluation: origins, out-of-fold predictions, metrics versus the random walk."""

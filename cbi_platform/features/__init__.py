@@ -1,0 +1,1 @@
+"""Feature engineering (polars): point-in-time drivers and horizon targets."""

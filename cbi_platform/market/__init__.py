@@ -1,0 +1,1 @@
+"""Market data: the canonical schema, the sources (simulator, files, BigQuery) and validation."""

@@ -1,0 +1,1 @@
+"""Regimes: the hindsight calendar (weights only) and the detected regime (classifier)."""
