@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Everything lives under .venv/ and .cbi_home/.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.cbi_home
+export OMP_NUM_THREADS ?= 1
+STAMP := $(VENV)/.installed
+
+.PHONY: run test ui install lint clean home
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+home: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	@ln -sf ../dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/dagster instance concurrency set gpu 1 >/dev/null 2>&1 || true
+
+run: home
+	$(BIN)/cbi run $(if $(MANIFEST),--manifest $(MANIFEST),)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+ui: home
+	$(BIN)/dagster dev -w workspace.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks
+
+clean:
+	rm -rf $(DAGSTER_HOME)

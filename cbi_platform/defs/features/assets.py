@@ -1,0 +1,47 @@
+"""Feature assets: point-in-time drivers and targets, one partition per horizon."""
+
+import dagster as dg
+import polars as pl
+
+from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
+from cbi_platform.defs.resources import MarketSourceResource
+from cbi_platform.features.build import build_features
+from cbi_platform.features.contract import feature_columns
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"polars", "duckdb"},
+    partitions_def=horizon_partitions,
+    backfill_policy=horizon_backfill,
+    metadata=PARTITION_EXPR,
+    description="Point-in-time drivers (f_*) and the horizon's targets (target_*), per horizon.",
+)
+def features(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+) -> dg.Output[pl.DataFrame]:
+    target = market_source.target()
+    frames, notices, dropped = [], set(), set()
+    for horizon in context.partition_keys:
+        result = build_features(market_prices, horizon, target=target)
+        frames.append(result.frame)
+        notices.update(result.notices)
+        dropped.update(result.dropped)
+    for notice in sorted(notices):
+        context.log.info(notice)
+    frame = pl.concat(frames, how="vertical")
+    cols = feature_columns(frame)
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "feature_count": len(cols),
+            "features": dg.MetadataValue.json(cols),
+            "dropped_features": dg.MetadataValue.json(sorted(dropped)),
+            "first_date": str(frame["date"].min()),
+            "last_date": str(frame["date"].max()),
+            "notices": dg.MetadataValue.md("\n".join(f"- {n}" for n in sorted(notices)) or "none"),
+        },
+    )

@@ -1,0 +1,145 @@
+"""Blocking gates on `features`: the contract and the four leakage gates."""
+
+from functools import partial
+
+import dagster as dg
+import polars as pl
+
+from cbi_platform.defs.features.assets import features
+from cbi_platform.defs.partitions import horizon_partitions
+from cbi_platform.defs.resources import MarketSourceResource
+from cbi_platform.features import leakage
+from cbi_platform.features.build import build_features
+from cbi_platform.features.contract import HORIZON, META_COLUMNS, feature_columns
+
+_PRICES = {"market_prices": dg.AssetIn("market_prices")}
+
+
+def _partition_frames(context, frame: pl.DataFrame):
+    """The check loads the whole table; judge only the partitions of this run."""
+    keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else None
+    for key in keys or sorted(frame[HORIZON].unique().to_list()):
+        yield key, frame.filter(pl.col(HORIZON) == key)
+
+
+def _combine(results: dict[str, leakage.GateResult]) -> dg.AssetCheckResult:
+    passed = all(r.passed for r in results.values())
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(f"{k}: {r.summary}" for k, r in results.items())[:2000],
+        metadata={
+            "evidence": dg.MetadataValue.json({k: r.evidence for k, r in results.items()}),
+            "horizons": dg.MetadataValue.json(sorted(results)),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=features,
+    blocking=True,
+    partitions_def=horizon_partitions,
+    description="Meta columns present, one row per date, features numeric and not all null.",
+)
+def features_contract(context: dg.AssetCheckExecutionContext, features: pl.DataFrame):
+    results = {}
+    for key, frame in _partition_frames(context, features):
+        missing = [c for c in META_COLUMNS if c not in frame.columns]
+        dup = frame.filter(pl.col("date").is_duplicated())["date"].unique().sort()
+        cols = feature_columns(frame)
+        non_numeric = [c for c in cols if not frame.schema[c].is_numeric()]
+        all_null = [c for c in cols if frame[c].null_count() == frame.height]
+        problems = {
+            "missing_meta": missing,
+            "duplicate_dates": [str(d) for d in dup.head(10)],
+            "non_numeric": non_numeric,
+            "all_null": all_null,
+        }
+        ok = frame.height > 0 and not any(problems.values())
+        summary = "ok" if ok else ", ".join(f"{k}={v}" for k, v in problems.items() if v)
+        results[key] = leakage.GateResult(ok, f"{len(cols)} features, {summary}", problems)
+    return _combine(results)
+
+
+@dg.asset_check(
+    asset=features,
+    blocking=True,
+    partitions_def=horizon_partitions,
+    additional_ins=_PRICES,
+    description="Leakage (i): features recomputed on history cut at several origins equal the full run.",
+)
+def features_leakage_truncation(
+    context: dg.AssetCheckExecutionContext,
+    features: pl.DataFrame,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+):
+    build = partial(build_features, target=market_source.target())
+    results = {
+        key: leakage.truncation_gate(market_prices, key, build=build)
+        for key, _ in _partition_frames(context, features)
+    }
+    return _combine(results)
+
+
+@dg.asset_check(
+    asset=features,
+    blocking=True,
+    partitions_def=horizon_partitions,
+    additional_ins=_PRICES,
+    description="Leakage (ii-a): no feature is an exact forward shift of any series or target.",
+)
+def features_leakage_forward_shift(
+    context: dg.AssetCheckExecutionContext, features: pl.DataFrame, market_prices: pl.DataFrame
+):
+    results = {
+        key: leakage.forward_shift_gate(frame, market_prices)
+        for key, frame in _partition_frames(context, features)
+    }
+    return _combine(results)
+
+
+@dg.asset_check(
+    asset=features,
+    blocking=True,
+    partitions_def=horizon_partitions,
+    description="Leakage (ii-b): no feature correlates with the future log return above the threshold.",
+)
+def features_leakage_target_correlation(
+    context: dg.AssetCheckExecutionContext, features: pl.DataFrame
+):
+    results = {
+        key: leakage.target_correlation_gate(frame)
+        for key, frame in _partition_frames(context, features)
+    }
+    return _combine(results)
+
+
+@dg.asset_check(
+    asset=features,
+    blocking=True,
+    partitions_def=horizon_partitions,
+    additional_ins=_PRICES,
+    description="Leakage (iii): every as-of joined value was published by the row's date.",
+)
+def features_leakage_asof(
+    context: dg.AssetCheckExecutionContext,
+    features: pl.DataFrame,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+):
+    target = market_source.target()
+    results = {
+        key: leakage.asof_gate(frame, market_prices, target=target)
+        for key, frame in _partition_frames(context, features)
+    }
+    return _combine(results)
+
+
+feature_checks = [
+    features_contract,
+    features_leakage_truncation,
+    features_leakage_forward_shift,
+    features_leakage_target_correlation,
+    features_leakage_asof,
+]

@@ -1,0 +1,33 @@
+"""The pipeline as lists: what runs once, what runs per horizon, and the jobs the UI offers."""
+
+import dagster as dg
+
+from cbi_platform.defs.features.assets import features
+from cbi_platform.defs.features.checks import feature_checks
+from cbi_platform.defs.market.assets import market_prices, raw_market_data
+from cbi_platform.defs.market.checks import market_checks
+from cbi_platform.defs.partitions import horizon_partitions
+from cbi_platform.defs.regimes.assets import regime_calendar, regime_datasets
+
+# Unpartitioned assets, materialized once per run of the pipeline.
+SHARED_ASSETS = [raw_market_data, market_prices, regime_calendar]
+SHARED_CHECKS = [*market_checks]
+# Per-horizon assets, materialized for each partition.
+HORIZON_ASSETS = [features, regime_datasets]
+HORIZON_CHECKS = [*feature_checks]
+
+ALL_ASSETS = [*SHARED_ASSETS, *HORIZON_ASSETS]
+ALL_CHECKS = [*SHARED_CHECKS, *HORIZON_CHECKS]
+
+market_data_job = dg.define_asset_job(
+    "market_data_job",
+    selection=dg.AssetSelection.assets(*SHARED_ASSETS),
+    description="Load, validate and check market data (runs once, unpartitioned).",
+)
+horizon_job = dg.define_asset_job(
+    "horizon_job",
+    selection=dg.AssetSelection.assets(*HORIZON_ASSETS),
+    partitions_def=horizon_partitions,
+    description="Features, regime datasets and models for one horizon partition.",
+)
+JOBS = [market_data_job, horizon_job]

@@ -1,0 +1,104 @@
+"""Resources, and the one place that reads the environment.
+
+Local (default): DuckDB warehouse under the home folder, the embedded simulator as source.
+Production: CBI_WAREHOUSE=bigquery switches the IO manager to BigQuery (dagster-gcp), and
+CBI_SOURCE=bigquery reads the canonical tables from BigQuery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb_polars import DuckDBPolarsIOManager
+from dagster_gcp import BigQueryResource
+from pydantic import Field
+
+from cbi_platform.market.schema import MarketBundle
+from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_HOME = REPO_ROOT / ".cbi_home"
+WAREHOUSE_SCHEMA = "cbi"
+
+
+class MarketSourceResource(dg.ConfigurableResource):
+    """Where market data comes from: `simulated` (default), `files` (a manifest) or `bigquery`."""
+
+    kind: str = Field(default="simulated", description="simulated | files | bigquery")
+    manifest: str | None = Field(default=None, description="files: path to the YAML manifest")
+    simulator_seed: int | None = None
+    simulator_end: str | None = Field(default=None, description="simulated: last date, ISO")
+    bigquery_project: str | None = None
+    bigquery_location: str | None = None
+    bigquery_prices_table: str | None = None
+    bigquery_news_table: str | None = None
+
+    def source_config(self) -> SourceConfig:
+        return SourceConfig(
+            kind=self.kind,
+            manifest=self.manifest,
+            simulator_seed=self.simulator_seed,
+            simulator_end=dt.date.fromisoformat(self.simulator_end) if self.simulator_end else None,
+            bigquery_prices_table=self.bigquery_prices_table,
+            bigquery_news_table=self.bigquery_news_table,
+        )
+
+    def load(self) -> MarketBundle:
+        config = self.source_config()
+        if config.kind == "bigquery":
+            bq = BigQueryResource(project=self.bigquery_project, location=self.bigquery_location)
+            with bq.get_client() as client:
+                return load_market(config, bigquery_client=client)
+        return load_market(config)
+
+    def target(self) -> str:
+        return target_symbol(self.source_config())
+
+    def reference_date(self) -> dt.date:
+        return reference_date(self.source_config())
+
+
+class PlatformHome(dg.ConfigurableResource):
+    """The gitignored home folder: warehouse, exports, MLflow store. Assets ask it for paths."""
+
+    path: str = str(DEFAULT_HOME)
+
+    def folder(self, *parts: str) -> Path:
+        folder = Path(self.path).joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def build_resources(env: Mapping[str, str] | None = None) -> dict:
+    env = os.environ if env is None else env
+    home = Path(env.get("CBI_HOME", str(DEFAULT_HOME))).resolve()
+    source = MarketSourceResource(
+        kind=env.get("CBI_SOURCE", "files" if env.get("CBI_MANIFEST") else "simulated"),
+        manifest=env.get("CBI_MANIFEST"),
+        simulator_end=env.get("CBI_SIM_END"),
+        bigquery_project=env.get("CBI_GCP_PROJECT"),
+        bigquery_location=env.get("CBI_GCP_LOCATION"),
+        bigquery_prices_table=env.get("CBI_BQ_PRICES_TABLE"),
+        bigquery_news_table=env.get("CBI_BQ_NEWS_TABLE"),
+    )
+    warehouse = env.get("CBI_WAREHOUSE", "duckdb")
+    if warehouse == "bigquery":
+        from dagster_polars import PolarsBigQueryIOManager
+
+        io_manager = PolarsBigQueryIOManager(
+            project=env.get("CBI_GCP_PROJECT", ""),
+            dataset=env.get("CBI_BQ_DATASET", WAREHOUSE_SCHEMA),
+            location=env.get("CBI_GCP_LOCATION"),
+        )
+    elif warehouse == "duckdb":
+        home.mkdir(parents=True, exist_ok=True)
+        io_manager = DuckDBPolarsIOManager(
+            database=str(home / "warehouse.duckdb"), schema=WAREHOUSE_SCHEMA
+        )
+    else:
+        raise ValueError(f"CBI_WAREHOUSE must be duckdb or bigquery, not {warehouse!r}")
+    return {"io_manager": io_manager, "market_source": source, "home": PlatformHome(path=str(home))}

@@ -1,0 +1,102 @@
+"""Materialize the pipeline in-process with progress output (what `cbi run` / `make run` do).
+
+Runs go to the instance in $DAGSTER_HOME when it is set, so the UI shows them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TextIO
+
+import dagster as dg
+
+from cbi_platform.defs.pipeline import (
+    ALL_ASSETS,
+    HORIZON_ASSETS,
+    HORIZON_CHECKS,
+    SHARED_ASSETS,
+    SHARED_CHECKS,
+)
+from cbi_platform.defs.resources import build_resources
+
+_QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _instance() -> dg.DagsterInstance:
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def _report(result: dg.ExecuteInProcessResult, out: TextIO) -> tuple[int, int]:
+    """Print each materialization and check; return (failed errors, warnings)."""
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        rows = mat.metadata.get("dagster/row_count")
+        partition = f"[{mat.partition}]" if mat.partition else ""
+        out.write(f"    materialized {mat.asset_key.to_user_string()}{partition}: "
+                  f"{rows.value if rows else '?'} rows\n")
+    errors = warnings = 0
+    for ev in result.get_asset_check_evaluations():
+        if ev.passed:
+            mark = "ok  "
+        elif ev.severity == dg.AssetCheckSeverity.ERROR:
+            mark, errors = "FAIL", errors + 1
+        else:
+            mark, warnings = "warn", warnings + 1
+        desc = (ev.description or "").splitlines()[0][:150] if ev.description else ""
+        out.write(f"    [{mark}] {ev.check_name}: {desc}\n")
+    return errors, warnings
+
+
+def run_pipeline(horizons: list[str], stream: TextIO, resources: dict | None = None) -> int:
+    resources = resources or build_resources()
+    instance = _instance()
+    source = resources["market_source"]
+    stream.write(f"CBI Platform: source={source.kind}"
+                 f"{' manifest=' + source.manifest if source.manifest else ''}, "
+                 f"horizons={','.join(horizons)}\n")
+    total_errors = total_warnings = 0
+    stages = [("market data", None)] + [(f"horizon {h}", h) for h in horizons]
+    for i, (label, horizon) in enumerate(stages, start=1):
+        started = time.perf_counter()
+        stream.write(f"[{i}/{len(stages)}] {label} ...\n")
+        stream.flush()
+        if horizon is None:
+            selection, checks = SHARED_ASSETS, SHARED_CHECKS
+        else:
+            selection, checks = HORIZON_ASSETS, HORIZON_CHECKS
+        try:
+            result = dg.materialize(
+                [*ALL_ASSETS, *checks],
+                selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
+                partition_key=horizon,
+                resources=resources,
+                instance=instance,
+                run_config=_QUIET,
+                raise_on_error=False,
+                tags={"cbi/stage": label},
+            )
+        except dg.DagsterInvariantViolationError as exc:
+            stream.write(f"    failed: {exc}\n")
+            return 1
+        errors, warnings = _report(result, stream)
+        total_errors += errors
+        total_warnings += warnings
+        stream.write(f"    {label} done in {time.perf_counter() - started:.1f}s\n")
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    err = event.step_failure_data.error
+                    cause = err.cause.message if err and err.cause else (err.message if err else "")
+                    stream.write(f"    step {event.step_key} failed: {cause.strip()}\n")
+            stream.write(f"run {result.run_id} failed at stage '{label}'; earlier tables are intact.\n")
+            return 1
+    home = resources["home"].path
+    stream.write(
+        "\nSummary\n"
+        f"  checks: {total_errors} blocking failures, {total_warnings} warnings\n"
+        f"  warehouse: {os.path.join(home, 'warehouse.duckdb')} (schema cbi)\n"
+        f"  exports:   {os.path.join(home, 'regime_datasets')}/<horizon>/<regime>.parquet\n"
+        f"  Dagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')} — `make ui` to browse\n"
+    )
+    return 0 if total_errors == 0 else 1
