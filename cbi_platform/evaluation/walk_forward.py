@@ -1,0 +1,456 @@
+"""Walk-forward out-of-fold predictions: every model, every origin, no look-ahead.
+
+At origin t (a trading date) a training row is used only if its target date is <= t, so the
+last h rows before the origin never train (embargo >= h) and the window expands from the
+frame's first row. Arrays and per-origin training masks are computed once per horizon; the
+origins are looped inside one call per (spec, horizon), in-process or in `n_workers` spawned
+processes. A training row whose target date exceeds the origin is a hard error
+(`LookAheadError`), checked at every fit.
+
+Refit schedule: origin k (0-based over all origins, burn-in first) refits the model when
+k % spec.refit_every == 0; in between, the model fitted at the latest earlier refit predicts,
+fed the current origin's features and the close history up to the current origin.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from cbi_platform.evaluation.origins import OriginPlan
+from cbi_platform.features.contract import (
+    DATE,
+    HORIZON,
+    HORIZON_DAYS,
+    HORIZONS,
+    PRICE,
+    TARGET_DATE,
+    TARGET_LOGRET,
+    TARGET_PRICE,
+    feature_columns,
+)
+from cbi_platform.models.base import FitData, Model, ModelSpec
+
+# (spec, training mask aligned with the rows of the frame passed in) -> allowed rows (subset).
+RowFilter = Callable[[ModelSpec, np.ndarray], np.ndarray]
+
+# Set in every worker before it imports numpy / model libraries: one thread per process.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "POLARS_MAX_THREADS": "1",
+}
+
+OOF_SCHEMA: dict[str, pl.DataType] = {
+    "horizon": pl.Utf8(),
+    "horizon_days": pl.Int64(),
+    "model": pl.Utf8(),
+    "origin": pl.Date(),
+    "origin_row": pl.Int64(),  # row of the origin within its horizon's (sorted) frame
+    "role": pl.Utf8(),
+    "target_date": pl.Date(),
+    "price": pl.Float64(),
+    "actual": pl.Float64(),
+    "forecast": pl.Float64(),
+    "forecast_logret": pl.Float64(),
+    "fitted_at": pl.Date(),
+    "n_train": pl.Int64(),
+    "naive_scale": pl.Float64(),
+}
+
+
+class LookAheadError(AssertionError):
+    """A training row's target date is after the origin: the fold would see its future."""
+
+
+class RegimeRowFilter:
+    """Row filter for specialists: keep training rows whose detected regime is `spec.regime`.
+
+    `labels` is aligned with the rows of the frame given to `run_walk_forward` and must be
+    point-in-time (the regime detected with data available at each row's date). Picklable,
+    so it travels to worker processes.
+    """
+
+    def __init__(self, labels: np.ndarray | pl.Series | Sequence[str | None]):
+        self.labels = np.asarray(
+            labels.to_list() if isinstance(labels, pl.Series) else labels, dtype=object
+        )
+
+    @classmethod
+    def from_frame(
+        cls, frame: pl.DataFrame, labels: pl.DataFrame, column: str = "regime"
+    ) -> RegimeRowFilter:
+        """Align a (date, regime) table with the frame's rows (frame order kept; no label: null)."""
+        aligned = frame.select(DATE).join(
+            labels.select(DATE, column), on=DATE, how="left", maintain_order="left"
+        )
+        return cls(aligned[column])
+
+    def __call__(self, spec: ModelSpec, train_mask: np.ndarray) -> np.ndarray:
+        return train_mask & (self.labels == spec.regime)
+
+
+@dataclass
+class _HorizonArrays:
+    """One horizon's frame as numpy arrays, plus per-origin training masks (computed once)."""
+
+    horizon: str
+    horizon_days: int
+    frame_rows: np.ndarray  # position of each row in the frame passed in
+    n_frame_rows: int
+    X: np.ndarray
+    y: np.ndarray
+    prices: np.ndarray
+    target_days: np.ndarray  # target date as days since epoch; max int where unknown
+    feature_names: list[str]
+    origin_rows: np.ndarray  # row of each origin in these arrays
+    origin_days: np.ndarray  # origin date as days since epoch
+    train_masks: np.ndarray  # (n_origins, n_rows) bool: target known and target_date <= origin
+
+
+@dataclass
+class _SpecResult:
+    forecast_logret: np.ndarray
+    fitted_at: np.ndarray  # origin position k of the fit used; -1 when no model yet
+    n_train: np.ndarray  # rows of that fit; -1 when no model yet
+    n_fits: int
+    seconds: float
+
+
+def _days(series: pl.Series) -> np.ndarray:
+    return series.cast(pl.Date).cast(pl.Int64).to_numpy()
+
+
+def _horizon_arrays(
+    sub: pl.DataFrame, horizon: str, plan: OriginPlan, n_frame_rows: int
+) -> _HorizonArrays:
+    horizon_days = int(sub[HORIZON_DAYS][0])
+    if sub[HORIZON_DAYS].n_unique() != 1:
+        raise ValueError(f"horizon {horizon}: more than one horizon_days value")
+    if sub[DATE].is_duplicated().any():
+        raise ValueError(f"horizon {horizon}: duplicate dates")
+    features = feature_columns(sub)
+    dates = _days(sub[DATE])
+    target_days_raw = sub[TARGET_DATE].cast(pl.Date).cast(pl.Int64)
+    known = (
+        target_days_raw.is_not_null()
+        & sub[TARGET_LOGRET].is_not_null()
+        & sub[TARGET_LOGRET].is_finite()
+        & sub[TARGET_PRICE].is_not_null()
+    ).to_numpy()
+    target_days = target_days_raw.fill_null(np.iinfo(np.int64).max).to_numpy()
+    if np.any(known & (target_days <= dates)):
+        raise ValueError(f"horizon {horizon}: a target_date is not after its date")
+    origin_days = _days(pl.Series(list(plan.dates), dtype=pl.Date))
+    origin_rows = np.searchsorted(dates, origin_days)
+    missing = (origin_rows >= len(dates)) | (
+        dates[np.minimum(origin_rows, len(dates) - 1)] != origin_days
+    )
+    if missing.any():
+        first = plan.dates[int(np.flatnonzero(missing)[0])]
+        raise ValueError(f"horizon {horizon}: origin {first} is not a date of the frame")
+    prices = sub[PRICE].cast(pl.Float64).to_numpy()
+    if not np.all(np.isfinite(prices[origin_rows])):
+        raise ValueError(f"horizon {horizon}: price missing at an origin")
+    train_masks = known[None, :] & (target_days[None, :] <= origin_days[:, None])
+    return _HorizonArrays(
+        horizon=horizon,
+        horizon_days=horizon_days,
+        frame_rows=sub["__frame_row"].to_numpy(),
+        n_frame_rows=n_frame_rows,
+        X=sub.select(features).cast(pl.Float64).to_numpy().astype(np.float64, copy=False)
+        if features
+        else np.empty((sub.height, 0), dtype=np.float64),
+        y=sub[TARGET_LOGRET].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+        prices=prices,
+        target_days=target_days,
+        feature_names=features,
+        origin_rows=origin_rows,
+        origin_days=origin_days,
+        train_masks=train_masks,
+    )
+
+
+def _training_mask(
+    spec: ModelSpec, arr: _HorizonArrays, k: int, row_filter: RowFilter | None
+) -> np.ndarray:
+    mask = arr.train_masks[k]
+    if spec.regime is not None:
+        full = np.zeros(arr.n_frame_rows, dtype=bool)
+        full[arr.frame_rows] = mask
+        allowed = np.asarray(row_filter(spec, full.copy()), dtype=bool)  # type: ignore[misc]
+        if allowed.shape != full.shape:
+            raise ValueError(f"row_filter returned shape {allowed.shape}, expected {full.shape}")
+        filtered = allowed[arr.frame_rows]
+        if np.any(filtered & ~mask):
+            raise LookAheadError(
+                f"{spec.name} {arr.horizon}: row_filter added rows outside the embargoed "
+                f"training window at origin position {k}"
+            )
+        mask = filtered
+    rows = np.flatnonzero(mask)
+    if rows.size and arr.target_days[rows].max() > arr.origin_days[k]:
+        raise LookAheadError(
+            f"{spec.name} {arr.horizon}: a training row's target date is after origin position {k}"
+        )
+    return mask
+
+
+def _walk_spec(
+    spec: ModelSpec,
+    build_model: Callable[[ModelSpec], Model],
+    arr: _HorizonArrays,
+    weights: np.ndarray | None,
+    row_filter: RowFilter | None,
+    min_train_rows: int,
+) -> _SpecResult:
+    """Loop the origins for one spec on one horizon, refitting on its recorded schedule."""
+    start = time.perf_counter()
+    n = len(arr.origin_rows)
+    forecast_logret = np.full(n, np.nan)
+    fitted_at = np.full(n, -1, dtype=np.int64)
+    n_train = np.full(n, -1, dtype=np.int64)
+    model: Model | None = None
+    fit_k, fit_rows, n_fits = -1, -1, 0
+    for k in range(n):
+        row = int(arr.origin_rows[k])
+        if k % spec.refit_every == 0:
+            mask = _training_mask(spec, arr, k, row_filter)
+            rows = int(mask.sum())
+            if rows >= min_train_rows:
+                data = FitData(
+                    X=arr.X[mask],
+                    y=arr.y[mask],
+                    prices=arr.prices[: row + 1].copy(),
+                    horizon_days=arr.horizon_days,
+                    feature_names=list(arr.feature_names),
+                    sample_weight=weights[mask] if spec.weighted and weights is not None else None,
+                )
+                try:
+                    model = build_model(spec).fit(data)
+                except Exception as exc:
+                    raise RuntimeError(
+                        f"{spec.name} {arr.horizon}: fit failed at origin position {k}"
+                    ) from exc
+                fit_k, fit_rows, n_fits = k, rows, n_fits + 1
+        if model is None:
+            continue
+        if fit_k > k:  # unreachable by construction; a model is never used before its fit
+            raise LookAheadError(f"{spec.name}: model fitted at {fit_k} used at {k}")
+        try:
+            pred = np.asarray(
+                model.predict(arr.X[row : row + 1].copy(), arr.prices[: row + 1].copy()),
+                dtype=np.float64,
+            ).reshape(-1)
+        except Exception as exc:
+            raise RuntimeError(
+                f"{spec.name} {arr.horizon}: predict failed at origin position {k}"
+            ) from exc
+        if pred.size != 1:
+            raise ValueError(f"{spec.name}: predict returned {pred.size} values for one origin")
+        forecast_logret[k] = pred[0]
+        fitted_at[k], n_train[k] = fit_k, fit_rows
+    return _SpecResult(forecast_logret, fitted_at, n_train, n_fits, time.perf_counter() - start)
+
+
+def _naive_scale(arr: _HorizonArrays, target_price: np.ndarray) -> np.ndarray:
+    """Per origin: mean |p_{i+h} - p_i| (price units) over pairs with target date <= origin."""
+    absdiff = np.abs(target_price - arr.prices)
+    out = np.full(len(arr.origin_rows), np.nan)
+    for k, mask in enumerate(arr.train_masks):
+        usable = mask & np.isfinite(absdiff)
+        if usable.any():
+            out[k] = absdiff[usable].mean()
+    return out
+
+
+# ---- worker processes -------------------------------------------------------------------
+
+_WORKER_STATE: dict = {}
+
+
+def _init_worker(env: dict[str, str], state: dict) -> None:
+    os.environ.update(env)
+    _WORKER_STATE.update(state)
+
+
+def _worker_task(spec_idx: int, horizon: str) -> tuple[int, str, _SpecResult]:
+    s = _WORKER_STATE
+    arr = s["arrays"][horizon]
+    result = _walk_spec(
+        s["specs"][spec_idx],
+        s["build_model"],
+        arr,
+        s["weights"][horizon],
+        s["row_filter"],
+        s["min_train_rows"],
+    )
+    return spec_idx, horizon, result
+
+
+@contextlib.contextmanager
+def _env(overrides: dict[str, str]) -> Iterator[None]:
+    """Spawned children inherit os.environ at start: set single-thread limits around the pool."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _horizon_order(horizons: list[str]) -> list[str]:
+    return sorted(horizons, key=lambda h: (HORIZONS.get(h, 10**9), h))
+
+
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | None = None,
+    n_workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+    row_filter: RowFilter | None = None,
+    min_train_rows: int = 20,
+) -> pl.DataFrame:
+    """Out-of-fold predictions (schema `OOF_SCHEMA`) of every spec at every origin of `plan`.
+
+    `frame` follows the feature contract (one or several horizons). `weights` is aligned with
+    the frame's rows and used only by specs with `weighted=True`. `row_filter(spec, mask)`
+    restricts the training rows of specs with `regime` set (mask aligned with the frame's
+    rows; it may only remove rows). A refit with fewer than `min_train_rows` rows keeps the
+    previous model; before any fit the forecast is null. `build_model` and `row_filter` must
+    be picklable (module-level) when `n_workers > 1`.
+    """
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("spec names must be unique")
+    for spec in specs:
+        if spec.refit_every < 1:
+            raise ValueError(f"{spec.name}: refit_every must be >= 1")
+        if spec.regime is not None and row_filter is None:
+            raise ValueError(f"{spec.name} is a specialist (regime={spec.regime}): pass row_filter")
+        if spec.weighted and weights is None:
+            raise ValueError(f"{spec.name} is weighted: pass weights")
+    missing = {DATE, HORIZON, HORIZON_DAYS, PRICE, TARGET_DATE, TARGET_PRICE, TARGET_LOGRET} - set(
+        frame.columns
+    )
+    if missing:
+        raise ValueError(f"frame lacks columns {sorted(missing)}")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (frame.height,):
+            raise ValueError(f"weights shape {weights.shape}, expected ({frame.height},)")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("weights must be finite and >= 0")
+
+    indexed = frame.with_row_index("__frame_row")
+    arrays: dict[str, _HorizonArrays] = {}
+    extras: dict[str, pl.DataFrame] = {}
+    sub_weights: dict[str, np.ndarray | None] = {}
+    for horizon in _horizon_order(frame[HORIZON].unique().to_list()):
+        sub = indexed.filter(pl.col(HORIZON) == horizon).sort(DATE)
+        arr = _horizon_arrays(sub, horizon, plan, frame.height)
+        arrays[horizon] = arr
+        sub_weights[horizon] = None if weights is None else weights[arr.frame_rows]
+        at_origin = sub[arr.origin_rows]
+        target_price = sub[TARGET_PRICE].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        extras[horizon] = pl.DataFrame(
+            {
+                "origin": at_origin[DATE].cast(pl.Date),
+                "origin_row": pl.Series(arr.origin_rows, dtype=pl.Int64),
+                "role": list(plan.role),
+                "target_date": at_origin[TARGET_DATE].cast(pl.Date),
+                "price": at_origin[PRICE].cast(pl.Float64),
+                "actual": at_origin[TARGET_PRICE].cast(pl.Float64),
+                "naive_scale": _naive_scale(arr, target_price),
+            }
+        )
+
+    tasks = [(i, h) for h in arrays for i in range(len(specs))]
+    results: dict[tuple[int, str], _SpecResult] = {}
+
+    def report(i: int, h: str, r: _SpecResult) -> None:
+        if progress is not None:
+            progress(
+                f"{specs[i].name} {h}: {len(r.fitted_at)} origins, {r.n_fits} fits, "
+                f"{r.seconds:.2f}s"
+            )
+
+    if n_workers <= 1 or len(tasks) <= 1:
+        for i, h in tasks:
+            results[(i, h)] = _walk_spec(
+                specs[i], build_model, arrays[h], sub_weights[h], row_filter, min_train_rows
+            )
+            report(i, h, results[(i, h)])
+    else:
+        state = {
+            "arrays": arrays,
+            "specs": specs,
+            "build_model": build_model,
+            "weights": sub_weights,
+            "row_filter": row_filter,
+            "min_train_rows": min_train_rows,
+        }
+        with _env(SINGLE_THREAD_ENV):
+            pool = cf.ProcessPoolExecutor(
+                max_workers=min(n_workers, len(tasks)),
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(SINGLE_THREAD_ENV, state),
+            )
+            try:
+                futures = [pool.submit(_worker_task, i, h) for i, h in tasks]
+                for future in cf.as_completed(futures):
+                    i, h, r = future.result()
+                    results[(i, h)] = r
+                    report(i, h, r)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    parts = []
+    for h, arr in arrays.items():
+        origin_dates = extras[h]["origin"].to_list()
+        for i, spec in enumerate(specs):
+            r = results[(i, h)]
+            used = r.fitted_at >= 0
+            ok = used & np.isfinite(r.forecast_logret)  # non-finite predictions become null
+            parts.append(
+                extras[h].with_columns(
+                    horizon=pl.lit(h),
+                    horizon_days=pl.lit(arr.horizon_days, dtype=pl.Int64),
+                    model=pl.lit(spec.name),
+                    forecast_logret=pl.Series(
+                        np.where(ok, r.forecast_logret, np.nan), dtype=pl.Float64
+                    ).fill_nan(None),
+                    fitted_at=pl.Series(
+                        [origin_dates[j] if j >= 0 else None for j in r.fitted_at.tolist()],
+                        dtype=pl.Date,
+                    ),
+                    n_train=pl.Series(
+                        [n if n >= 0 else None for n in r.n_train.tolist()], dtype=pl.Int64
+                    ),
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=OOF_SCHEMA)
+    oof = pl.concat(parts, how="diagonal_relaxed").with_columns(
+        forecast=pl.col("price") * pl.col("forecast_logret").exp()
+    )
+    return oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])

@@ -1,0 +1,60 @@
+"""The Definitions load, and every asset has the partitions, policies and checks it should."""
+
+import dagster as dg
+
+from cbi_platform.defs.partitions import HORIZON_KEYS
+from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, HORIZON_ASSETS
+
+
+def _graph():
+    from cbi_platform.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    return defs, defs.resolve_asset_graph()
+
+
+def test_definitions_load_with_expected_assets():
+    defs, graph = _graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"raw_market_prices", "news_articles", "market_prices", "features",
+            "regime_calendar", "regime_datasets"} <= keys
+    assert defs.resolve_job_def("horizon_job") is not None
+
+
+def test_horizon_assets_are_partitioned_with_backfill_policy_and_partition_expr():
+    for asset in HORIZON_ASSETS:
+        for spec in asset.specs:
+            assert spec.partitions_def is not None
+            assert list(spec.partitions_def.get_partition_keys()) == list(HORIZON_KEYS)
+            assert spec.metadata.get("partition_expr") == "horizon"
+        assert asset.backfill_policy is not None
+
+
+def test_gates_are_blocking_and_every_asset_reports_a_group():
+    checks = {}
+    for check in ALL_CHECKS:
+        for spec in check.check_specs:
+            checks[spec.name] = spec
+    for name in ("market_prices_schema", "market_prices_duplicate_dates",
+                 "market_prices_target_positive", "features_leakage_truncation",
+                 "features_leakage_forward_shift", "features_leakage_target_correlation",
+                 "features_leakage_asof"):
+        assert checks[name].blocking, name
+    assert not checks["market_prices_staleness"].blocking
+    for asset in ALL_ASSETS:
+        for spec in asset.specs:
+            assert spec.group_name and spec.group_name != "default", spec.key
+
+
+def test_resources_switch_warehouse_by_configuration():
+    from dagster_duckdb_polars import DuckDBPolarsIOManager
+    from dagster_polars import PolarsBigQueryIOManager
+
+    from cbi_platform.defs.resources import build_resources
+
+    local = build_resources({"CBI_HOME": "/tmp/cbi-test-home"})
+    prod = build_resources({"CBI_WAREHOUSE": "bigquery", "CBI_GCP_PROJECT": "p", "CBI_BQ_DATASET": "d"})
+    assert isinstance(local["io_manager"], DuckDBPolarsIOManager)
+    assert isinstance(prod["io_manager"], PolarsBigQueryIOManager)
+    assert local["market_source"].kind == "simulated"
+    assert isinstance(dg.Definitions(resources=prod), dg.Definitions)
