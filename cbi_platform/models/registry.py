@@ -1,0 +1,215 @@
+"""The model registry: specs.yaml as validated ModelSpecs, and the family -> class factory.
+
+The list of models is data anyone can read; this module only checks it and builds models.
+A spec's name is unique in the file and names one model at each of its horizons.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from cbi_platform.features.contract import HORIZONS
+from cbi_platform.models.base import Model, ModelSpec
+from cbi_platform.models.benchmarks import RandomWalk, RandomWalkDrift
+from cbi_platform.models.linear import RidgeModel
+from cbi_platform.models.statistical import ArimaModel, EtsModel, ThetaForecaster
+from cbi_platform.models.trees import LightGBMModel, XGBoostModel
+from cbi_platform.models.volatility import GarchModel, GjrGarchModel
+
+DEFAULT_SPECS_PATH = Path(__file__).with_name("specs.yaml")
+
+FAMILIES: dict[str, Callable[[ModelSpec], Model]] = {
+    "random_walk": RandomWalk,
+    "random_walk_drift": RandomWalkDrift,
+    "arima": ArimaModel,
+    "ets": EtsModel,
+    "theta": ThetaForecaster,
+    "lightgbm": LightGBMModel,
+    "xgboost": XGBoostModel,
+    "ridge": RidgeModel,
+    "garch": GarchModel,
+    "gjr_garch": GjrGarchModel,
+}
+FEATURE_FAMILIES = frozenset({"lightgbm", "xgboost", "ridge"})  # those that read X
+KINDS = ("benchmark", "statistical", "tree", "sanity", "specialist", "volatility")
+# Kinds whose predict() is an h-day log return; volatility models predict an h-day vol.
+RETURN_KINDS = ("benchmark", "statistical", "tree", "sanity", "specialist")
+DETECTED_REGIMES = ("crisis", "bull", "bear", "normal")
+
+_REQUIRED = ("name", "family", "kind")
+_OPTIONAL = ("params", "weighted", "refit_every", "horizons", "regime")
+
+
+class SpecError(ValueError):
+    """specs.yaml (or a ModelSpec) is invalid; the message names the entry."""
+
+
+def _read_entries(path: str | Path | None) -> list[dict[str, Any]]:
+    path = Path(path) if path is not None else DEFAULT_SPECS_PATH
+    with path.open() as handle:
+        document = yaml.safe_load(handle)
+    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+        raise SpecError(f"{path}: expected a mapping with a 'models' list")
+    entries = document["models"]
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        _validate_entry(index, entry)
+        name = entry["name"]
+        if name in seen:
+            raise SpecError(
+                f"entry {index} ({name!r}): duplicate name, first at entry {seen[name]}"
+            )
+        seen[name] = index
+    return entries
+
+
+def _validate_entry(index: int, entry: Any) -> None:
+    label = f"entry {index}"
+    if not isinstance(entry, dict):
+        raise SpecError(f"{label}: expected a mapping, got {type(entry).__name__}")
+    label = f"entry {index} ({entry.get('name')!r})"
+    missing = [key for key in _REQUIRED if key not in entry]
+    if missing:
+        raise SpecError(f"{label}: missing {missing}")
+    unknown = sorted(set(entry) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise SpecError(f"{label}: unknown keys {unknown}; allowed {[*_REQUIRED, *_OPTIONAL]}")
+    if not isinstance(entry["name"], str) or not entry["name"]:
+        raise SpecError(f"{label}: name must be a non-empty string")
+    if entry["family"] not in FAMILIES:
+        raise SpecError(f"{label}: unknown family {entry['family']!r}; known {sorted(FAMILIES)}")
+    if entry["kind"] not in KINDS:
+        raise SpecError(f"{label}: unknown kind {entry['kind']!r}; known {list(KINDS)}")
+    if not isinstance(entry.get("params", {}), dict):
+        raise SpecError(f"{label}: params must be a mapping")
+    if not isinstance(entry.get("weighted", False), bool):
+        raise SpecError(f"{label}: weighted must be true or false")
+    refit_every = entry.get("refit_every", 1)
+    if isinstance(refit_every, bool) or not isinstance(refit_every, int) or refit_every < 1:
+        raise SpecError(f"{label}: refit_every must be an integer >= 1, got {refit_every!r}")
+    horizons = entry.get("horizons", list(HORIZONS))
+    if (
+        not isinstance(horizons, list)
+        or not horizons
+        or any(h not in HORIZONS for h in horizons)
+        or len(set(horizons)) != len(horizons)
+    ):
+        raise SpecError(
+            f"{label}: horizons must be a non-empty list of distinct {list(HORIZONS)}, "
+            f"got {horizons!r}"
+        )
+    regime = entry.get("regime")
+    if entry["kind"] == "specialist":
+        if regime not in DETECTED_REGIMES:
+            raise SpecError(f"{label}: a specialist needs regime in {DETECTED_REGIMES}")
+        if entry["family"] not in FEATURE_FAMILIES:
+            raise SpecError(f"{label}: a specialist must be a feature model {FEATURE_FAMILIES}")
+    elif regime is not None:
+        raise SpecError(f"{label}: regime is only for kind 'specialist'")
+
+
+def _to_spec(entry: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(
+        name=entry["name"],
+        family=entry["family"],
+        kind=entry["kind"],
+        params=dict(entry.get("params") or {}),
+        weighted=bool(entry.get("weighted", False)),
+        refit_every=int(entry.get("refit_every", 1)),
+        regime=entry.get("regime"),
+    )
+
+
+def _horizons(entry: dict[str, Any]) -> list[str]:
+    return list(entry.get("horizons", list(HORIZONS)))
+
+
+def load_specs(
+    path: str | Path | None = None,
+    horizon: str | None = None,
+    kinds: Iterable[str] | None = None,
+) -> list[ModelSpec]:
+    """The validated specs, in file order; only those run at `horizon` and of `kinds` if given.
+
+    Every spec is also built once, so a bad parameter fails here and not mid walk-forward.
+    Note: kinds=None includes 'volatility', whose models predict a vol; the return ensemble
+    should pass `kinds=RETURN_KINDS`.
+    """
+    if horizon is not None and horizon not in HORIZONS:
+        raise SpecError(f"unknown horizon {horizon!r}; known {list(HORIZONS)}")
+    wanted = None if kinds is None else ([kinds] if isinstance(kinds, str) else list(kinds))
+    if wanted is not None:
+        bad = sorted(set(wanted) - set(KINDS))
+        if bad:
+            raise SpecError(f"unknown kinds {bad}; known {list(KINDS)}")
+    specs = []
+    for index, entry in enumerate(_read_entries(path)):
+        spec = _to_spec(entry)
+        try:
+            build_model(spec)
+        except Exception as exc:
+            raise SpecError(f"entry {index} ({spec.name!r}): {exc}") from exc
+        if horizon is not None and horizon not in _horizons(entry):
+            continue
+        if wanted is not None and spec.kind not in wanted:
+            continue
+        specs.append(spec)
+    return specs
+
+
+def build_model(spec: ModelSpec) -> Model:
+    """A fresh, unfitted model for the spec (specialists build like their base family)."""
+    if spec.family not in FAMILIES:
+        raise SpecError(f"{spec.name!r}: unknown family {spec.family!r}; known {sorted(FAMILIES)}")
+    if spec.kind not in KINDS:
+        raise SpecError(f"{spec.name!r}: unknown kind {spec.kind!r}; known {list(KINDS)}")
+    return FAMILIES[spec.family](spec)
+
+
+def spec_table(path: str | Path | None = None) -> pl.DataFrame:
+    """One row per spec: name, family, kind, weighted, refit_every, horizons, regime, params."""
+    rows = [
+        {
+            "name": entry["name"],
+            "family": entry["family"],
+            "kind": entry["kind"],
+            "weighted": bool(entry.get("weighted", False)),
+            "refit_every": int(entry.get("refit_every", 1)),
+            "horizons": _horizons(entry),
+            "regime": entry.get("regime"),
+            "params": yaml.safe_dump(entry.get("params") or {}, default_flow_style=True).strip(),
+        }
+        for entry in _read_entries(path)
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={
+            "name": pl.Utf8,
+            "family": pl.Utf8,
+            "kind": pl.Utf8,
+            "weighted": pl.Boolean,
+            "refit_every": pl.Int64,
+            "horizons": pl.List(pl.Utf8),
+            "regime": pl.Utf8,
+            "params": pl.Utf8,
+        },
+    )
+
+
+def spec_horizons(path: str | Path | None = None) -> dict[str, list[str]]:
+    """name -> the horizons it runs at (ModelSpec itself carries no horizons)."""
+    return {entry["name"]: _horizons(entry) for entry in _read_entries(path)}
+
+
+def count_by_kind(path: str | Path | None = None) -> dict[str, int]:
+    """Models per kind counted across horizons (one spec at 5 horizons is 5 models)."""
+    counts: Counter[str] = Counter()
+    for entry in _read_entries(path):
+        counts[entry["kind"]] += len(_horizons(entry))
+    return {kind: counts.get(kind, 0) for kind in KINDS}
