@@ -100,4 +100,4 @@ def conform_news(df: pl.DataFrame) -> pl.DataFrame:
             exprs.append(pl.col(name).cast(dtype))
         else:
             exprs.append(pl.lit(None, dtype=dtype).alias(name))
-    return df.select(exprs).sort("published_at")
+    return df.select(exprs).sort(["published_at", "headline", "body"], maintain_order=True)

@@ -8,19 +8,57 @@ Calendar
     Business days Monday–Friday from `start` to `end`, with no exchange-holiday calendar
     (kept simple on purpose). Daily values are closes: `published_at` = `date`.
 
+Parameters (`SimulatorConfig`; defaults in brackets; each is explained in its section below)
+
+    ================================  ========================================================
+    `seed` [20240601]                 one seed for every random stream
+    `start`, `end` [2000-01-03,       first and last calendar day; `end` is fixed (not today)
+    2025-12-31]                       so that default runs are reproducible; `as_of` = `end`
+    `symbols`                         the daily series (`SymbolSpec`; table below)
+    `regimes`                         drift and vol windows (`RegimeWindow`; tables below)
+    `loading_overrides`               correlation breaks (`LoadingOverride`; table below)
+    `student_t_df` [5]                degrees of freedom of the shocks (fat tails)
+    `garch_alpha`, `garch_beta`       GARCH(1,1) reaction and persistence (clustering)
+    [0.07, 0.90]
+    `garch_cap` [3]                   upper bound of the unit-mean GARCH variance
+    `shock_clip` [5]                  bound on standardized shocks (limit moves)
+    `transition_halflife_days` [10]   smoothing of regime drifts and vols at window edges
+    `ohlc_gap_share` [0.3]            open-vs-previous-close gap, in daily sigmas
+    `ohlc_range_share` [0.6]          high/low beyond open and close, in daily sigmas
+    `volume_growth` [0.04]            annual growth of traded volume
+    `volume_noise` [0.25]             log-normal noise of daily volume
+    `cot_symbols` [ZL, ZS, ZM]        symbols with a weekly COT series
+    `cot_lookback_days` [63]          trailing window of the momentum speculators follow
+    `cot_scale`, `cot_sensitivity`    net position = scale * tanh(sensitivity * momentum)
+    [45, 0.6]
+    `cot_noise_sd` [10],              weekly AR(1) noise around it (% of open interest)
+    `cot_noise_persistence` [0.8]
+    `cot_bound` [60]                  net position clipped to +-bound
+    `cot_release_lag_business_days`   Tuesday to first usable day (the Monday after release)
+    [4]
+    `news_daily_probs`                chance of 0, 1, 2 headlines on a business day
+    [0.62, 0.32, 0.06]
+    `news_neutral_share` [0.3]        share of neutral headlines
+    `news_impact` [0.1]               a headline's push on ZL per day, in daily sigmas
+    `news_horizon_days` [5]           business days the push lasts, starting the next day
+    `news_topic_emphasis`             topic weights raised inside regime windows
+    ================================  ========================================================
+
 Prices (one row per symbol and business day, long form, `source="simulated"`)
     Each daily symbol's log price is `anchor + deviation`. The anchor starts at the symbol's
     `start_level` and grows with its annual drift plus the drift of the regime window in force.
     The deviation is a mean-reverting (Ornstein–Uhlenbeck, half-life `reversion_halflife_years`)
-    sum of shocks, so 26 years of noise stay in a plausible range (ZL roughly 15–90 US
-    cents/lb). A symbol with `reverts_to` reverts towards that symbol's deviation instead of
-    zero: ZL and ZM are cointegrated with ZS (the crush), BRENT with WTI (a narrow spread).
+    sum of shocks, so 26 years of noise stay in a plausible range (the default seed's ZL starts
+    at 20 and ranges over about 9–100 US cents/lb). A symbol with `reverts_to` reverts towards
+    that symbol's deviation instead of zero: ZL and ZM are cointegrated with ZS (the crush),
+    BRENT with WTI (a narrow spread).
     Shocks are `sigma_t * z_t`:
 
     - `z_t`: unit-variance correlated shocks from a factor model. Factors `crude`, `soy`,
       `veg_oil`, `usd`, `brl`, `rin` and an idiosyncratic term per symbol are independent
       Student-t draws (`student_t_df`, fat tails) scaled to unit variance; each symbol's
       `loadings` weight the factors and the idiosyncratic weight is sqrt(1 - sum of squares).
+      They are clipped at +-`shock_clip` (like exchange limit moves: no 20-sigma days).
     - `sigma_t = annual_vol / sqrt(252) * regime_vol_multiplier_t * sqrt(g_t)`, with `g_t` a
       unit-mean GARCH(1,1) variance (`garch_alpha`, `garch_beta`, capped at `garch_cap`):
       volatility clustering.
@@ -146,7 +184,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.signal import lfilter
 
 from cbi_platform.market.schema import MarketBundle, conform_news, conform_prices
 
@@ -154,6 +191,7 @@ PRICE_SOURCE = "simulated"
 NEWS_SOURCE = "simulated-wire"
 TRADING_DAYS_PER_YEAR = 252
 FACTORS = ("crude", "soy", "veg_oil", "usd", "brl", "rin")
+GROUPS = ("soy", "oils", "crude", "usd", "brl", "rin")  # what regime windows act on
 NEWS_TOPICS = (
     "biofuel",
     "palm_levy",
@@ -172,7 +210,7 @@ class SymbolSpec:
 
     symbol: str
     unit: str
-    group: str  # regime group: soy, oils, crude, usd, brl, rin
+    group: str  # regime group, one of GROUPS
     start_level: float
     annual_vol: float
     annual_drift: float
@@ -320,7 +358,8 @@ class SimulatorConfig:
     student_t_df: float = 5.0
     garch_alpha: float = 0.07
     garch_beta: float = 0.90
-    garch_cap: float = 9.0
+    garch_cap: float = 3.0
+    shock_clip: float = 5.0
     transition_halflife_days: float = 10.0
     ohlc_gap_share: float = 0.3
     ohlc_range_share: float = 0.6
@@ -330,7 +369,7 @@ class SimulatorConfig:
     cot_lookback_days: int = 63
     cot_scale: float = 45.0
     cot_sensitivity: float = 0.6
-    cot_noise_sd: float = 6.0
+    cot_noise_sd: float = 10.0
     cot_noise_persistence: float = 0.8
     cot_bound: float = 60.0
     cot_release_lag_business_days: int = 4
@@ -373,8 +412,8 @@ def simulate_market_with_truth(
     """
     _validate(config)
     days = _business_days(config.start, config.end)
-    if days.size < 2:
-        raise ValueError(f"simulator needs at least two business days, got {config}")
+    if days.size == 0:
+        raise ValueError(f"simulator: no business day between {config.start} and {config.end}")
     seeds = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
     rngs = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seeds, strict=True)}
 
@@ -405,9 +444,8 @@ def simulate_market_with_truth(
     ]
     if absent:
         notices.append(f"Simulated series {absent} begin after {days[-1]} and are absent.")
-    return MarketBundle(prices=prices, news=news, notices=tuple(notices), as_of=config.end), (
-        news_truth
-    )
+    bundle = MarketBundle(prices=prices, news=news, notices=tuple(notices), as_of=config.end)
+    return bundle, news_truth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +475,7 @@ def _simulate_paths(
     factor_shocks = _standard_t(rngs["factors"], config.student_t_df, (n_days, n_fac))
     idio_shocks = _standard_t(rngs["idiosyncratic"], config.student_t_df, (n_days, n_sym))
     z = np.einsum("tsf,tf->ts", loadings, factor_shocks) + idio_weight * idio_shocks
+    z = np.clip(z, -config.shock_clip, config.shock_clip)  # no 20-sigma days (limit moves)
 
     drift_annual, vol_multiplier = _regime_drift_and_vol(config, days)
     garch = _garch_variance(z, config.garch_alpha, config.garch_beta, config.garch_cap)
@@ -458,15 +497,15 @@ def _simulate_paths(
     deviation = np.zeros((n_days, n_sym))
     for s in _parents_first(specs):
         i, f = column[s.symbol], min(first_index[s.symbol], n_days - 1)
-        keep = 1.0 - math.log(2.0) / (s.reversion_halflife_years * TRADING_DAYS_PER_YEAR)
+        keep = 0.5 ** (1.0 / (s.reversion_halflife_years * TRADING_DAYS_PER_YEAR))
         if s.reverts_to is None:
-            deviation[:, i] = lfilter([1.0], [1.0, -keep], shocks[:, i])
+            deviation[:, i] = _ar1(shocks[:, i], keep)
         else:
             p = column[s.reverts_to]
             spread = shocks[:, i] - shocks[:, p]
             spread[: f + 1] = 0.0
             parent = deviation[:, p] - deviation[f, p]
-            deviation[:, i] = parent + lfilter([1.0], [1.0, -keep], spread)
+            deviation[:, i] = parent + _ar1(spread, keep)
     anchor = (
         np.log([s.start_level for s in specs])
         + drift_cum
@@ -601,12 +640,9 @@ def _cot_frame(
     spec = next(s for s in config.symbols if s.symbol == symbol)
     i, f = paths.column[symbol], paths.first_index[symbol]
     phi = config.cot_noise_persistence
-    noise = lfilter(
-        [config.cot_noise_sd * math.sqrt(1.0 - phi**2)],
-        [1.0, -phi],
-        innovations,
-        zi=[phi * config.cot_noise_sd * math.sqrt(1.0 - phi**2) * innovations[0]],
-    )[0]
+    scaled = config.cot_noise_sd * math.sqrt(1.0 - phi**2) * innovations
+    scaled[0] = config.cot_noise_sd * innovations[0]  # start from the stationary distribution
+    noise = _ar1(scaled, phi)
     lookback = np.maximum(tuesdays - config.cot_lookback_days, f)
     typical = spec.annual_vol * math.sqrt(config.cot_lookback_days / TRADING_DAYS_PER_YEAR)
     momentum = (paths.log_price[tuesdays, i] - paths.log_price[lookback, i]) / typical
@@ -801,7 +837,8 @@ def _simulate_news(
     cumulative = np.cumsum(weights, axis=1)
     cumulative /= cumulative[:, -1:]
     topic_u = rngs["news_topic"].random(n)
-    topic_index = np.minimum((topic_u[:, None] > cumulative[day_index]).sum(axis=1), 6)
+    topic_index = (topic_u[:, None] > cumulative[day_index]).sum(axis=1)
+    topic_index = np.minimum(topic_index, len(NEWS_TOPICS) - 1)
 
     template_u = rngs["news_template"].random(n)
     numbers = rngs["news_numbers"].random((n, 7))
@@ -855,6 +892,20 @@ def _validate(config: SimulatorConfig) -> None:
             )
         if s.reverts_to is not None and s.reverts_to not in names:
             raise ValueError(f"simulator: {s.symbol} reverts to unknown symbol {s.reverts_to}")
+        if s.group not in GROUPS:
+            raise ValueError(f"simulator: {s.symbol} has unknown group {s.group}; use {GROUPS}")
+        if s.start_level <= 0 or s.annual_vol <= 0 or s.reversion_halflife_years <= 0:
+            raise ValueError(
+                f"simulator: {s.symbol} needs a positive start_level, annual_vol and "
+                "reversion_halflife_years"
+            )
+    for w in config.regimes:
+        unknown = [g for g, _ in w.drift + w.vol if g not in GROUPS]
+        if unknown or any(v <= 0 for _, v in w.vol):
+            raise ValueError(
+                f"simulator: regime {w.name} needs groups from {GROUPS} and positive vol "
+                f"multipliers, got unknown groups {unknown}"
+            )
     for o in config.loading_overrides:
         unknown = [f for f, _ in o.loadings if f not in FACTORS]
         if unknown:
@@ -866,6 +917,10 @@ def _validate(config: SimulatorConfig) -> None:
         raise ValueError("simulator: garch_alpha + garch_beta must lie in (0, 1)")
     if config.student_t_df <= 2.0:
         raise ValueError("simulator: student_t_df must exceed 2 (finite variance)")
+    if not 0.0 <= config.cot_noise_persistence < 1.0:
+        raise ValueError("simulator: cot_noise_persistence must lie in [0, 1)")
+    if min(config.cot_lookback_days, config.news_horizon_days) < 1:
+        raise ValueError("simulator: cot_lookback_days and news_horizon_days must be >= 1")
     if abs(sum(config.news_daily_probs) - 1.0) > 1e-9:
         raise ValueError("simulator: news_daily_probs must sum to 1")
     for _, topic, _ in config.news_topic_emphasis:
@@ -923,5 +978,31 @@ def _ewma(values: np.ndarray, halflife_days: float) -> np.ndarray:
     if halflife_days <= 0:
         return values
     keep = 0.5 ** (1.0 / halflife_days)
-    smoothed, _ = lfilter([1.0 - keep], [1.0, -keep], values, axis=0, zi=keep * values[:1])
-    return smoothed
+    return _ar1(values, keep, gain=1.0 - keep, initial=values[0])
+
+
+def _ar1(
+    x: np.ndarray, keep: float, gain: float = 1.0, initial: float | np.ndarray = 0.0
+) -> np.ndarray:
+    """y_t = keep * y_(t-1) + gain * x_t along axis 0, with y_(-1) = initial.
+
+    Closed form in blocks short enough that keep**-block stays small: vectorised, and it
+    spares importing scipy.signal (about a second) wherever the simulator is imported.
+    """
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"simulator: AR(1) coefficient must lie in [0, 1], got {keep}")
+    x = gain * np.asarray(x, dtype=float)
+    if keep == 0.0:
+        return x
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    block = x.shape[0] if keep == 1.0 else max(1, int(math.log(1e6) / -math.log(keep)))
+    y = np.empty_like(x)
+    state = np.broadcast_to(np.asarray(initial, dtype=float), x.shape[1:])
+    for start in range(0, x.shape[0], block):
+        chunk = x[start : start + block]
+        steps = np.arange(chunk.shape[0])
+        growth = (keep**-steps).reshape(shape)
+        decay = (keep**steps).reshape(shape)
+        y[start : start + block] = decay * (keep * state + np.cumsum(chunk * growth, axis=0))
+        state = y[start + chunk.shape[0] - 1]
+    return y

@@ -20,7 +20,7 @@ class ModelSpec:
 
     name: str  # unique across the zoo, e.g. "lgbm_dart_a_weighted"
     family: str  # key into the family registry, e.g. "lightgbm", "arima", "random_walk"
-    kind: str  # "benchmark" | "statistical" | "tree" | "linear" | "specialist" | "volatility"
+    kind: str  # "benchmark" | "statistical" | "tree" | "sanity" | "specialist" | "volatility"
     params: dict[str, Any] = field(default_factory=dict)
     weighted: bool = False  # train with regime-calendar sample weights
     refit_every: int = 1  # refit at every k-th walk-forward origin (recorded schedule)
