@@ -1,0 +1,40 @@
+import datetime as dt
+
+import numpy as np
+import polars as pl
+
+from cbi_platform.evaluation.origins import walk_forward_origins
+from cbi_platform.evaluation.volatility_eval import (
+    best_volatility_model,
+    score_volatility,
+    volatility_walk_forward,
+)
+
+
+def _garch_prices(n=3000, seed=5):
+    rng = np.random.default_rng(seed)
+    omega, alpha, beta = 2e-6, 0.08, 0.9
+    var, r = omega / (1 - alpha - beta), np.empty(n)
+    for i in range(n):
+        r[i] = np.sqrt(var) * rng.standard_normal()
+        var = omega + alpha * r[i] ** 2 + beta * var
+    return 40 * np.exp(np.cumsum(r))
+
+
+def test_garch_beats_trailing_vol_on_garch_data_and_never_peeks():
+    prices = _garch_prices()
+    dates = pl.date_range(dt.date(2000, 1, 1), dt.date(2030, 1, 1), "1d", eager=True)[: len(prices)]
+    plan = walk_forward_origins(dates, 5, n_origins=24, span=600, n_burn_in=0)
+    horizons = {"1w": 5, "1m": 21}
+    frame = volatility_walk_forward(prices, plan, horizons)
+    assert frame.height == 24 * 2 * 3
+    # The forecast at an origin does not change when prices after it change.
+    shocked = prices.copy()
+    shocked[plan.index[10] + 1 :] *= np.exp(np.linspace(0, 1, len(prices) - plan.index[10] - 1))
+    again = volatility_walk_forward(shocked, plan, horizons)
+    key = pl.col("origin") == plan.dates[10]
+    assert frame.filter(key)["forecast_vol"].to_list() == again.filter(key)["forecast_vol"].to_list()
+    scores = score_volatility(frame)
+    garch = scores.filter((pl.col("horizon") == "1w") & (pl.col("model") == "garch"))
+    assert garch["rel_mae_vs_trailing"][0] < 1.0
+    assert best_volatility_model(scores, "1w") in {"garch", "gjr_garch"}
