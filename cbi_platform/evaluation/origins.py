@@ -29,6 +29,7 @@ import polars as pl
 
 SCORED = "scored"
 BURN_IN = "burn_in"
+LIVE = "live"  # the latest date: its forecast is the one users see; never scored
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,22 @@ def walk_forward_origins(
         horizon_days=int(horizon_days),
         spacing_days=(span - 1) / (n_origins - 1),
         n_dates=len(values),
+    )
+
+
+def with_live_origin(plan: OriginPlan, last_date: dt.date) -> OriginPlan:
+    """Append the last date of the index as a `live` origin (target unknown, never scored).
+
+    Walk-forward, ensemble and zones then produce the user-facing forecast by exactly the same
+    code path, and under the same embargo, as every evaluated origin.
+    """
+    last = plan.n_dates - 1
+    if plan.index and plan.index[-1] == last:
+        return plan
+    return replace(
+        plan,
+        dates=(*plan.dates, last_date),
+        index=(*plan.index, last),
+        role=(*plan.role, LIVE),
+        target_known=(*plan.target_known, False),
     )

@@ -8,8 +8,16 @@ processes. A training row whose target date exceeds the origin is a hard error
 (`LookAheadError`), checked at every fit.
 
 Refit schedule: origin k (0-based over all origins, burn-in first) refits the model when
-k % spec.refit_every == 0; in between, the model fitted at the latest earlier refit predicts,
+k % spec.refit_every == 0 (and always at the live origin); in between, the model fitted at the latest earlier refit predicts,
 fed the current origin's features and the close history up to the current origin.
+
+Explanations (optional): given `explain`, at every origin with a forecast the engine also calls
+`explain(model, spec, x_row, feature_names)` with the model that made it (fitted at or last
+before the origin) and the origin's (1, p) feature row, and collects the vector it returns:
+p contributions to the forecast log return, optionally followed by the base value (the layout
+of LightGBM's pred_contrib); None for models without features. One row per origin, so the cost
+is one explanation per forecast. The OOF frame is unchanged; the explanations come back beside
+it in long format (`cbi_platform.explain.shap_tables.SHAP_TABLE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import polars as pl
 
-from cbi_platform.evaluation.origins import OriginPlan
+from cbi_platform.evaluation.origins import LIVE, OriginPlan
 from cbi_platform.features.contract import (
     DATE,
     HORIZON,
@@ -41,6 +50,8 @@ from cbi_platform.models.base import FitData, Model, ModelSpec
 
 # (spec, training mask aligned with the rows of the frame passed in) -> allowed rows (subset).
 RowFilter = Callable[[ModelSpec, np.ndarray], np.ndarray]
+# (model, spec, origin feature row (1, p), feature names) -> p or p + 1 (base last) values | None.
+RowExplainer = Callable[[Model, ModelSpec, np.ndarray, list[str]], np.ndarray | None]
 
 # Set in every worker before it imports numpy / model libraries: one thread per process.
 SINGLE_THREAD_ENV = {
@@ -117,6 +128,7 @@ class _HorizonArrays:
     origin_rows: np.ndarray  # row of each origin in these arrays
     origin_days: np.ndarray  # origin date as days since epoch
     train_masks: np.ndarray  # (n_origins, n_rows) bool: target known and target_date <= origin
+    live: np.ndarray  # (n_origins,) bool: the live origin is always refitted (freshest model)
 
 
 @dataclass
@@ -126,6 +138,8 @@ class _SpecResult:
     n_train: np.ndarray  # rows of that fit; -1 when no model yet
     n_fits: int
     seconds: float
+    contributions: np.ndarray | None = None  # (n_origins, p + 1), base last; nan: none
+    explain_seconds: float = 0.0
 
 
 def _days(series: pl.Series) -> np.ndarray:
@@ -179,6 +193,7 @@ def _horizon_arrays(
         origin_rows=origin_rows,
         origin_days=origin_days,
         train_masks=train_masks,
+        live=np.asarray([r == LIVE for r in plan.role], dtype=bool),
     )
 
 
@@ -214,6 +229,7 @@ def _walk_spec(
     weights: np.ndarray | None,
     row_filter: RowFilter | None,
     min_train_rows: int,
+    explain: RowExplainer | None = None,
 ) -> _SpecResult:
     """Loop the origins for one spec on one horizon, refitting on its recorded schedule."""
     start = time.perf_counter()
@@ -221,11 +237,14 @@ def _walk_spec(
     forecast_logret = np.full(n, np.nan)
     fitted_at = np.full(n, -1, dtype=np.int64)
     n_train = np.full(n, -1, dtype=np.int64)
+    p = len(arr.feature_names)
+    contributions = None if explain is None else np.full((n, p + 1), np.nan)
+    explain_seconds = 0.0
     model: Model | None = None
     fit_k, fit_rows, n_fits = -1, -1, 0
     for k in range(n):
         row = int(arr.origin_rows[k])
-        if k % spec.refit_every == 0:
+        if k % spec.refit_every == 0 or arr.live[k]:
             mask = _training_mask(spec, arr, k, row_filter)
             rows = int(mask.sum())
             if rows >= min_train_rows:
@@ -261,7 +280,31 @@ def _walk_spec(
             raise ValueError(f"{spec.name}: predict returned {pred.size} values for one origin")
         forecast_logret[k] = pred[0]
         fitted_at[k], n_train[k] = fit_k, fit_rows
-    return _SpecResult(forecast_logret, fitted_at, n_train, n_fits, time.perf_counter() - start)
+        if explain is not None and contributions is not None:
+            explain_start = time.perf_counter()
+            try:
+                vector = explain(model, spec, arr.X[row : row + 1].copy(), list(arr.feature_names))
+            except Exception as exc:
+                raise RuntimeError(
+                    f"{spec.name} {arr.horizon}: explain failed at origin position {k}"
+                ) from exc
+            explain_seconds += time.perf_counter() - explain_start
+            if vector is not None:
+                vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+                if vector.size not in (p, p + 1):
+                    raise ValueError(
+                        f"{spec.name}: explain returned {vector.size} values for {p} features"
+                    )
+                contributions[k, : vector.size] = vector
+    return _SpecResult(
+        forecast_logret,
+        fitted_at,
+        n_train,
+        n_fits,
+        time.perf_counter() - start,
+        contributions,
+        explain_seconds,
+    )
 
 
 def _naive_scale(arr: _HorizonArrays, target_price: np.ndarray) -> np.ndarray:
@@ -295,6 +338,7 @@ def _worker_task(spec_idx: int, horizon: str) -> tuple[int, str, _SpecResult]:
         s["weights"][horizon],
         s["row_filter"],
         s["min_train_rows"],
+        s.get("explain"),
     )
     return spec_idx, horizon, result
 
@@ -318,6 +362,37 @@ def _horizon_order(horizons: list[str]) -> list[str]:
     return sorted(horizons, key=lambda h: (HORIZONS.get(h, 10**9), h))
 
 
+@overload
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | None = ...,
+    n_workers: int = ...,
+    progress: Callable[[str], None] | None = ...,
+    row_filter: RowFilter | None = ...,
+    min_train_rows: int = ...,
+    explain: None = ...,
+) -> pl.DataFrame: ...
+
+
+@overload
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | None = ...,
+    n_workers: int = ...,
+    progress: Callable[[str], None] | None = ...,
+    row_filter: RowFilter | None = ...,
+    min_train_rows: int = ...,
+    *,
+    explain: RowExplainer,
+) -> tuple[pl.DataFrame, pl.DataFrame]: ...
+
+
 def run_walk_forward(
     frame: pl.DataFrame,
     specs: list[ModelSpec],
@@ -328,15 +403,19 @@ def run_walk_forward(
     progress: Callable[[str], None] | None = None,
     row_filter: RowFilter | None = None,
     min_train_rows: int = 20,
-) -> pl.DataFrame:
+    explain: RowExplainer | None = None,
+) -> pl.DataFrame | tuple[pl.DataFrame, pl.DataFrame]:
     """Out-of-fold predictions (schema `OOF_SCHEMA`) of every spec at every origin of `plan`.
 
     `frame` follows the feature contract (one or several horizons). `weights` is aligned with
     the frame's rows and used only by specs with `weighted=True`. `row_filter(spec, mask)`
     restricts the training rows of specs with `regime` set (mask aligned with the frame's
     rows; it may only remove rows). A refit with fewer than `min_train_rows` rows keeps the
-    previous model; before any fit the forecast is null. `build_model` and `row_filter` must
-    be picklable (module-level) when `n_workers > 1`.
+    previous model; before any fit the forecast is null. `build_model`, `row_filter` and
+    `explain` must be picklable (module-level) when `n_workers > 1`.
+
+    With `explain` (see the module docstring) the result is `(oof, explanations)` instead:
+    the same OOF frame plus the long explanation table; without it, the OOF frame alone.
     """
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -391,12 +470,19 @@ def run_walk_forward(
             progress(
                 f"{specs[i].name} {h}: {len(r.fitted_at)} origins, {r.n_fits} fits, "
                 f"{r.seconds:.2f}s"
+                + ("" if explain is None else f", explain {r.explain_seconds:.2f}s")
             )
 
     if n_workers <= 1 or len(tasks) <= 1:
         for i, h in tasks:
             results[(i, h)] = _walk_spec(
-                specs[i], build_model, arrays[h], sub_weights[h], row_filter, min_train_rows
+                specs[i],
+                build_model,
+                arrays[h],
+                sub_weights[h],
+                row_filter,
+                min_train_rows,
+                explain,
             )
             report(i, h, results[(i, h)])
     else:
@@ -407,6 +493,7 @@ def run_walk_forward(
             "weights": sub_weights,
             "row_filter": row_filter,
             "min_train_rows": min_train_rows,
+            "explain": explain,
         }
         with _env(SINGLE_THREAD_ENV):
             pool = cf.ProcessPoolExecutor(
@@ -449,8 +536,74 @@ def run_walk_forward(
                 )
             )
     if not parts:
-        return pl.DataFrame(schema=OOF_SCHEMA)
-    oof = pl.concat(parts, how="diagonal_relaxed").with_columns(
-        forecast=pl.col("price") * pl.col("forecast_logret").exp()
-    )
-    return oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])
+        oof = pl.DataFrame(schema=OOF_SCHEMA)
+    else:
+        oof = pl.concat(parts, how="diagonal_relaxed").with_columns(
+            forecast=pl.col("price") * pl.col("forecast_logret").exp()
+        )
+        oof = oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])
+    if explain is None:
+        return oof
+    return oof, _explanation_frame(specs, arrays, extras, results)
+
+
+def _explanation_frame(
+    specs: list[ModelSpec],
+    arrays: dict[str, _HorizonArrays],
+    extras: dict[str, pl.DataFrame],
+    results: dict[tuple[int, str], _SpecResult],
+) -> pl.DataFrame:
+    """The collected contributions in long format, one row set per (horizon, model, origin)."""
+    from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, shap_table
+
+    parts = []
+    for h, arr in arrays.items():
+        p = len(arr.feature_names)
+        for i, spec in enumerate(specs):
+            r = results[(i, h)]
+            if r.contributions is None or p == 0:
+                continue
+            keep = (
+                (r.fitted_at >= 0)
+                & np.isfinite(r.forecast_logret)
+                & np.isfinite(r.contributions[:, :p]).all(axis=1)
+            )
+            if not keep.any():
+                continue
+            ks = np.flatnonzero(keep)
+            parts.append(
+                shap_table(
+                    r.contributions[ks, :p],
+                    arr.X[arr.origin_rows[ks]],
+                    arr.feature_names,
+                    extras[h]["origin"].gather(ks),
+                    h,
+                    spec.name,
+                    base=r.contributions[ks, p],
+                )
+            )
+    if not parts:
+        return pl.DataFrame(schema=SHAP_TABLE_SCHEMA)
+    return pl.concat(parts)
+
+
+def run_walk_forward_with_explanations(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    explain: RowExplainer | None = None,
+    **kwargs: Any,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(oof, explanations): `run_walk_forward` with out-of-fold SHAP at every origin.
+
+    `explain` defaults to `cbi_platform.explain.shap_tables.explain_row` (TreeSHAP for trees,
+    linear SHAP for ridge, nothing for models without features); `kwargs` go to
+    `run_walk_forward`. Explanations: horizon, model, origin, feature, value, shap, base, rank;
+    for every row set, base + sum(shap) is the OOF forecast_logret at that origin.
+    """
+    if explain is None:
+        from cbi_platform.explain.shap_tables import explain_row
+
+        explain = explain_row
+    return run_walk_forward(frame, specs, build_model, plan, explain=explain, **kwargs)

@@ -397,3 +397,19 @@ def test_protocol_end_to_end_scores_60_59_57_55_50_origins():
     assert board["n"].to_list() == [60, 59, 57, 55, 50]
     assert board["dm_lags"].to_list() == [0, 0, 2, 4, 9]
     assert board["effective_n"].to_list() == [60, 59, 19, 11, 5]
+
+
+def test_live_origin_is_always_refitted_and_never_scored():
+    from cbi_platform.evaluation.origins import LIVE, with_live_origin
+
+    frame = make_frame()
+    dates = frame["date"]
+    plan = walk_forward_origins(dates, 5, n_origins=10, span=200, n_burn_in=0)
+    live = with_live_origin(plan, dates[-1])
+    assert live.role[-1] == LIVE and not live.target_known[-1] and live.index[-1] == len(dates) - 1
+    spec = ModelSpec(name="ls", family="x", kind="tree", refit_every=4)
+    oof = run_walk_forward(frame, [spec], LeastSquares, live)
+    last = oof.filter(pl.col("role") == LIVE)
+    assert last.height == 1 and last["actual"][0] is None
+    assert last["fitted_at"][0] == dates[-1]  # refitted at the live origin, off its schedule
+    assert leaderboard(oof)["n"].max() == 10  # the live origin is never scored

@@ -1,0 +1,517 @@
+"""SHAP explanations of the feature models: contributions, long tables, ensemble drivers, words.
+
+A contribution is to the model's own output, the h-day log return: for every row
+`base + sum(shap) == model.predict(row)`, checked on every call. Trees (LightGBM, XGBoost, gbdt
+or DART) get TreeSHAP; ridge gets exact linear SHAP. Models without features (random walk,
+random walk with drift, ARIMA/ETS/Theta, GARCH) have no drivers: they return None.
+
+DART: LightGBM stores DART's rescaled leaves in the trees, so every path agrees. XGBoost keeps
+DART's tree weights (`weight_drop`) beside the trees; shap's own tree parser ignores them, so its
+interventional path and `expected_value` read before `shap_values` are wrong for XGBoost DART.
+The path-dependent TreeExplainer delegates to XGBoost's `pred_contribs` (weights applied), which
+is right; `method="auto"` still verifies additivity and falls back to the native call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import xgboost as xgb
+
+from cbi_platform.models.base import Model, ModelSpec
+from cbi_platform.models.benchmarks import single_thread
+from cbi_platform.models.linear import RidgeModel
+from cbi_platform.models.trees import LightGBMModel, XGBoostModel
+
+Method = Literal["auto", "tree_explainer", "native"]
+
+# Additivity tolerance, relative to the size of the terms summed (|base| + sum |shap|): a
+# prediction near zero makes a tolerance relative to the prediction itself meaningless.
+ADDITIVITY_RTOL = 1e-6
+# XGBoost predicts and attributes in float32 (eps 1.2e-7, summed over trees and features):
+# measured errors reach ~6e-7 of the terms' size, so its runtime check allows 1e-5.
+FLOAT32_ADDITIVITY_RTOL = 1e-5
+
+SHAP_TABLE_SCHEMA: dict[str, pl.DataType] = {
+    "horizon": pl.Utf8(),
+    "model": pl.Utf8(),
+    "origin": pl.Date(),
+    "feature": pl.Utf8(),
+    "value": pl.Float64(),  # the feature's value at the origin (null when missing)
+    "shap": pl.Float64(),  # contribution to the h-day log return
+    "base": pl.Float64(),  # the model's base value (expected output); same on every row
+    "rank": pl.Int64(),  # 1 = largest |shap| within (horizon, model, origin)
+}
+
+
+class ShapAdditivityError(AssertionError):
+    """base + sum(shap) does not reproduce the model's prediction."""
+
+
+# ---- contributions ------------------------------------------------------------------------
+
+
+def _as_matrix(X: np.ndarray, feature_names: Sequence[str], model: Any) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2 or X.shape[1] != len(feature_names):
+        raise ValueError(f"X has shape {X.shape}, expected (n, {len(feature_names)})")
+    fitted = list(getattr(model, "feature_names", []) or [])
+    if fitted and fitted != list(feature_names):
+        raise ValueError(
+            f"{model.spec.name}: feature names differ from the fit's "
+            f"(first fitted: {fitted[:4]}, given: {list(feature_names)[:4]})"
+        )
+    return X
+
+
+def _additivity_error(
+    values: np.ndarray, base: float, prediction: np.ndarray, rtol: float
+) -> float:
+    """Largest |base + sum(shap) - prediction| in units of the allowed tolerance (> 1: fails)."""
+    scale = np.abs(base) + np.abs(values).sum(axis=1)
+    gap = np.abs(base + values.sum(axis=1) - prediction)
+    return float(np.max(gap / (rtol * scale + 1e-15))) if gap.size else 0.0
+
+
+def _check_additivity(model: Model, X: np.ndarray, values: np.ndarray, base: float, how: str):
+    rtol = FLOAT32_ADDITIVITY_RTOL if isinstance(model, XGBoostModel) else ADDITIVITY_RTOL
+    prediction = np.asarray(model.predict(X, np.empty(0)), dtype=np.float64).reshape(-1)
+    excess = _additivity_error(values, base, prediction, rtol)
+    if not excess <= 1.0:
+        raise ShapAdditivityError(
+            f"{model.spec.name}: {how} SHAP values miss the prediction by {excess:.3g}x the "
+            f"tolerance (rtol {rtol:g} of |base| + sum|shap|)"
+        )
+
+
+def _native_tree_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
+    """The library's own TreeSHAP (exact, DART tree weights applied): (values, base)."""
+    booster = model.booster
+    with single_thread():
+        if isinstance(booster, lgb.Booster):
+            phi = booster.predict(X, pred_contrib=True, num_threads=1)
+        elif isinstance(booster, xgb.Booster):
+            dmatrix = xgb.DMatrix(X, feature_names=model.feature_names, missing=np.nan, nthread=1)
+            phi = booster.predict(dmatrix, pred_contribs=True)
+        else:
+            raise TypeError(f"{model.spec.name}: unsupported booster {type(booster).__name__}")
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.shape != (X.shape[0], X.shape[1] + 1):
+        raise ValueError(
+            f"{model.spec.name}: contributions of shape {phi.shape}, expected "
+            f"({X.shape[0]}, {X.shape[1] + 1}); multi-output boosters unsupported"
+        )
+    bias = phi[:, -1]
+    if not np.allclose(bias, bias[0], rtol=1e-6, atol=1e-12):
+        raise ValueError(f"{model.spec.name}: the bias column varies across rows")
+    return phi[:, :-1], float(bias[0])
+
+
+def _tree_explainer_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
+    """shap.TreeExplainer (path-dependent) on the booster: (values, base)."""
+    import shap  # slow to import; only this path needs it
+
+    with single_thread():
+        explainer = shap.TreeExplainer(model.booster, feature_perturbation="tree_path_dependent")
+        values = np.asarray(explainer.shap_values(X, check_additivity=False), dtype=np.float64)
+    # Read expected_value only after shap_values: before it, shap's parse of an XGBoost DART
+    # model (DART tree weights ignored) gives a wrong base; the call resets it from the bias.
+    base = float(np.ravel(explainer.expected_value)[0])
+    return values.reshape(X.shape), base
+
+
+def _linear_contributions(model: RidgeModel, X: np.ndarray) -> tuple[np.ndarray, float]:
+    """Exact linear SHAP: coef * (z - mean z) on the imputed, standardised features."""
+    if model.ridge is None or model.imputer is None or model.scaler is None:
+        raise RuntimeError(f"{model.spec.name}: explain before fit")
+    coef = np.asarray(model.ridge.coef_, dtype=np.float64).reshape(-1)
+    with single_thread():
+        z = model.scaler.transform(model.imputer.transform(X))
+        # StandardScaler centres on the (weighted) training mean, so the training mean of z is
+        # 0; transforming that mean keeps this exact should the scaler stop centring.
+        z_mean = model.scaler.transform(model.scaler.mean_.reshape(1, -1))[0]
+    values = coef * (z - z_mean)
+    base = float(np.ravel(model.ridge.intercept_)[0] + coef @ z_mean)
+    return values, base
+
+
+def shap_contributions(
+    model: Model, X: np.ndarray, feature_names: Sequence[str], method: Method = "auto"
+) -> tuple[np.ndarray, float] | None:
+    """SHAP values (n_rows x n_features) and the base value of a fitted feature model.
+
+    Additivity is verified on every call: base + row sum == model.predict (rtol 1e-6 of
+    |base| + sum|shap|; 1e-5 for XGBoost's float32). Trees: `method="auto"` runs
+    shap.TreeExplainer on `model.booster` and falls back (with a warning) to the library's
+    native TreeSHAP if additivity fails; "tree_explainer" and "native" force one path (the
+    native one is what TreeExplainer calls underneath, without ~10 ms of Python overhead).
+    Ridge: exact linear SHAP whatever the method. Anything else (random walk, statistical,
+    volatility models) has no features to explain: None.
+    """
+    if method not in ("auto", "tree_explainer", "native"):
+        raise ValueError(f"unknown method {method!r}; use auto, tree_explainer or native")
+    if isinstance(model, RidgeModel):
+        X = _as_matrix(X, feature_names, model)
+        values, base = _linear_contributions(model, X)
+        _check_additivity(model, X, values, base, "linear")
+        return values, base
+    if not isinstance(model, LightGBMModel | XGBoostModel):
+        return None
+    X = _as_matrix(X, feature_names, model)
+    if method == "native":
+        values, base = _native_tree_contributions(model, X)
+        _check_additivity(model, X, values, base, "native")
+        return values, base
+    values, base = _tree_explainer_contributions(model, X)
+    try:
+        _check_additivity(model, X, values, base, "TreeExplainer")
+    except ShapAdditivityError as exc:
+        if method == "tree_explainer":
+            raise
+        warnings.warn(f"{exc}; using the library's native TreeSHAP", stacklevel=2)
+        values, base = _native_tree_contributions(model, X)
+        _check_additivity(model, X, values, base, "native")
+    return values, base
+
+
+def explain_row(
+    model: Model, spec: ModelSpec, x_row: np.ndarray, feature_names: list[str]
+) -> np.ndarray | None:
+    """The walk-forward hook: [shap_1 .. shap_p, base] for one origin row, None without features.
+
+    Module-level (picklable for spawned workers). Uses the native TreeSHAP (the numbers
+    TreeExplainer returns, about 1-3 ms a row instead of 10-25 ms), additivity checked.
+    """
+    result = shap_contributions(model, x_row, feature_names, method="native")
+    if result is None:
+        return None
+    values, base = result
+    if values.shape[0] != 1:
+        raise ValueError(f"{spec.name}: explain_row got {values.shape[0]} rows, expected 1")
+    return np.append(values[0], base)
+
+
+# ---- long tables --------------------------------------------------------------------------
+
+
+def _ranks(shap_values: np.ndarray) -> np.ndarray:
+    """Per row, 1 for the largest |shap| (ties: feature order)."""
+    order = np.argsort(-np.abs(shap_values), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, shap_values.shape[1] + 1)[None, :], axis=1)
+    return ranks
+
+
+def shap_table(
+    shap_values: np.ndarray,
+    X: np.ndarray,
+    feature_names: Sequence[str],
+    origins: Sequence[dt.date] | pl.Series,
+    horizon: str,
+    model: str,
+    base: float | np.ndarray | None = None,
+) -> pl.DataFrame:
+    """Long format (`SHAP_TABLE_SCHEMA`): one row per (origin, feature), ranked within origin."""
+    S = np.asarray(shap_values, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    if S.ndim == 1:
+        S, X = S.reshape(1, -1), X.reshape(1, -1)
+    n, p = S.shape
+    if X.shape != (n, p) or len(feature_names) != p:
+        raise ValueError(f"shap {S.shape}, X {X.shape}, {len(feature_names)} feature names")
+    origin_list = origins.to_list() if isinstance(origins, pl.Series) else list(origins)
+    if len(origin_list) != n:
+        raise ValueError(f"{len(origin_list)} origins for {n} rows")
+    bases = np.broadcast_to(
+        np.full(n, np.nan) if base is None else np.asarray(base, dtype=np.float64), (n,)
+    )
+    if n == 0 or p == 0:
+        return pl.DataFrame(schema=SHAP_TABLE_SCHEMA)
+    frame = pl.DataFrame(
+        {
+            "horizon": [horizon] * (n * p),
+            "model": [model] * (n * p),
+            "origin": pl.Series(origin_list, dtype=pl.Date).gather(np.repeat(np.arange(n), p)),
+            "feature": list(feature_names) * n,
+            "value": X.reshape(-1),
+            "shap": S.reshape(-1),
+            "base": np.repeat(bases, p),
+            "rank": _ranks(S).reshape(-1),
+        },
+        schema=SHAP_TABLE_SCHEMA,
+    )
+    return frame.with_columns(pl.col("value", "base").fill_nan(None))
+
+
+def explain_model(
+    model: Model,
+    X: np.ndarray,
+    feature_names: Sequence[str],
+    origins: Sequence[dt.date] | pl.Series,
+    horizon: str,
+    method: Method = "auto",
+) -> pl.DataFrame | None:
+    """shap_contributions + shap_table for a fitted model's rows (None without features)."""
+    result = shap_contributions(model, X, feature_names, method=method)
+    if result is None:
+        return None
+    values, base = result
+    X = np.asarray(X, dtype=np.float64).reshape(values.shape)
+    return shap_table(values, X, feature_names, origins, horizon, model.spec.name, base)
+
+
+def ensemble_shap(
+    member_shap: pl.DataFrame,
+    member_weights: Mapping[str, float] | pl.DataFrame,
+    ensemble_name: str = "ensemble",
+) -> pl.DataFrame:
+    """The ensemble explained through its members: sum_m weight_m * shap_m per feature.
+
+    Exact for a linear combination: ensemble = sum_m w_m * forecast_m, and each feature
+    member's forecast is its base + sum of its shap, so ensemble = base_e + sum(shap_e) +
+    sum over members without features of w_m * forecast_m, where base_e = sum_m w_m * base_m.
+    Members without features (random walk, statistical) contribute nothing here: their weighted
+    forecast stays outside the drivers (the random walk's is 0). Members in `member_shap` with
+    no weight count as weight 0. `member_weights` is {model: weight}, or a frame with columns
+    model, weight and optionally horizon / origin (per-origin weights, e.g. the combiners'
+    `member_weights`); rows whose weight_kind is not "linear" are refused (a meta-learner's
+    gain shares are not weights of a sum).
+    """
+    needed = {"horizon", "model", "origin", "feature", "shap"}
+    missing = needed - set(member_shap.columns)
+    if missing:
+        raise ValueError(f"member_shap lacks columns {sorted(missing)}")
+    if isinstance(member_weights, pl.DataFrame):
+        if (
+            "weight_kind" in member_weights.columns
+            and (member_weights["weight_kind"] != "linear").any()
+        ):
+            raise ValueError("member_weights holds non-linear (importance) weights")
+        keys = [c for c in ("horizon", "origin") if c in member_weights.columns] + ["model"]
+        weights = member_weights.select(*keys, pl.col("weight").cast(pl.Float64))
+        if weights.select(keys).is_duplicated().any():
+            raise ValueError(f"member_weights has duplicate rows for {keys}")
+    else:
+        keys = ["model"]
+        weights = pl.DataFrame(
+            {"model": list(member_weights), "weight": [float(w) for w in member_weights.values()]},
+            schema={"model": pl.Utf8, "weight": pl.Float64},
+        )
+    has_value = "value" in member_shap.columns
+    has_base = "base" in member_shap.columns
+    joined = member_shap.join(weights, on=keys, how="inner").filter(pl.col("weight") != 0)
+    group = ["horizon", "origin", "feature"]
+    aggs = [(pl.col("weight") * pl.col("shap")).sum().alias("shap")]
+    aggs.append(pl.col("value").first() if has_value else pl.lit(None, pl.Float64).alias("value"))
+    if has_base:
+        aggs.append((pl.col("weight") * pl.col("base")).sum().alias("base"))
+    out = joined.group_by(group, maintain_order=True).agg(aggs)
+    if not has_base:
+        out = out.with_columns(base=pl.lit(None, pl.Float64))
+    out = out.with_columns(
+        model=pl.lit(ensemble_name),
+        rank=pl.col("shap")
+        .abs()
+        .rank(method="ordinal", descending=True)
+        .over("horizon", "origin")
+        .cast(pl.Int64),
+    )
+    return out.select([pl.col(c).cast(t) for c, t in SHAP_TABLE_SCHEMA.items()]).sort(
+        "horizon", "origin", "rank"
+    )
+
+
+# ---- coverage -----------------------------------------------------------------------------
+
+
+def shap_coverage(shap_values: np.ndarray, k: int) -> float:
+    """Share of the prediction's variance the top-k features explain, taken at face value.
+
+    With S the (rows x features) SHAP matrix, total_i = sum_j S_ij = prediction_i - base, and
+    T the k features with the largest mean |S_j| over rows (ties: feature order):
+
+        coverage(k) = 1 - Var_i(total_i - sum_{j in T} S_ij) / Var_i(total_i)
+
+    1.0 when k >= n_features; 0.0 at k = 0. It usually rises with k, but it need not: features
+    whose contributions cancel can make a top-k story miss more than it explains (even < 0),
+    which is worth seeing. NaN when the predictions do not vary (nothing to explain).
+    """
+    S = np.asarray(shap_values, dtype=np.float64)
+    if S.ndim != 2:
+        raise ValueError(f"shap_values must be (rows, features), got shape {S.shape}")
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    total = S.sum(axis=1)
+    total_var = float(np.var(total))
+    if S.shape[0] < 2 or total_var <= 0.0:
+        return float("nan")
+    top = np.argsort(-np.abs(S).mean(axis=0), kind="stable")[: min(k, S.shape[1])]
+    residual = total - S[:, top].sum(axis=1)
+    return 1.0 - float(np.var(residual)) / total_var
+
+
+def coverage_curve(shap_values: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[int, float]:
+    """{k: shap_coverage(shap_values, k)} for each k (k beyond n_features gives 1.0)."""
+    return {int(k): shap_coverage(shap_values, int(k)) for k in ks}
+
+
+# ---- plain words --------------------------------------------------------------------------
+
+# feature -> (phrase, unit); unit picks how the feature's value is written (`_VALUE_FORMATS`).
+_FEATURES: dict[str, tuple[str, str]] = {
+    "f_zl_ret1": ("ZL 1-day return", "pct_change"),
+    "f_zl_ret5": ("ZL 5-day return", "pct_change"),
+    "f_zl_ret21": ("ZL 21-day return", "pct_change"),
+    "f_zl_ret63": ("ZL 63-day return", "pct_change"),
+    "f_zl_ret1_lag1": ("ZL 1-day return a day earlier", "pct_change"),
+    "f_zl_ret1_lag2": ("ZL 1-day return two days earlier", "pct_change"),
+    "f_zl_ret5_lag5": ("ZL 5-day return the week before", "pct_change"),
+    "f_zl_vol5": ("ZL 5-day volatility", "vol"),
+    "f_zl_vol21": ("ZL 21-day volatility", "vol"),
+    "f_zl_vol63": ("ZL 63-day volatility", "vol"),
+    "f_zl_mom21": ("ZL price vs its 21-day average", "pct_change"),
+    "f_zl_mom63": ("ZL price vs its 63-day average", "pct_change"),
+    "f_zl_mom126": ("ZL price vs its 126-day average", "pct_change"),
+    "f_zl_dist_high252": ("ZL distance from its 52-week high", "pct_change"),
+    "f_zl_dist_low252": ("ZL distance above its 52-week low", "pct_change"),
+    "f_zl_z252": ("ZL price vs its 1-year range", "z"),
+    "f_month_sin": ("time of year (month, sine)", "cyclic"),
+    "f_month_cos": ("time of year (month, cosine)", "cyclic"),
+    "f_dow": ("day of the week", "weekday"),
+    "f_zs_ret5": ("soybean (ZS) 5-day return", "pct_change"),
+    "f_zs_ret21": ("soybean (ZS) 21-day return", "pct_change"),
+    "f_zm_ret5": ("soybean meal (ZM) 5-day return", "pct_change"),
+    "f_zm_ret21": ("soybean meal (ZM) 21-day return", "pct_change"),
+    "f_palm_ret5": ("palm oil 5-day return", "pct_change"),
+    "f_palm_ret21": ("palm oil 21-day return", "pct_change"),
+    "f_wti_ret5": ("WTI crude 5-day return", "pct_change"),
+    "f_wti_ret21": ("WTI crude 21-day return", "pct_change"),
+    "f_brent_ret5": ("Brent crude 5-day return", "pct_change"),
+    "f_brent_ret21": ("Brent crude 21-day return", "pct_change"),
+    "f_dxy_ret5": ("US dollar index 5-day change", "pct_change"),
+    "f_dxy_ret21": ("US dollar index 21-day change", "pct_change"),
+    "f_usdbrl_ret5": ("dollar vs Brazilian real, 5-day change", "pct_change"),
+    "f_usdbrl_ret21": ("dollar vs Brazilian real, 21-day change", "pct_change"),
+    "f_rin_d4_ret5": ("D4 RIN price 5-day change", "pct_change"),
+    "f_rin_d4_ret21": ("D4 RIN price 21-day change", "pct_change"),
+    "f_cot_zl_net": ("speculators' net position in ZL (COT)", "pct_oi"),
+    "f_cot_zl_chg4": ("4-week change in speculators' ZL net position (COT)", "pct_oi_change"),
+    "f_palm_m_chg3": ("palm oil 3-month change (monthly prices)", "pct_change"),
+    "f_zl_m_chg3": ("soybean oil 3-month change (monthly prices)", "pct_change"),
+    "f_soy_palm_spread": ("soy oil premium over palm oil", "usd_t"),
+    "f_soy_palm_spread_z63": ("soy-palm spread vs its 63-day range", "z"),
+    "f_crush_usd_bu": ("soybean crush margin", "usd_bu"),
+    "f_oil_share": ("oil share of the crush value", "share"),
+    "f_zl_wti_ratio": ("ZL / WTI crude price ratio", "ratio"),
+    "f_corr63_zl_palm": ("63-day correlation of ZL with palm oil", "corr"),
+    "f_corr63_zl_wti": ("63-day correlation of ZL with WTI crude", "corr"),
+    "f_corr63_zl_zs": ("63-day correlation of ZL with soybeans", "corr"),
+}
+
+FEATURE_DESCRIPTIONS: dict[str, str] = {name: phrase for name, (phrase, _) in _FEATURES.items()}
+FEATURE_UNITS: dict[str, str] = {name: unit for name, (_, unit) in _FEATURES.items()}
+
+_WEEKDAYS = {1: "Monday", 2: "Tuesday", 3: "Wednesday", 4: "Thursday", 5: "Friday"}
+_VALUE_FORMATS = {
+    "pct_change": lambda v: f"{100.0 * math.expm1(v):+.1f}%",  # log change -> percent
+    "vol": lambda v: f"{100.0 * v:.0f}% annualised",
+    "z": lambda v: f"z {v:+.1f}",
+    "cyclic": lambda v: f"{v:+.2f}",
+    "weekday": lambda v: _WEEKDAYS.get(int(round(v)), f"day {v:g}"),
+    "pct_oi": lambda v: f"{v:+.1f}% of open interest",
+    "pct_oi_change": lambda v: f"{v:+.1f} pts",
+    "usd_t": lambda v: f"{v:,.0f} USD/t",
+    "usd_bu": lambda v: f"{v:.2f} USD/bu",
+    "share": lambda v: f"{100.0 * v:.1f}%",
+    "ratio": lambda v: f"{v:.2f}",
+    "corr": lambda v: f"{v:+.2f}",
+    "number": lambda v: f"{v:.3g}",
+}
+# Fallback for names not in the dict: the build.py naming patterns, then the bare name.
+_PATTERNS = (
+    (re.compile(r"^f_(.+)_ret(\d+)$"), "{0} {1}-day return", "pct_change"),
+    (re.compile(r"^f_(.+)_chg(\d+)$"), "{0} change over {1} releases", "number"),
+    (re.compile(r"^f_(.+)_vol(\d+)$"), "{0} {1}-day volatility", "vol"),
+    (re.compile(r"^f_(.+)_mom(\d+)$"), "{0} price vs its {1}-day average", "pct_change"),
+)
+
+
+def _symbol_words(token: str) -> str:
+    return token.upper().replace("_", " ")
+
+
+def describe_feature(
+    name: str, feature_descriptions: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(phrase, unit) for a feature: the given phrases over FEATURE_DESCRIPTIONS, else its name."""
+    descriptions = {**FEATURE_DESCRIPTIONS, **(feature_descriptions or {})}
+    unit = FEATURE_UNITS.get(name)
+    if name in descriptions:
+        return descriptions[name], unit or "number"
+    for pattern, template, pattern_unit in _PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return template.format(_symbol_words(match[1]), match[2]), unit or pattern_unit
+    bare = name[2:] if name.startswith("f_") else name
+    return bare.replace("_", " "), unit or "number"
+
+
+def format_feature_value(value: float | None, unit: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "missing"
+    return _VALUE_FORMATS.get(unit, _VALUE_FORMATS["number"])(float(value))
+
+
+def _format_percent(pct: float) -> str:
+    size = abs(pct)
+    if size >= 0.1:
+        return f"{size:.1f}%"
+    if size >= 0.005:
+        return f"{size:.2f}%"
+    return "less than 0.01%"
+
+
+def top_drivers(
+    shap_rows: pl.DataFrame,
+    k: int = 4,
+    horizon_label: str | None = None,
+    feature_descriptions: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The k largest drivers of one forecast in plain words, largest |shap| first.
+
+    `shap_rows` holds one forecast's rows (one horizon, model, origin) with feature, value and
+    shap (a log-return contribution, written as 100 * (exp(shap) - 1) percent). Features with a
+    zero contribution are not drivers, so fewer than k lines may come back.
+    """
+    keys = [c for c in ("horizon", "model", "origin") if c in shap_rows.columns]
+    if keys and shap_rows.select(keys).unique().height > 1:
+        raise ValueError(f"shap_rows holds several forecasts; filter to one {tuple(keys)}")
+    if horizon_label is None and "horizon" in shap_rows.columns and shap_rows.height:
+        horizon_label = shap_rows["horizon"][0]
+    target = f"the {horizon_label} forecast" if horizon_label else "the forecast"
+    has_value = "value" in shap_rows.columns
+    drivers = (
+        shap_rows.filter(pl.col("shap").is_not_null() & pl.col("shap").is_finite())
+        .filter(pl.col("shap") != 0.0)
+        .sort(pl.col("shap").abs(), "feature", descending=[True, False])
+        .head(k)
+    )
+    lines = []
+    for row in drivers.iter_rows(named=True):
+        phrase, unit = describe_feature(row["feature"], feature_descriptions)
+        if has_value:
+            phrase = f"{phrase} ({format_feature_value(row['value'], unit)})"
+        direction = "up" if row["shap"] > 0 else "down"
+        size = _format_percent(100.0 * math.expm1(row["shap"]))
+        lines.append(f"{phrase} pushes {target} {direction} by {size}")
+    return lines
