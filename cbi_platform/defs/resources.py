@@ -73,6 +73,52 @@ class PlatformHome(dg.ConfigurableResource):
         return folder
 
 
+class ProtocolResource(dg.ConfigurableResource):
+    """The walk-forward protocol (origins, burn-in, workers); tests shrink it."""
+
+    n_origins: int = 60
+    span: int = 1512
+    end_offset: int = 5
+    n_burn_in: int = 60
+    n_workers: int = 2
+    min_history: int = 30
+    model_kinds: list[str] = ["benchmark", "statistical", "tree", "sanity", "specialist"]
+    regime_folds: int = 6
+
+    def config(self):
+        from cbi_platform.evaluation.horizon_run import ProtocolConfig
+
+        return ProtocolConfig(
+            self.n_origins, self.span, self.end_offset, self.n_burn_in, self.n_workers,
+            self.min_history,
+        )
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking in a SQLite store under the home folder (the file store is refused)."""
+
+    tracking_uri: str
+    artifact_root: str
+    ui_url: str = "http://localhost:5000"
+    experiment: str = "cbi-zl"
+
+    def tracker(self):
+        from cbi_platform.tracking import Tracker
+
+        return Tracker(self.tracking_uri, Path(self.artifact_root), self.experiment)
+
+
+class ForecastStoreResource(dg.ConfigurableResource):
+    """The append-only forecast history (DuckDB file in the home folder)."""
+
+    database: str
+
+    def store(self):
+        from cbi_platform.serving.store import ForecastStore
+
+        return ForecastStore(self.database)
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
     home = Path(env.get("CBI_HOME", str(DEFAULT_HOME))).resolve()
@@ -101,4 +147,16 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         )
     else:
         raise ValueError(f"CBI_WAREHOUSE must be duckdb or bigquery, not {warehouse!r}")
-    return {"io_manager": io_manager, "market_source": source, "home": PlatformHome(path=str(home))}
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "io_manager": io_manager,
+        "market_source": source,
+        "home": PlatformHome(path=str(home)),
+        "protocol": ProtocolResource(n_workers=int(env.get("CBI_WORKERS", "2"))),
+        "mlflow": MlflowResource(
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            artifact_root=str(home / "mlartifacts"),
+            ui_url=env.get("CBI_MLFLOW_UI", "http://localhost:5000"),
+        ),
+        "forecast_store": ForecastStoreResource(database=str(home / "forecasts.duckdb")),
+    }

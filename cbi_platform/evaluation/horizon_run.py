@@ -13,10 +13,13 @@ from dataclasses import dataclass
 import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleConfig, EnsembleResult, build_ensemble
-from cbi_platform.ensemble.conformal import conformal_zones, coverage_report
+from cbi_platform.ensemble.conformal import conformal_zones, coverage_report  # noqa: F401 (re-export)
 from cbi_platform.evaluation import metrics
 from cbi_platform.evaluation.origins import OriginPlan, walk_forward_origins, with_live_origin
-from cbi_platform.evaluation.walk_forward import RegimeRowFilter, run_walk_forward
+from cbi_platform.evaluation.walk_forward import (
+    RegimeRowFilter,
+    run_walk_forward_with_explanations,
+)
 from cbi_platform.features.contract import DATE, HORIZONS
 from cbi_platform.models.base import ModelSpec
 from cbi_platform.models.registry import RETURN_KINDS, build_model, load_specs
@@ -54,13 +57,14 @@ def member_predictions(
     specs: list[ModelSpec] | None = None,
     calendar: RegimeCalendar | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[pl.DataFrame, OriginPlan]:
-    """Walk-forward out-of-fold predictions of every member of the zoo for one horizon."""
+) -> tuple[pl.DataFrame, pl.DataFrame, OriginPlan]:
+    """Walk-forward OOF predictions of every member for one horizon, and the SHAP of each
+    feature model at each origin from the model fitted at (or last before) that origin."""
     frame = frame.sort(DATE)
     plan = origin_plan(frame[DATE], horizon, cfg)
     calendar = calendar or load_regime_calendar()
     weights = calendar.label(frame[DATE])["regime_weight"].to_numpy()
-    oof = run_walk_forward(
+    oof, shap = run_walk_forward_with_explanations(
         frame,
         specs if specs is not None else zoo_specs(horizon),
         build_model,
@@ -70,7 +74,7 @@ def member_predictions(
         progress=progress,
         row_filter=RegimeRowFilter.from_frame(frame, regimes),
     )
-    return oof, plan
+    return oof, shap, plan
 
 
 def context_frame(
@@ -88,10 +92,25 @@ def ensemble_step(oof: pl.DataFrame, context: pl.DataFrame, cfg: ProtocolConfig)
     return build_ensemble(oof, context, EnsembleConfig(min_history=cfg.min_history))
 
 
+def ensemble_as_oof(ensemble: pl.DataFrame, oof: pl.DataFrame) -> pl.DataFrame:
+    """The ensemble's rows in the members' OOF schema (origin bookkeeping from the random walk)."""
+    per_origin = oof.filter(pl.col("model") == "random_walk").select(
+        "horizon", "origin", "horizon_days", "origin_row", "naive_scale"
+    )
+    joined = ensemble.join(per_origin, on=["horizon", "origin"], how="left")
+    return joined.with_columns(
+        fitted_at=pl.col("origin"), n_train=pl.lit(None, dtype=oof.schema["n_train"])
+    ).select(oof.columns)
+
+
 def zones_step(oof: pl.DataFrame, ensemble: pl.DataFrame, context: pl.DataFrame) -> pl.DataFrame:
     """Conformal zones for the ensemble and, as the benchmark, for the random walk."""
     rw = oof.filter(pl.col("model") == "random_walk")
-    both = pl.concat([ensemble.select(rw.columns), rw], how="vertical_relaxed")
+    extra = [c for c in ("combiner", "shrink_weight", "fallback") if c in ensemble.columns]
+    ens = ensemble_as_oof(ensemble, oof).join(
+        ensemble.select("horizon", "origin", *extra), on=["horizon", "origin"], how="left"
+    )
+    both = pl.concat([ens, rw], how="diagonal_relaxed")
     return conformal_zones(both, context)
 
 
@@ -105,10 +124,10 @@ class EvaluationTables:
 
 def evaluation_tables(
     oof: pl.DataFrame, ensemble: pl.DataFrame, zones: pl.DataFrame, regimes: pl.DataFrame,
-    spacing_days: float,
+    spacing_days: float | None,
 ) -> EvaluationTables:
     """Metrics on scored origins only, every model next to the random walk."""
-    everything = pl.concat([oof, ensemble.select(oof.columns)], how="vertical_relaxed")
+    everything = pl.concat([oof, ensemble_as_oof(ensemble, oof)], how="vertical_relaxed")
     board = metrics.leaderboard(everything, spacing_days=spacing_days)
     coverage = coverage_report(zones)
     with_regime = everything.join(

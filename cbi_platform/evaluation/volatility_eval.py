@@ -70,9 +70,13 @@ def volatility_walk_forward(
     return frame.with_columns(pl.col("forecast_vol", "realized_vol").fill_nan(None))
 
 
-def score_volatility(frame: pl.DataFrame) -> pl.DataFrame:
-    """Per horizon and model on scored origins: MAE, QLIKE, and MAE relative to the naive vol."""
-    scored = frame.filter((pl.col("role") == "scored") & pl.col("realized_vol").is_not_null())
+def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
+    """Per horizon and model on origins of `role`: MAE, QLIKE, MAE relative to the naive vol.
+
+    Scored origins report accuracy; burn-in origins choose which model scales zones, so the
+    choice never looks at the origins it is judged on.
+    """
+    scored = frame.filter((pl.col("role") == role) & pl.col("realized_vol").is_not_null())
     scored = scored.drop_nulls("forecast_vol").with_columns(
         err=(pl.col("forecast_vol") - pl.col("realized_vol")).abs(),
         qlike=(pl.col("realized_vol") ** 2 / pl.col("forecast_vol") ** 2)

@@ -4,9 +4,14 @@ import dagster as dg
 import polars as pl
 
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
-from cbi_platform.defs.resources import PlatformHome
+from cbi_platform.defs.resources import MarketSourceResource, PlatformHome, ProtocolResource
 from cbi_platform.regimes.calendar import DEFAULT_CALENDAR_PATH, load_regime_calendar
 from cbi_platform.regimes.datasets import write_regime_datasets
+from cbi_platform.regimes.detected import (
+    label_regimes,
+    regime_outlook,
+    walk_forward_regime_scores,
+)
 from cbi_platform.reporting import markdown_table
 
 
@@ -59,5 +64,38 @@ def regime_datasets(
         metadata={
             "dagster/row_count": table.height,
             "datasets": dg.MetadataValue.md(markdown_table(table)),
+        },
+    )
+
+
+@dg.asset(
+    group_name="regimes",
+    kinds={"lightgbm", "polars", "duckdb"},
+    description="Detected regime per date (crisis/bull/bear/normal) from trailing data only, "
+    "with the classifier's out-of-sample scores and next-month outlook.",
+)
+def detected_regimes(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    protocol: ProtocolResource,
+) -> dg.Output[pl.DataFrame]:
+    target = market_prices.filter(pl.col("symbol") == market_source.target()).sort("date")
+    dates, prices = target["date"], target["value"].to_numpy()
+    labels = label_regimes(dates, prices)
+    scores, _ = walk_forward_regime_scores(dates, prices, labels["regime"], n_folds=protocol.regime_folds)
+    outlook = regime_outlook(dates, prices, labels["regime"])
+    score_table = pl.DataFrame([s.__dict__ for s in scores]) if scores else pl.DataFrame()
+    counts = labels.group_by("regime").len().sort("regime")
+    current = labels["regime"][-1]
+    context.log.info(f"current regime {current}; next-month outlook {outlook}")
+    return dg.Output(
+        labels,
+        metadata={
+            "dagster/row_count": labels.height,
+            "current_regime": str(current),
+            "next_month_outlook": dg.MetadataValue.json(outlook),
+            "classifier_out_of_sample": dg.MetadataValue.md(markdown_table(score_table)),
+            "label_counts": dg.MetadataValue.md(markdown_table(counts)),
         },
     )

@@ -1,0 +1,1 @@
+"""What the buyer sees: the forecast record, its append-only history, the API and page."""
