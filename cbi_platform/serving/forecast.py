@@ -33,12 +33,21 @@ def assemble_forecast(
     symbol: str = "ZL",
 ) -> dict:
     """One row of the forecast history from the live origin's zone row."""
-    band_lo, band_hi, probability = default_band(zone)
     target_date = zone.get("target_date") or _business_days_ahead(zone["origin"], horizon_days)
-    statement = (
-        f"{probability:.0%} probability {symbol} is between {band_lo:.2f} and {band_hi:.2f} "
-        f"{unit} on {target_date} ({horizon}, {horizon_days} trading days)"
-    )
+    calibrated = all(zone.get(k) is not None for k in ("p10", "p50", "p90", "lo90", "hi90"))
+    if calibrated:
+        band_lo, band_hi, probability = default_band(zone)
+        statement = (
+            f"{probability:.0%} probability {symbol} is between {band_lo:.2f} and {band_hi:.2f} "
+            f"{unit} on {target_date} ({horizon}, {horizon_days} trading days)"
+        )
+    else:
+        band_lo = band_hi = probability = None
+        statement = (
+            f"point forecast {float(zone['forecast']):.2f} {unit} on {target_date}; no calibrated "
+            f"zone yet ({zone.get('n_calibration') or 0:.0f} walk-forward residuals known, "
+            "more are needed): extend the history or lower the horizon"
+        )
     last = zone["origin"]
     behind = int(np.busday_count(np.datetime64(last, "D"), np.datetime64(data_reference_date, "D")))
     return {
@@ -48,17 +57,17 @@ def assemble_forecast(
         "target_date": target_date,
         "price": float(zone["price"]),
         "forecast": float(zone["forecast"]),
-        **{k: float(zone[k]) for k in ("p10", "p30", "p50", "p70", "p90", "lo90", "hi90")},
-        "band_lo": float(band_lo),
-        "band_hi": float(band_hi),
-        "band_probability": float(probability),
+        **{k: _num(zone.get(k)) for k in ("p10", "p30", "p50", "p70", "p90", "lo90", "hi90")},
+        "band_lo": _num(band_lo),
+        "band_hi": _num(band_hi),
+        "band_probability": _num(probability),
         "statement": statement,
         "regime": regime,
         "regime_outlook": ", ".join(f"{k} {v:.0%}" for k, v in sorted(regime_outlook.items(), key=lambda kv: -kv[1])),
         "drivers": list(drivers),
         "volatility": None if volatility is None else float(volatility),
         "combiner": zone.get("combiner"),
-        "shrink_weight": None if zone.get("shrink_weight") is None else float(zone["shrink_weight"]),
+        "shrink_weight": _num(zone.get("shrink_weight")),
         "data_last_date": last,
         "data_reference_date": data_reference_date,
         "data_business_days_behind": max(behind, 0),
@@ -68,3 +77,7 @@ def assemble_forecast(
 
 def _business_days_ahead(day: dt.date, n: int) -> dt.date:
     return np.busday_offset(np.datetime64(day, "D"), n, roll="forward").astype(dt.date)
+
+
+def _num(value) -> float | None:
+    return None if value is None else float(value)

@@ -22,18 +22,22 @@ from cbi_platform.serving.forecast import assemble_forecast
 from cbi_platform.tracking import registered_model_name
 
 
+def _float(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def _candidate(version: str, board: pl.DataFrame, zones: pl.DataFrame) -> Candidate:
     ens = board.filter(pl.col("model") == "ensemble")
     cov = coverage_report(zones.filter(pl.col("model") == "ensemble"))
-    cov_all = cov.filter(pl.col("regime") == "all")
+    cov_all = cov.filter(pl.col("regime") == "all") if cov.height else cov
     scored = zones.filter(
         (pl.col("model") == "ensemble") & (pl.col("role") == "scored") & pl.col("actual").is_not_null()
     )
     errors = {str(o): abs(f - a) for o, f, a in scored.select("origin", "forecast", "actual").iter_rows()}
     return Candidate(
         version=version,
-        mase=float(ens["mase"][0]) if ens.height else float("nan"),
-        coverage90=float(cov_all["coverage90"][0]) if cov_all.height else float("nan"),
+        mase=_float(ens["mase"][0]) if ens.height else float("nan"),
+        coverage90=_float(cov_all["coverage90"][0]) if cov_all.height else float("nan"),
         leakage_passed=True,  # the blocking leakage checks gate every upstream run
         errors=errors,
     )
