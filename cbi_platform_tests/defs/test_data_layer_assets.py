@@ -5,12 +5,18 @@ import polars as pl
 import pytest
 import dagster as dg
 
-from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_ASSETS, HORIZON_CHECKS, SHARED_ASSETS, SHARED_CHECKS
+from cbi_platform.defs.features.assets import features
+from cbi_platform.defs.market.assets import market_prices, raw_market_data
+from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_CHECKS, SHARED_CHECKS
+from cbi_platform.defs.regimes.assets import regime_calendar, regime_datasets
 from cbi_platform_tests.conftest import file_resources
+
+DATA_ASSETS = [raw_market_data, market_prices, regime_calendar]
+FEATURE_ASSETS = [features, regime_datasets]
 
 
 def _materialize(resources, partition=None, raise_on_error=True):
-    selection, checks = (SHARED_ASSETS, SHARED_CHECKS) if partition is None else (HORIZON_ASSETS, HORIZON_CHECKS)
+    selection, checks = (DATA_ASSETS, SHARED_CHECKS) if partition is None else (FEATURE_ASSETS, HORIZON_CHECKS)
     return dg.materialize(
         [*ALL_ASSETS, *checks],
         selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
