@@ -73,6 +73,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from cbi_platform.defs.resources import DEFAULT_HOME
+    from cbi_platform.serving.store import ForecastStore
+
+    home = Path(os.environ.get("CBI_HOME", str(DEFAULT_HOME)))
+    store = ForecastStore(home / "forecasts.duckdb")
+    latest = store.latest()
+    if latest.height == 0:
+        return _fail(f"no forecasts in {home / 'forecasts.duckdb'}: run `make run` (or `cbi run`) first")
+    order = {h: i for i, h in enumerate(["1w", "1m", "3m", "6m", "12m"])}
+    rows = sorted(latest.to_dicts(), key=lambda r: order.get(r["horizon"], 99))
+    if args.json:
+        print(_json.dumps(rows, default=str, indent=1))
+        return 0
+    first = rows[0]
+    print(f"ZL forecasts as of {first['as_of']} (data through {first['data_last_date']}, "
+          f"{first['data_business_days_behind']} business days behind {first['data_reference_date']})")
+    print(f"{'horizon':>7} {'target':>10} {'price':>7} {'P10':>7} {'P30':>7} {'P50':>7} "
+          f"{'P70':>7} {'P90':>7}  regime   model")
+    for r in rows:
+        zones = " ".join(f"{r[k]:7.2f}" if r[k] is not None else "      -" for k in ("p10", "p30", "p50", "p70", "p90"))
+        print(f"{r['horizon']:>7} {str(r['target_date']):>10} {r['price']:7.2f} {zones}  "
+              f"{r['regime'] or '-':8} {r['model_version']}")
+    print()
+    for r in rows:
+        print(f"{r['horizon']}: {r['statement']}")
+        for d in r["drivers"]:
+            print(f"    - {d}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -89,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", help="use the files source with this manifest")
     p.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("forecast", help="print the latest forecast per horizon")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_forecast)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import dagster as dg
@@ -48,7 +49,12 @@ def _report(result: dg.ExecuteInProcessResult, out: TextIO) -> tuple[int, int]:
     return errors, warnings
 
 
-def run_pipeline(horizons: list[str], stream: TextIO, resources: dict | None = None) -> int:
+def run_pipeline(
+    horizons: list[str],
+    stream: TextIO,
+    resources: dict | None = None,
+    on_result: Callable[[str, dg.ExecuteInProcessResult], None] | None = None,
+) -> int:
     resources = resources or build_resources()
     instance = _instance()
     source = resources["market_source"]
@@ -79,6 +85,8 @@ def run_pipeline(horizons: list[str], stream: TextIO, resources: dict | None = N
         except dg.DagsterInvariantViolationError as exc:
             stream.write(f"    failed: {exc}\n")
             return 1
+        if on_result is not None:
+            on_result(label, result)
         errors, warnings = _report(result, stream)
         total_errors += errors
         total_warnings += warnings

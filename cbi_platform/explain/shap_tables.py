@@ -515,3 +515,18 @@ def top_drivers(
         size = _format_percent(100.0 * math.expm1(row["shap"]))
         lines.append(f"{phrase} pushes {target} {direction} by {size}")
     return lines
+
+
+def coverage_table(shap_long: pl.DataFrame, ks: Sequence[int] = (1, 2, 4, 8)) -> pl.DataFrame:
+    """SHAP coverage per (horizon, model) from a long SHAP table: the share of the variance of
+    the model's out-of-fold predictions explained by its top-k features."""
+    rows = []
+    for (horizon, model), part in shap_long.group_by(["horizon", "model"], maintain_order=True):
+        wide = part.pivot(on="feature", index="origin", values="shap").drop("origin")
+        values = wide.fill_null(0.0).to_numpy()
+        if values.shape[0] < 3:
+            continue
+        curve = coverage_curve(values, ks)
+        rows.append({"horizon": horizon, "model": model, "origins": values.shape[0],
+                     **{f"top{k}": v for k, v in curve.items()}})
+    return pl.DataFrame(rows)

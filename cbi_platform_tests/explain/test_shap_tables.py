@@ -443,3 +443,22 @@ def test_custom_explainers_through_run_walk_forward():
     assert shap_long["base"].null_count() == shap_long.height
     with pytest.raises(ValueError, match="explain returned 2 values"):
         run_walk_forward(frame, [OOF_SPECS[3]], build_model, plan, explain=wrong_length)
+
+
+def test_coverage_table_reads_the_long_shap_table():
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from cbi_platform.explain.shap_tables import coverage_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        origin = dt.date(2020, 1, 1) + dt.timedelta(days=i)
+        big, small = rng.normal(0, 1.0), rng.normal(0, 0.01)
+        rows += [("1m", "m", origin, "f_big", big), ("1m", "m", origin, "f_small", small)]
+    long = pl.DataFrame(rows, schema=["horizon", "model", "origin", "feature", "shap"], orient="row")
+    table = coverage_table(long, ks=(1, 2))
+    assert table["top1"][0] > 0.99 and table["top2"][0] == 1.0

@@ -10,6 +10,7 @@ from cbi_platform.defs.resources import MarketSourceResource, MlflowResource, Pr
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.metrics import leaderboard
 from cbi_platform.evaluation.volatility_eval import score_volatility, volatility_walk_forward
+from cbi_platform.explain.shap_tables import coverage_table
 from cbi_platform.features.contract import HORIZONS
 from cbi_platform.reporting import markdown_table
 
@@ -108,5 +109,10 @@ def member_models(
         },
     )
     yield dg.Output(
-        shap_all, output_name="oof_shap", metadata={"dagster/row_count": shap_all.height}
+        shap_all,
+        output_name="oof_shap",
+        metadata={
+            "dagster/row_count": shap_all.height,
+            "shap_coverage": dg.MetadataValue.md(markdown_table(coverage_table(shap_all))),
+        },
     )

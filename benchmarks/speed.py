@@ -1,0 +1,91 @@
+"""Speed benchmark: the whole pipeline (`cbi run`, what `make run` does after installing),
+wall time end to end, per stage and per asset step, and peak memory.
+
+Usage: .venv/bin/python benchmarks/speed.py [--manifest PATH] [--horizons ...]
+Runs in a fresh temporary home (warehouse, MLflow, instance), never the user's .cbi_home.
+Results: benchmarks/results/speed_<source>.{md,json} with machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _machine import machine_stamp  # noqa: E402
+
+
+def main() -> int:
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--manifest")
+    parser.add_argument("--horizons", nargs="+", default=["1w", "1m", "3m", "6m", "12m"])
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="cbi-speed-"))
+    os.environ["CBI_HOME"] = str(home)
+    os.environ.pop("DAGSTER_HOME", None)
+    if args.manifest:
+        os.environ["CBI_SOURCE"], os.environ["CBI_MANIFEST"] = "files", str(Path(args.manifest).resolve())
+    import dagster as dg
+
+    from cbi_platform.runner import run_pipeline
+
+    steps: list[dict] = []
+    stages: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def on_result(label: str, result: dg.ExecuteInProcessResult) -> None:
+        now = time.perf_counter()
+        stages[label] = round(now - last[0], 1)
+        last[0] = now
+        for event in result.all_events:
+            if event.event_type_value == "STEP_SUCCESS":
+                steps.append({"stage": label, "step": event.step_key,
+                              "seconds": round(event.event_specific_data.duration_ms / 1000, 2)})
+
+    log = io.StringIO()
+    started = time.perf_counter()
+    code = run_pipeline(args.horizons, log, on_result=on_result)
+    wall = time.perf_counter() - started
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    stamp = machine_stamp()
+    per_asset: dict[str, float] = {}
+    for s in steps:
+        per_asset[s["step"]] = round(per_asset.get(s["step"], 0) + s["seconds"], 2)
+    source = Path(args.manifest).stem if args.manifest else "simulated"
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": stamp, "source": source, "exit_code": code, "wall_seconds": round(wall, 1),
+              "peak_rss_mib_main": round(peak_self), "peak_rss_mib_largest_worker": round(peak_children),
+              "stages": stages, "per_asset_seconds": per_asset}
+    (out / f"speed_{source}.json").write_text(json.dumps(result, indent=1))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(per_asset.items(), key=lambda kv: -kv[1]))
+    (out / f"speed_{source}.md").write_text(
+        f"# Speed benchmark: {source}\n\n"
+        f"- date: {stamp['date']}; machine: {stamp['machine']} ({stamp['platform']}, "
+        f"{stamp['cpus']} CPUs, {stamp['memory_gib']} GiB)\n"
+        f"- command: `.venv/bin/python benchmarks/speed.py{' --manifest ' + args.manifest if args.manifest else ''}` "
+        f"(the pipeline `make run` runs, after installation, in a fresh home)\n"
+        f"- exit code {code}; wall time **{wall:.0f} s**; peak RSS main process "
+        f"**{peak_self:.0f} MiB**, largest walk-forward worker {peak_children:.0f} MiB\n"
+        f"- per stage (s): {stages}\n\n| asset step (all horizons) | seconds |\n|---|---|\n{rows}\n"
+    )
+    print(log.getvalue()[-1500:])
+    print(json.dumps(result, indent=1))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
