@@ -31,3 +31,19 @@ def forecast_drivers(
     if "value" not in combined.columns:
         combined = combined.join(values, on="feature", how="left")
     return top_drivers(combined, k=k, horizon_label=horizon), note
+
+
+def member_signals(
+    shap_live: pl.DataFrame, leaderboard: pl.DataFrame, horizon: str, k: int = 3
+) -> list[str]:
+    """When the ensemble is the random walk: what the best-scoring feature member would have
+    said, clearly labelled as not used, so the buyer sees the signals the ensemble rejected."""
+    members = shap_live["model"].unique().to_list() if shap_live.height else []
+    ranked = leaderboard.filter(pl.col("model").is_in(members)).sort("rel_mae", nulls_last=True)
+    if ranked.height == 0:
+        return []
+    best = ranked.row(0, named=True)
+    rows = shap_live.filter(pl.col("model") == best["model"])
+    lines = top_drivers(rows, k=k, horizon_label=horizon)
+    label = f"(not used: {best['model']}, relative MAE {best['rel_mae']:.2f} vs the random walk)"
+    return [f"{line} {label}" for line in lines]

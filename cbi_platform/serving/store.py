@@ -70,5 +70,5 @@ class ForecastStore:
             hist.sort(["as_of", "created_at"])
             .group_by("horizon", maintain_order=True)
             .last()
-            .with_columns(pl.col("drivers").map_elements(json.loads, return_dtype=pl.List(pl.Utf8)))
+            .with_columns(pl.col("drivers").str.json_decode(pl.List(pl.Utf8)))
         )

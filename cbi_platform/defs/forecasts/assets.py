@@ -17,7 +17,7 @@ from cbi_platform.evaluation.promotion import Candidate, decide
 from cbi_platform.features.contract import HORIZONS
 from cbi_platform.regimes.detected import regime_outlook
 from cbi_platform.reporting import markdown_table
-from cbi_platform.serving.drivers import forecast_drivers
+from cbi_platform.serving.drivers import forecast_drivers, member_signals
 from cbi_platform.serving.forecast import assemble_forecast
 from cbi_platform.tracking import registered_model_name
 
@@ -81,14 +81,14 @@ def forecasts(
         weights_live = ensemble_weights.filter(
             (pl.col("horizon") == horizon) & (pl.col("origin") == origin)
         )
+        board = model_leaderboard.filter(pl.col("horizon") == horizon)
         drivers, driver_note = forecast_drivers(shap_live, weights_live, horizon)
         if not drivers:
-            drivers = [driver_note]
+            drivers = [driver_note, *member_signals(shap_live, board, horizon)]
         regime = detected_regimes.filter(pl.col("date") == origin)["regime"]
         vol = volatility_forecasts.filter(
             (pl.col("origin") == origin) & (pl.col("horizon") == horizon) & (pl.col("model") == "gjr_garch")
         )["forecast_vol"]
-        board = model_leaderboard.filter(pl.col("horizon") == horizon)
         # Register this ensemble as a model version; promotion decides whether it serves.
         name = registered_model_name(horizon)
         tags = {"dagster.run_id": context.run.run_id, "dagster.partition": horizon,
