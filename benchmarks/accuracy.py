@@ -4,7 +4,7 @@ Usage: .venv/bin/python benchmarks/accuracy.py [--manifest manifests/shared_data
                                                [--horizons 1w 1m 3m 6m 12m] [--workers 2]
 
 Protocol (the same origins as the peer methods): 60 origins evenly spaced over the last 1,512
-trading days ending 5 before the last date, expanding window, embargo >= h, 60 earlier burn-in
+trading days ending 5 before the last date, expanding window, embargo >= h, 100 earlier burn-in
 origins for calibration and combiner choice only. It runs the platform's own steps (the ones
 the Dagster assets call), so the numbers are the pipeline's numbers. Results go to
 benchmarks/results/accuracy_<source>.{md,json} with the machine and date.
@@ -114,7 +114,7 @@ def main() -> int:
         f"- manifest: {args.manifest}; target {manifest.target}; "
         f"command: `.venv/bin/python benchmarks/accuracy.py --manifest {args.manifest}`",
         "- protocol: 60 scored origins over the last 1,512 trading days (ending 5 before the last "
-        "date), 60 burn-in origins before them, expanding window, embargo >= h; scored origins only.",
+        "date), 100 burn-in origins before them, expanding window, embargo >= h; scored origins only.",
         f"- seconds per horizon: {timings}; volatility walk-forward included once",
         "",
         "## Ensemble vs random walk (the headline)",

@@ -79,7 +79,7 @@ class ProtocolResource(dg.ConfigurableResource):
     n_origins: int = 60
     span: int = 1512
     end_offset: int = 5
-    n_burn_in: int = 60
+    n_burn_in: int = 100
     n_workers: int = 2
     min_history: int = 30
     model_kinds: list[str] = ["benchmark", "statistical", "tree", "sanity", "specialist"]

@@ -33,7 +33,7 @@ class ProtocolConfig:
     n_origins: int = 60
     span: int = 1512
     end_offset: int = 5
-    n_burn_in: int = 60
+    n_burn_in: int = 100
     n_workers: int = 2
     min_history: int = 30  # resolved rows before the ensemble may leave the random walk
 
