@@ -11,6 +11,7 @@ from cbi_platform.defs.ensemble.assets import ensemble, target_zones
 from cbi_platform.defs.evaluation.assets import model_leaderboard
 from cbi_platform.defs.forecasts.assets import forecasts
 from cbi_platform.defs.models.assets import member_models, volatility_forecasts
+from cbi_platform.defs.models.checks import model_checks
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
 
 # Unpartitioned assets, materialized once per run of the pipeline.
@@ -20,7 +21,7 @@ SHARED_CHECKS = [*market_checks]
 HORIZON_ASSETS = [
     features, regime_datasets, member_models, ensemble, target_zones, model_leaderboard, forecasts,
 ]
-HORIZON_CHECKS = [*feature_checks]
+HORIZON_CHECKS = [*feature_checks, *model_checks]
 
 ALL_ASSETS = [*SHARED_ASSETS, *HORIZON_ASSETS]
 ALL_CHECKS = [*SHARED_CHECKS, *HORIZON_CHECKS]

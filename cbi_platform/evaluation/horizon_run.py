@@ -20,8 +20,8 @@ from cbi_platform.evaluation.walk_forward import (
     RegimeRowFilter,
     run_walk_forward_with_explanations,
 )
-from cbi_platform.features.contract import DATE, HORIZONS
-from cbi_platform.models.base import ModelSpec
+from cbi_platform.features.contract import DATE, HORIZONS, PRICE, TARGET_LOGRET, feature_columns
+from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import RETURN_KINDS, build_model, load_specs
 from cbi_platform.regimes.calendar import RegimeCalendar, load_regime_calendar
 
@@ -144,3 +144,31 @@ def evaluation_tables(
 
 def live_rows(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(pl.col("role") == "live")
+
+
+def fit_final_models(
+    frame: pl.DataFrame,
+    regimes: pl.DataFrame,
+    horizon: str,
+    specs: list[ModelSpec] | None = None,
+    calendar: RegimeCalendar | None = None,
+) -> dict[str, object]:
+    """Every member fitted on all rows whose target is known by the last date: the same
+    training set the walk-forward used at the live origin. These are the models registered."""
+    frame = frame.sort(DATE)
+    known = frame[TARGET_LOGRET].is_not_null().to_numpy()
+    names = feature_columns(frame)
+    X = frame.select(names).cast(pl.Float64).to_numpy()
+    y = frame[TARGET_LOGRET].cast(pl.Float64).to_numpy()
+    weights = (calendar or load_regime_calendar()).label(frame[DATE])["regime_weight"].to_numpy()
+    labels = RegimeRowFilter.from_frame(frame, regimes).labels
+    fitted = {}
+    for spec in specs if specs is not None else zoo_specs(horizon):
+        mask = known & (labels == spec.regime) if spec.regime else known
+        data = FitData(
+            X=X[mask], y=y[mask], prices=frame[PRICE].to_numpy(),
+            horizon_days=HORIZONS[horizon], feature_names=names,
+            sample_weight=weights[mask] if spec.weighted else None,
+        )
+        fitted[spec.name] = build_model(spec).fit(data)
+    return fitted

@@ -7,7 +7,7 @@ import duckdb
 import polars as pl
 from mlflow import MlflowClient
 
-from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_ASSETS, SHARED_ASSETS
+from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_ASSETS, HORIZON_CHECKS, SHARED_ASSETS
 from cbi_platform.defs.resources import ProtocolResource
 from cbi_platform_tests.conftest import file_resources, write_small_manifest
 
@@ -18,9 +18,10 @@ SMALL = ProtocolResource(
 
 
 def _run(resources, selection, partition=None):
+    checks = HORIZON_CHECKS if partition else []
     return dg.materialize(
-        ALL_ASSETS,
-        selection=dg.AssetSelection.assets(*selection),
+        [*ALL_ASSETS, *checks],
+        selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
         partition_key=partition,
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
@@ -79,5 +80,16 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert len(parents) == 1 and len(children) == oof["model"].n_unique()
     history = client.get_metric_history(children[0].info.run_id, "abs_pct_error")
     assert len({m.step for m in history}) == len(history) > 1  # step = origin, one per origin
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["oof_predictions_monotone"].passed
+    constraints = checks["oof_predictions_monotone"].metadata["constraints"].value
+    assert constraints and all(c["monotone"] for c in constraints)
+    # The registered version carries the fitted members, loadable and able to predict.
+    import joblib
+
+    version = client.get_model_version("cbi-zl-1m", "1")
+    local = client.download_artifacts(version.run_id, "ensemble", str(tmp_path / "dl"))
+    members = joblib.load(f"{local}/members.joblib")
+    assert "lgbm_gbdt" in members and "random_walk" in members
     again = store.append([{**row, "drivers": json.loads(json.dumps(row["drivers"]))}])
     assert again == 0

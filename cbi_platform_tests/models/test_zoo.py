@@ -27,7 +27,9 @@ from cbi_platform.models.trees import check_monotone
 from cbi_platform.models.volatility import fit_volatility, forecast_horizon_vol, realized_vol
 
 SPECS = {spec.name: spec for spec in load_specs()}
-NAMES = [f"f_{i}" for i in range(6)]
+# The last synthetic column carries the name of the zoo's monotone-constrained feature.
+CONSTRAINED = "f_zl_z252"
+NAMES = [f"f_{i}" for i in range(5)] + [CONSTRAINED]
 
 
 def tiny_data(horizon_days: int = 21, seed: int = 0) -> FitData:
@@ -50,7 +52,7 @@ def sign_data(n: int, seed: int, flip_second_half: bool = False) -> tuple[np.nda
 
 
 def fit(spec: ModelSpec, X, y, weights=None, prices=None, horizon_days: int = 21):
-    names = [f"f_{i}" for i in range(X.shape[1])]
+    names = [f"f_{i}" for i in range(X.shape[1] - 1)] + [CONSTRAINED]
     data = FitData(X, y, np.ones(3) if prices is None else prices, horizon_days, names, weights)
     return build_model(spec).fit(data)
 

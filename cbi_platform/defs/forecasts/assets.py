@@ -2,6 +2,8 @@
 
 import json
 
+import joblib
+
 import dagster as dg
 import polars as pl
 
@@ -11,7 +13,9 @@ from cbi_platform.defs.resources import (
     MarketSourceResource,
     MlflowResource,
     PlatformHome,
+    ProtocolResource,
 )
+from cbi_platform.evaluation import horizon_run
 from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.evaluation.promotion import Candidate, decide
 from cbi_platform.features.contract import HORIZONS
@@ -61,7 +65,9 @@ def forecasts(
     volatility_forecasts: pl.DataFrame,
     model_leaderboard: pl.DataFrame,
     market_prices: pl.DataFrame,
+    features: pl.DataFrame,
     market_source: MarketSourceResource,
+    protocol: ProtocolResource,
     mlflow: MlflowResource,
     forecast_store: ForecastStoreResource,
     home: PlatformHome,
@@ -103,6 +109,13 @@ def forecasts(
                 "leaderboard": board.select("model", "mase", "rel_mae", "dm_pvalue").to_dicts(),
             }, default=str, indent=1))
             tracker.log_artifact(run_id, card, "ensemble")
+            final = horizon_run.fit_final_models(
+                features.filter(pl.col("horizon") == horizon), detected_regimes, horizon,
+                horizon_run.zoo_specs(horizon, tuple(protocol.model_kinds)),
+            )
+            bundle = card.with_name("members.joblib")
+            joblib.dump(final, bundle)
+            tracker.log_artifact(run_id, bundle, "ensemble")
             version = tracker.register(run_id, "ensemble", name)
             challenger = _candidate(version, board, zones)
             champion_version = tracker.alias_version(name, "champion")
