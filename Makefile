@@ -27,6 +27,7 @@ run: home
 	$(BIN)/cbi run $(if $(MANIFEST),--manifest $(MANIFEST),)
 
 test: $(STAMP)
+	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 ui: home

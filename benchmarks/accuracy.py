@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_stamp  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
+from cbi_platform.evaluation.metrics import REPORTED_METRICS  # noqa: E402
 from cbi_platform.evaluation.volatility_eval import (  # noqa: E402
     best_volatility_model,
     score_volatility,
@@ -43,8 +44,7 @@ from cbi_platform.reporting import markdown_table  # noqa: E402
 # Peer methods on the real ZL series (issue 3): random-walk MAPE per horizon.
 PEER_RW_MAPE = {"1w": 2.63, "1m": 5.81, "3m": 11.43, "6m": 14.69, "12m": 21.40}
 TARGET_REL_MAE = {"1w": 0.97, "1m": 0.99, "3m": 1.00, "6m": 1.00, "12m": 1.00}
-COLUMNS = ["horizon", "model", "n", "mape", "smape", "rmse", "mase", "rel_mae", "skill",
-           "dm_stat", "dm_pvalue", "directional_accuracy", "effective_n"]
+COLUMNS = ["horizon", "model", *REPORTED_METRICS]
 
 
 def main() -> int:
@@ -74,7 +74,9 @@ def main() -> int:
         ctx = horizon_run.context_frame(regimes, vol, h, vol_model)
         ens = horizon_run.ensemble_step(oof, ctx, cfg)
         zones = horizon_run.zones_step(oof, ens.forecasts, ctx)
-        tables = horizon_run.evaluation_tables(oof, ens.forecasts, zones, regimes, plan_h.spacing_days)
+        tables = horizon_run.evaluation_tables(
+            oof, ens.forecasts, zones, regimes, plan_h.spacing_days
+        )
         boards.append(tables.leaderboard)
         coverages.append(tables.coverage.filter(pl.col("regime") == "all"))
         timings[h] = round(time.perf_counter() - t0, 1)
@@ -83,29 +85,53 @@ def main() -> int:
         r = board.filter(pl.col("model") == "random_walk").to_dicts()[0]
         rw_mape[h] = r["mape"]
         cov = tables.coverage.filter((pl.col("regime") == "all") & (pl.col("model") == "ensemble"))
-        print(f"{h}: {timings[h]}s  RW MAPE {r['mape']:.2f}% (peer {PEER_RW_MAPE[h]}%)  "
-              f"ensemble rel MAE {e['rel_mae']:.3f} (target <= {TARGET_REL_MAE[h]})  "
-              f"MASE {e['mase']:.3f}  90% coverage {cov['coverage90'][0]:.2f} "
-              f"(n_eff {cov['n_effective'][0]})", flush=True)
+        print(
+            f"{h}: {timings[h]}s  RW MAPE {r['mape']:.2f}% (peer {PEER_RW_MAPE[h]}%)  "
+            f"ensemble rel MAE {e['rel_mae']:.3f} (target <= {TARGET_REL_MAE[h]})  "
+            f"MASE {e['mase']:.3f}  90% coverage {cov['coverage90'][0]:.2f} "
+            f"(n_eff {cov['n_effective'][0]})",
+            flush=True,
+        )
     board = pl.concat(boards, how="vertical_relaxed").select(COLUMNS)
     coverage = pl.concat(coverages, how="vertical_relaxed")
     stamp = machine_stamp()
     source = Path(args.manifest).stem
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ensemble = board.filter(pl.col("model") == "ensemble").with_columns(
-        target=pl.col("horizon").replace_strict(TARGET_REL_MAE, default=None),
-        peer_rw_mape=pl.col("horizon").replace_strict(PEER_RW_MAPE, default=None),
-    ).join(
-        board.filter(pl.col("model") == "random_walk").select("horizon", rw_mape="mape"),
-        on="horizon",
-    ).join(
-        coverage.filter(pl.col("model") == "ensemble").select(
-            "horizon", "coverage80", "coverage90", "width90_pct", "n_effective"),
-        on="horizon", how="left",
-    ).select("horizon", "n", "rw_mape", "peer_rw_mape", "mape", "mase", "rel_mae", "target",
-             "dm_pvalue", "directional_accuracy", "coverage80", "coverage90", "width90_pct",
-             "n_effective")
+    ensemble = (
+        board.filter(pl.col("model") == "ensemble")
+        .with_columns(
+            target=pl.col("horizon").replace_strict(TARGET_REL_MAE, default=None),
+            peer_rw_mape=pl.col("horizon").replace_strict(PEER_RW_MAPE, default=None),
+        )
+        .join(
+            board.filter(pl.col("model") == "random_walk").select("horizon", rw_mape="mape"),
+            on="horizon",
+        )
+        .join(
+            coverage.filter(pl.col("model") == "ensemble").select(
+                "horizon", "coverage80", "coverage90", "width90_pct", "n_effective"
+            ),
+            on="horizon",
+            how="left",
+        )
+        .select(
+            "horizon",
+            "n",
+            "rw_mape",
+            "peer_rw_mape",
+            "mape",
+            "mase",
+            "rel_mae",
+            "target",
+            "dm_pvalue",
+            "directional_accuracy",
+            "coverage80",
+            "coverage90",
+            "width90_pct",
+            "n_effective",
+        )
+    )
     md = [
         f"# Accuracy benchmark: {source}",
         "",
@@ -114,7 +140,8 @@ def main() -> int:
         f"- manifest: {args.manifest}; target {manifest.target}; "
         f"command: `.venv/bin/python benchmarks/accuracy.py --manifest {args.manifest}`",
         "- protocol: 60 scored origins over the last 1,512 trading days (ending 5 before the last "
-        "date), 100 burn-in origins before them, expanding window, embargo >= h; scored origins only.",
+        "date), 100 burn-in origins before them, expanding window, embargo >= h; "
+        "scored origins only.",
         f"- seconds per horizon: {timings}; volatility walk-forward included once",
         "",
         "## Ensemble vs random walk (the headline)",
@@ -134,11 +161,21 @@ def main() -> int:
         markdown_table(vol_scores),
     ]
     (out / f"accuracy_{source}.md").write_text("\n".join(md) + "\n")
-    (out / f"accuracy_{source}.json").write_text(json.dumps(
-        {"machine": stamp, "manifest": args.manifest, "seconds": timings,
-         "ensemble": ensemble.to_dicts(), "models": board.to_dicts(),
-         "coverage": coverage.to_dicts(), "volatility": vol_scores.to_dicts()},
-        default=str, indent=1))
+    (out / f"accuracy_{source}.json").write_text(
+        json.dumps(
+            {
+                "machine": stamp,
+                "manifest": args.manifest,
+                "seconds": timings,
+                "ensemble": ensemble.to_dicts(),
+                "models": board.to_dicts(),
+                "coverage": coverage.to_dicts(),
+                "volatility": vol_scores.to_dicts(),
+            },
+            default=str,
+            indent=1,
+        )
+    )
     print(f"wrote {out / f'accuracy_{source}.md'}")
     return 0
 

@@ -36,7 +36,10 @@ def main() -> int:
     os.environ["CBI_HOME"] = str(home)
     os.environ.pop("DAGSTER_HOME", None)
     if args.manifest:
-        os.environ["CBI_SOURCE"], os.environ["CBI_MANIFEST"] = "files", str(Path(args.manifest).resolve())
+        os.environ["CBI_SOURCE"], os.environ["CBI_MANIFEST"] = (
+            "files",
+            str(Path(args.manifest).resolve()),
+        )
     import dagster as dg
 
     from cbi_platform.runner import run_pipeline
@@ -51,8 +54,13 @@ def main() -> int:
         last[0] = now
         for event in result.all_events:
             if event.event_type_value == "STEP_SUCCESS":
-                steps.append({"stage": label, "step": event.step_key,
-                              "seconds": round(event.event_specific_data.duration_ms / 1000, 2)})
+                steps.append(
+                    {
+                        "stage": label,
+                        "step": event.step_key,
+                        "seconds": round(event.event_specific_data.duration_ms / 1000, 2),
+                    }
+                )
 
     log = io.StringIO()
     started = time.perf_counter()
@@ -67,16 +75,24 @@ def main() -> int:
     source = Path(args.manifest).stem if args.manifest else "simulated"
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": stamp, "source": source, "exit_code": code, "wall_seconds": round(wall, 1),
-              "peak_rss_mib_main": round(peak_self), "peak_rss_mib_largest_worker": round(peak_children),
-              "stages": stages, "per_asset_seconds": per_asset}
+    result = {
+        "machine": stamp,
+        "source": source,
+        "exit_code": code,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mib_main": round(peak_self),
+        "peak_rss_mib_largest_worker": round(peak_children),
+        "stages": stages,
+        "per_asset_seconds": per_asset,
+    }
     (out / f"speed_{source}.json").write_text(json.dumps(result, indent=1))
+    manifest_arg = f" --manifest {args.manifest}" if args.manifest else ""
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(per_asset.items(), key=lambda kv: -kv[1]))
     (out / f"speed_{source}.md").write_text(
         f"# Speed benchmark: {source}\n\n"
         f"- date: {stamp['date']}; machine: {stamp['machine']} ({stamp['platform']}, "
         f"{stamp['cpus']} CPUs, {stamp['memory_gib']} GiB)\n"
-        f"- command: `.venv/bin/python benchmarks/speed.py{' --manifest ' + args.manifest if args.manifest else ''}` "
+        f"- command: `.venv/bin/python benchmarks/speed.py{manifest_arg}` "
         f"(the pipeline `make run` runs, after installation, in a fresh home)\n"
         f"- exit code {code}; wall time **{wall:.0f} s**; peak RSS main process "
         f"**{peak_self:.0f} MiB**, largest walk-forward worker {peak_children:.0f} MiB\n"

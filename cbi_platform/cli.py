@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
@@ -17,8 +18,8 @@ def _fail(message: str) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cbi_platform.features.build import build_features
     from cbi_platform.features import leakage
+    from cbi_platform.features.build import build_features
     from cbi_platform.features.contract import feature_columns
     from cbi_platform.market.files import load_files_source
     from cbi_platform.market.manifest import load_manifest
@@ -33,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"manifest {manifest_path}: {len(manifest.series)} series, target {manifest.target}")
     for notice in bundle.notices:
         print(f"notice: {notice}")
-    reference = manifest.as_of or __import__("datetime").date.today()
+    reference = manifest.as_of or dt.date.today()
     findings = validate_market_prices(bundle.prices, manifest.target, reference)
     print(format_report(findings))
     errors = [f for f in findings if f.severity == ERROR and not f.passed]
@@ -45,7 +46,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except MarketDataError as exc:
         return _fail(str(exc))
     frame = built.frame
-    print(f"features ({args.horizon}): {frame.height} rows x {len(feature_columns(frame))} features")
+    print(
+        f"features ({args.horizon}): {frame.height} rows x {len(feature_columns(frame))} features"
+    )
     gates = {
         "asof": leakage.asof_gate(frame, bundle.prices),
         "forward_shift": leakage.forward_shift_gate(frame, bundle.prices),
@@ -83,21 +86,32 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     store = ForecastStore(home / "forecasts.duckdb")
     latest = store.latest()
     if latest.height == 0:
-        return _fail(f"no forecasts in {home / 'forecasts.duckdb'}: run `make run` (or `cbi run`) first")
+        return _fail(
+            f"no forecasts in {home / 'forecasts.duckdb'}: run `make run` (or `cbi run`) first"
+        )
     order = {h: i for i, h in enumerate(["1w", "1m", "3m", "6m", "12m"])}
     rows = sorted(latest.to_dicts(), key=lambda r: order.get(r["horizon"], 99))
     if args.json:
         print(_json.dumps(rows, default=str, indent=1))
         return 0
     first = rows[0]
-    print(f"ZL forecasts as of {first['as_of']} (data through {first['data_last_date']}, "
-          f"{first['data_business_days_behind']} business days behind {first['data_reference_date']})")
-    print(f"{'horizon':>7} {'target':>10} {'price':>7} {'P10':>7} {'P30':>7} {'P50':>7} "
-          f"{'P70':>7} {'P90':>7}  regime   model")
+    print(
+        f"ZL forecasts as of {first['as_of']} (data through {first['data_last_date']}, "
+        f"{first['data_business_days_behind']} business days behind {first['data_reference_date']})"
+    )
+    print(
+        f"{'horizon':>7} {'target':>10} {'price':>7} {'P10':>7} {'P30':>7} {'P50':>7} "
+        f"{'P70':>7} {'P90':>7}  regime   model"
+    )
     for r in rows:
-        zones = " ".join(f"{r[k]:7.2f}" if r[k] is not None else "      -" for k in ("p10", "p30", "p50", "p70", "p90"))
-        print(f"{r['horizon']:>7} {str(r['target_date']):>10} {r['price']:7.2f} {zones}  "
-              f"{r['regime'] or '-':8} {r['model_version']}")
+        zones = " ".join(
+            f"{r[k]:7.2f}" if r[k] is not None else "      -"
+            for k in ("p10", "p30", "p50", "p70", "p90")
+        )
+        print(
+            f"{r['horizon']:>7} {str(r['target_date']):>10} {r['price']:7.2f} {zones}  "
+            f"{r['regime'] or '-':8} {r['model_version']}"
+        )
     print()
     for r in rows:
         print(f"{r['horizon']}: {r['statement']}")

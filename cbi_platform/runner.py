@@ -25,7 +25,11 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _instance() -> dg.DagsterInstance:
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    return (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else dg.DagsterInstance.ephemeral()
+    )
 
 
 def _report(result: dg.ExecuteInProcessResult, out: TextIO) -> tuple[int, int]:
@@ -34,8 +38,10 @@ def _report(result: dg.ExecuteInProcessResult, out: TextIO) -> tuple[int, int]:
         mat = event.materialization
         rows = mat.metadata.get("dagster/row_count")
         partition = f"[{mat.partition}]" if mat.partition else ""
-        out.write(f"    materialized {mat.asset_key.to_user_string()}{partition}: "
-                  f"{rows.value if rows else '?'} rows\n")
+        out.write(
+            f"    materialized {mat.asset_key.to_user_string()}{partition}: "
+            f"{rows.value if rows else '?'} rows\n"
+        )
     errors = warnings = 0
     for ev in result.get_asset_check_evaluations():
         if ev.passed:
@@ -58,9 +64,11 @@ def run_pipeline(
     resources = resources or build_resources()
     instance = _instance()
     source = resources["market_source"]
-    stream.write(f"CBI Platform: source={source.kind}"
-                 f"{' manifest=' + source.manifest if source.manifest else ''}, "
-                 f"horizons={','.join(horizons)}\n")
+    stream.write(
+        f"CBI Platform: source={source.kind}"
+        f"{' manifest=' + source.manifest if source.manifest else ''}, "
+        f"horizons={','.join(horizons)}\n"
+    )
     total_errors = total_warnings = 0
     stages = [("market data", None)] + [(f"horizon {h}", h) for h in horizons]
     for i, (label, horizon) in enumerate(stages, start=1):
@@ -97,7 +105,9 @@ def run_pipeline(
                     err = event.step_failure_data.error
                     cause = err.cause.message if err and err.cause else (err.message if err else "")
                     stream.write(f"    step {event.step_key} failed: {cause.strip()}\n")
-            stream.write(f"run {result.run_id} failed at stage '{label}'; earlier tables are intact.\n")
+            stream.write(
+                f"run {result.run_id} failed at stage '{label}'; earlier tables are intact.\n"
+            )
             return 1
     home = resources["home"].path
     stream.write(
@@ -105,6 +115,7 @@ def run_pipeline(
         f"  checks: {total_errors} blocking failures, {total_warnings} warnings\n"
         f"  warehouse: {os.path.join(home, 'warehouse.duckdb')} (schema cbi)\n"
         f"  exports:   {os.path.join(home, 'regime_datasets')}/<horizon>/<regime>.parquet\n"
-        f"  Dagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')} — `make ui` to browse\n"
+        f"  Dagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}"
+        " — `make ui` to browse\n"
     )
     return 0 if total_errors == 0 else 1

@@ -32,7 +32,9 @@ def test_validate_bad_input_exits_1_with_message(small_manifest, breakage, expec
     breakage(small_manifest.parent)
     proc = subprocess.run(
         [sys.executable, "-m", "cbi_platform.cli", "validate", str(small_manifest)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -2,24 +2,36 @@
 
 import dagster as dg
 
-from cbi_platform.defs.features.assets import features
-from cbi_platform.defs.features.checks import feature_checks
-from cbi_platform.defs.market.assets import market_prices, raw_market_data
-from cbi_platform.defs.market.checks import market_checks
-from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.ensemble.assets import ensemble, target_zones
 from cbi_platform.defs.evaluation.assets import model_leaderboard
+from cbi_platform.defs.features.assets import features
+from cbi_platform.defs.features.checks import feature_checks
 from cbi_platform.defs.forecasts.assets import forecasts
+from cbi_platform.defs.market.assets import market_prices, raw_market_data
+from cbi_platform.defs.market.checks import market_checks
 from cbi_platform.defs.models.assets import member_models, volatility_forecasts
 from cbi_platform.defs.models.checks import model_checks
+from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
 
 # Unpartitioned assets, materialized once per run of the pipeline.
-SHARED_ASSETS = [raw_market_data, market_prices, regime_calendar, detected_regimes, volatility_forecasts]
+SHARED_ASSETS = [
+    raw_market_data,
+    market_prices,
+    regime_calendar,
+    detected_regimes,
+    volatility_forecasts,
+]
 SHARED_CHECKS = [*market_checks]
 # Per-horizon assets, materialized for each partition.
 HORIZON_ASSETS = [
-    features, regime_datasets, member_models, ensemble, target_zones, model_leaderboard, forecasts,
+    features,
+    regime_datasets,
+    member_models,
+    ensemble,
+    target_zones,
+    model_leaderboard,
+    forecasts,
 ]
 HORIZON_CHECKS = [*feature_checks, *model_checks]
 

@@ -89,7 +89,11 @@ class ProtocolResource(dg.ConfigurableResource):
         from cbi_platform.evaluation.horizon_run import ProtocolConfig
 
         return ProtocolConfig(
-            self.n_origins, self.span, self.end_offset, self.n_burn_in, self.n_workers,
+            self.n_origins,
+            self.span,
+            self.end_offset,
+            self.n_burn_in,
+            self.n_workers,
             self.min_history,
         )
 

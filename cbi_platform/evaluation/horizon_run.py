@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleConfig, EnsembleResult, build_ensemble
-from cbi_platform.ensemble.conformal import conformal_zones, coverage_report  # noqa: F401 (re-export)
+from cbi_platform.ensemble.conformal import conformal_zones, coverage_report
 from cbi_platform.evaluation import metrics
 from cbi_platform.evaluation.origins import OriginPlan, walk_forward_origins, with_live_origin
 from cbi_platform.evaluation.walk_forward import (
@@ -123,7 +123,10 @@ class EvaluationTables:
 
 
 def evaluation_tables(
-    oof: pl.DataFrame, ensemble: pl.DataFrame, zones: pl.DataFrame, regimes: pl.DataFrame,
+    oof: pl.DataFrame,
+    ensemble: pl.DataFrame,
+    zones: pl.DataFrame,
+    regimes: pl.DataFrame,
     spacing_days: float | None,
 ) -> EvaluationTables:
     """Metrics on scored origins only, every model next to the random walk."""
@@ -131,7 +134,9 @@ def evaluation_tables(
     board = metrics.leaderboard(everything, spacing_days=spacing_days)
     coverage = coverage_report(zones)
     with_regime = everything.join(
-        regimes.select(pl.col("date").alias("origin"), "regime"), on="origin", how="left",
+        regimes.select(pl.col("date").alias("origin"), "regime"),
+        on="origin",
+        how="left",
         maintain_order="left",
     ).with_columns(pl.col("regime").fill_null("unlabelled"))
     return EvaluationTables(
@@ -140,10 +145,6 @@ def evaluation_tables(
         by_move_size=metrics.by_move_size(everything, spacing_days=spacing_days),
         coverage=coverage,
     )
-
-
-def live_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.filter(pl.col("role") == "live")
 
 
 def fit_final_models(
@@ -166,8 +167,11 @@ def fit_final_models(
     for spec in specs if specs is not None else zoo_specs(horizon):
         mask = known & (labels == spec.regime) if spec.regime else known
         data = FitData(
-            X=X[mask], y=y[mask], prices=frame[PRICE].to_numpy(),
-            horizon_days=HORIZONS[horizon], feature_names=names,
+            X=X[mask],
+            y=y[mask],
+            prices=frame[PRICE].to_numpy(),
+            horizon_days=HORIZONS[horizon],
+            feature_names=names,
             sample_weight=weights[mask] if spec.weighted else None,
         )
         fitted[spec.name] = build_model(spec).fit(data)

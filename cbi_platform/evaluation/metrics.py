@@ -331,3 +331,19 @@ def by_move_size(
     """The leaderboard within bins of the realised move size (see `move_size_bins`)."""
     binned = move_size_bins(with_random_walk(oof) if include_random_walk else oof, bins)
     return by_group(binned, "move_bin", spacing_days, include_random_walk=False)
+
+
+# The metrics shown in the UI and the benchmarks, in reading order.
+REPORTED_METRICS = (
+    "n",
+    "mape",
+    "smape",
+    "rmse",
+    "mase",
+    "rel_mae",
+    "skill",
+    "dm_stat",
+    "dm_pvalue",
+    "directional_accuracy",
+    "effective_n",
+)

@@ -58,7 +58,9 @@ def decide(
     improvement = 1 - challenger.mase / champion.mase
     reasons = []
     if improvement < margin:
-        reasons.append(f"MASE {challenger.mase:.4f} vs {champion.mase:.4f}: {improvement:+.1%} < {margin:.0%}")
+        reasons.append(
+            f"MASE {challenger.mase:.4f} vs {champion.mase:.4f}: {improvement:+.1%} < {margin:.0%}"
+        )
     common = sorted(set(challenger.errors) & set(champion.errors))
     pvalue = None
     if len(common) >= 5:
@@ -69,9 +71,13 @@ def decide(
         )
         pvalue = dm.pvalue
         if not (np.isfinite(dm.stat) and dm.stat < 0 and dm.pvalue < dm_alpha):
-            reasons.append(f"DM test does not favour the challenger (stat {dm.stat:.2f}, p {dm.pvalue:.3f})")
+            reasons.append(
+                f"DM test does not favour the challenger (stat {dm.stat:.2f}, p {dm.pvalue:.3f})"
+            )
     else:
         reasons.append(f"only {len(common)} common origins for the DM test")
     if reasons:
         return Decision(False, tuple(reasons), improvement, pvalue)
-    return Decision(True, (f"MASE better by {improvement:.1%} and DM favours it",), improvement, pvalue)
+    return Decision(
+        True, (f"MASE better by {improvement:.1%} and DM favours it",), improvement, pvalue
+    )

@@ -84,8 +84,11 @@ def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
         - 1,
     )
     table = scored.group_by("horizon", "model").agg(
-        n=pl.len(), mae=pl.col("err").mean(), qlike=pl.col("qlike").mean(),
-        mean_forecast=pl.col("forecast_vol").mean(), mean_realized=pl.col("realized_vol").mean(),
+        n=pl.len(),
+        mae=pl.col("err").mean(),
+        qlike=pl.col("qlike").mean(),
+        mean_forecast=pl.col("forecast_vol").mean(),
+        mean_realized=pl.col("realized_vol").mean(),
     )
     naive = table.filter(pl.col("model") == NAIVE).select("horizon", naive_mae=pl.col("mae"))
     order = {h: i for i, h in enumerate(["1w", "1m", "3m", "6m", "12m"])}

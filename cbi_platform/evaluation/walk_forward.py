@@ -8,7 +8,8 @@ processes. A training row whose target date exceeds the origin is a hard error
 (`LookAheadError`), checked at every fit.
 
 Refit schedule: origin k (0-based over all origins, burn-in first) refits the model when
-k % spec.refit_every == 0 (and always at the live origin); in between, the model fitted at the latest earlier refit predicts,
+k % spec.refit_every == 0 (and always at the live origin); in between, the model fitted at the
+latest earlier refit predicts,
 fed the current origin's features and the close history up to the current origin.
 
 Explanations (optional): given `explain`, at every origin with a forecast the engine also calls

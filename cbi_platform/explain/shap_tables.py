@@ -527,6 +527,12 @@ def coverage_table(shap_long: pl.DataFrame, ks: Sequence[int] = (1, 2, 4, 8)) ->
         if values.shape[0] < 3:
             continue
         curve = coverage_curve(values, ks)
-        rows.append({"horizon": horizon, "model": model, "origins": values.shape[0],
-                     **{f"top{k}": v for k, v in curve.items()}})
+        rows.append(
+            {
+                "horizon": horizon,
+                "model": model,
+                "origins": values.shape[0],
+                **{f"top{k}": v for k, v in curve.items()},
+            }
+        )
     return pl.DataFrame(rows)

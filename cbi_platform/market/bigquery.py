@@ -68,14 +68,18 @@ def load_bigquery_source(
 ) -> MarketBundle:
     """Read the canonical tables; the result goes through the same validation as any source."""
     end = end or dt.date.today()
-    prices = pl.from_arrow(client.query(prices_query(prices_table), job_config=_params(start, end)).to_arrow())
+    prices = pl.from_arrow(
+        client.query(prices_query(prices_table), job_config=_params(start, end)).to_arrow()
+    )
     if prices.height == 0:
         raise MarketDataError(
             f"BigQuery table {prices_table} returned no rows between {start} and {end}"
         )
     notices: list[str] = []
     if news_table:
-        news = pl.from_arrow(client.query(news_query(news_table), job_config=_params(start, end)).to_arrow())
+        news = pl.from_arrow(
+            client.query(news_query(news_table), job_config=_params(start, end)).to_arrow()
+        )
     else:
         news = pl.DataFrame(schema=NEWS_SCHEMA)
         notices.append("no BigQuery news table configured: news features are dropped")

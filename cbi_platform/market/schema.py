@@ -101,3 +101,8 @@ def conform_news(df: pl.DataFrame) -> pl.DataFrame:
         else:
             exprs.append(pl.lit(None, dtype=dtype).alias(name))
     return df.select(exprs).sort(["published_at", "headline", "body"], maintain_order=True)
+
+
+def target_series(prices: pl.DataFrame, symbol: str) -> pl.DataFrame:
+    """One symbol's rows of the long table, in date order."""
+    return prices.filter(pl.col("symbol") == symbol).sort("date")

@@ -68,16 +68,11 @@ def check_schema(prices: pl.DataFrame) -> Finding:
 
 def check_duplicates(prices: pl.DataFrame) -> Finding:
     dup = (
-        prices.group_by(["symbol", "date"])
-        .len()
-        .filter(pl.col("len") > 1)
-        .sort(["symbol", "date"])
+        prices.group_by(["symbol", "date"]).len().filter(pl.col("len") > 1).sort(["symbol", "date"])
     )
     if dup.height == 0:
         return Finding("duplicate_dates", ERROR, True, "no duplicate (symbol, date) rows")
-    by_symbol = {
-        s: _dates(g["date"]) for (s,), g in dup.group_by(["symbol"], maintain_order=True)
-    }
+    by_symbol = {s: _dates(g["date"]) for (s,), g in dup.group_by(["symbol"], maintain_order=True)}
     msg = f"{dup.height} duplicate (symbol, date) pairs: " + "; ".join(
         f"{s} on {', '.join(d)}" for s, d in by_symbol.items()
     )
@@ -88,7 +83,11 @@ def check_target_positive(prices: pl.DataFrame, target: str) -> Finding:
     rows = prices.filter((pl.col("symbol") == target) & (pl.col("value") <= 0))
     if prices.filter(pl.col("symbol") == target).height == 0:
         return Finding(
-            "target_present", ERROR, False, f"target symbol {target} has no rows", {"target": target}
+            "target_present",
+            ERROR,
+            False,
+            f"target symbol {target} has no rows",
+            {"target": target},
         )
     if rows.height == 0:
         return Finding("target_positive", ERROR, True, f"all {target} prices > 0")
@@ -105,7 +104,9 @@ def check_driver_positive(prices: pl.DataFrame, target: str) -> Finding:
     )
     if rows.height == 0:
         return Finding("driver_positive", WARN, True, "all driver prices > 0")
-    listed = [f"{r['symbol']} {r['date']} = {r['value']}" for r in rows.head(MAX_EVIDENCE).to_dicts()]
+    listed = [
+        f"{r['symbol']} {r['date']} = {r['value']}" for r in rows.head(MAX_EVIDENCE).to_dicts()
+    ]
     msg = f"{rows.height} non-positive driver prices (log features clip them): " + "; ".join(listed)
     return Finding("driver_positive", WARN, False, msg, {"rows": listed})
 

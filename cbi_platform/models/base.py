@@ -46,5 +46,5 @@ class Model(Protocol):
     def fit(self, data: FitData) -> Model: ...
 
     def predict(self, X: np.ndarray, prices: np.ndarray) -> np.ndarray:
-        """Forecast h-day log returns for the rows of X (origins); `prices` ends at the last origin."""
+        """Forecast h-day log returns for the rows of X; `prices` ends at the last origin."""
         ...

@@ -36,9 +36,14 @@ def verify_monotone_specs(
         if not signs:
             continue
         data = FitData(
-            X=X, y=y, prices=known["price"].to_numpy(), horizon_days=int(known["horizon_days"][0]),
+            X=X,
+            y=y,
+            prices=known["price"].to_numpy(),
+            horizon_days=int(known["horizon_days"][0]),
             feature_names=names,
-            sample_weight=weights[: known.height] if spec.weighted and weights is not None else None,
+            sample_weight=weights[: known.height]
+            if spec.weighted and weights is not None
+            else None,
         )
         model = build_model(spec).fit(data)
         for feature, sign in signs.items():

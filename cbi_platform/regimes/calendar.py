@@ -74,7 +74,9 @@ def load_regime_calendar(path: str | Path = DEFAULT_CALENDAR_PATH) -> RegimeCale
     ordered = sorted(windows, key=lambda w: w.start)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.start <= a.end:
-            raise ValueError(f"{path}: windows {a.name} and {b.name} overlap ({b.start} <= {a.end})")
+            raise ValueError(
+                f"{path}: windows {a.name} and {b.name} overlap ({b.start} <= {a.end})"
+            )
     return RegimeCalendar(windows, str(default["name"]), float(default["weight"]))
 
 

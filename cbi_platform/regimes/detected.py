@@ -45,7 +45,9 @@ def regime_inputs(dates: pl.Series, prices: np.ndarray) -> pd.DataFrame:
     return out
 
 
-def label_regimes(dates: pl.Series, prices: np.ndarray, rule: RegimeRule = RegimeRule()) -> pl.DataFrame:
+def label_regimes(
+    dates: pl.Series, prices: np.ndarray, rule: RegimeRule = RegimeRule()
+) -> pl.DataFrame:
     """One label per date using only data up to that date (expanding quantile of past vol)."""
     inputs = regime_inputs(dates, prices)
     vol = inputs[f"vol_{rule.vol_window}"]
@@ -55,7 +57,9 @@ def label_regimes(dates: pl.Series, prices: np.ndarray, rule: RegimeRule = Regim
     label = np.where(
         (vol > threshold) & (ret < 0),
         "crisis",
-        np.where(ret > rule.bull_return, "bull", np.where(ret < rule.bear_return, "bear", "normal")),
+        np.where(
+            ret > rule.bull_return, "bull", np.where(ret < rule.bear_return, "bear", "normal")
+        ),
     )
     label = np.where(threshold.isna() | ret.isna(), None, label)
     return pl.DataFrame(

@@ -17,15 +17,25 @@ def forecast_drivers(
     contributions, labelled approximate. When the ensemble is the random walk (every combiner
     shrunk away), no feature moves it, and the note says so.
     """
-    weights = weights_live.rename({"member": "model"}) if "member" in weights_live.columns else weights_live
+    weights = (
+        weights_live.rename({"member": "model"})
+        if "member" in weights_live.columns
+        else weights_live
+    )
     weights = weights.filter(pl.col("model").is_in(shap_live["model"].unique().to_list()))
     if weights.height == 0 or weights["weight"].abs().sum() == 0 or shap_live.height == 0:
-        return [], "the ensemble is the random walk here: no member beat it on past origins, so no feature moves this forecast"
+        return (
+            [],
+            "the ensemble is the random walk here: no member beat it on past origins, "
+            "so no feature moves this forecast",
+        )
     note = "exact: ensemble SHAP = member SHAP weighted by the combiner's weights"
     if "weight_kind" in weights.columns and (weights["weight_kind"] != "linear").any():
         weights = weights.with_columns(weight_kind=pl.lit("linear"))
         note = "approximate: meta-learner gain shares used as member weights"
-    keep = [c for c in ("horizon", "origin", "model", "weight", "weight_kind") if c in weights.columns]
+    keep = [
+        c for c in ("horizon", "origin", "model", "weight", "weight_kind") if c in weights.columns
+    ]
     combined = ensemble_shap(shap_live, weights.select(keep))
     values = shap_live.select("feature", "value").unique("feature")
     if "value" not in combined.columns:

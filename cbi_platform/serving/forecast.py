@@ -10,11 +10,33 @@ import numpy as np
 from cbi_platform.ensemble.conformal import default_band
 
 FORECAST_COLUMNS = (
-    "as_of", "horizon", "model_version", "target_date", "price", "forecast",
-    "p10", "p30", "p50", "p70", "p90", "lo90", "hi90",
-    "band_lo", "band_hi", "band_probability", "statement",
-    "regime", "regime_outlook", "drivers", "volatility", "combiner", "shrink_weight",
-    "data_last_date", "data_reference_date", "data_business_days_behind", "created_at",
+    "as_of",
+    "horizon",
+    "model_version",
+    "target_date",
+    "price",
+    "forecast",
+    "p10",
+    "p30",
+    "p50",
+    "p70",
+    "p90",
+    "lo90",
+    "hi90",
+    "band_lo",
+    "band_hi",
+    "band_probability",
+    "statement",
+    "regime",
+    "regime_outlook",
+    "drivers",
+    "volatility",
+    "combiner",
+    "shrink_weight",
+    "data_last_date",
+    "data_reference_date",
+    "data_business_days_behind",
+    "created_at",
 )
 
 
@@ -63,7 +85,9 @@ def assemble_forecast(
         "band_probability": _num(probability),
         "statement": statement,
         "regime": regime,
-        "regime_outlook": ", ".join(f"{k} {v:.0%}" for k, v in sorted(regime_outlook.items(), key=lambda kv: -kv[1])),
+        "regime_outlook": ", ".join(
+            f"{k} {v:.0%}" for k, v in sorted(regime_outlook.items(), key=lambda kv: -kv[1])
+        ),
         "drivers": list(drivers),
         "volatility": None if volatility is None else float(volatility),
         "combiner": zone.get("combiner"),

@@ -41,9 +41,7 @@ class ForecastStore:
         """Insert new keys; existing keys are kept as issued. Returns the rows inserted."""
         if not rows:
             return 0
-        frame = pl.DataFrame(
-            [{**r, "drivers": json.dumps(list(r["drivers"]))} for r in rows]
-        )
+        frame = pl.DataFrame([{**r, "drivers": json.dumps(list(r["drivers"]))} for r in rows])
         with self._connect() as con:
             before = con.execute("SELECT count(*) FROM cbi.forecast_history").fetchone()[0]
             con.register("incoming", frame.to_arrow())

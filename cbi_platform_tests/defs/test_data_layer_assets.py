@@ -1,9 +1,8 @@
 """Materialize the data layer in-process on a small manifest; bad input leaves tables intact."""
 
+import dagster as dg
 import duckdb
 import polars as pl
-import pytest
-import dagster as dg
 
 from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
@@ -16,7 +15,9 @@ FEATURE_ASSETS = [features, regime_datasets]
 
 
 def _materialize(resources, partition=None, raise_on_error=True):
-    selection, checks = (DATA_ASSETS, SHARED_CHECKS) if partition is None else (FEATURE_ASSETS, HORIZON_CHECKS)
+    selection, checks = (
+        (DATA_ASSETS, SHARED_CHECKS) if partition is None else (FEATURE_ASSETS, HORIZON_CHECKS)
+    )
     return dg.materialize(
         [*ALL_ASSETS, *checks],
         selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
@@ -84,6 +85,9 @@ def test_planted_look_ahead_feature_is_blocked(small_manifest, tmp_path, monkeyp
     assert not evaluations["features_leakage_forward_shift"].passed
     assert not evaluations["features_leakage_target_correlation"].passed
     # Blocking: the downstream per-regime export did not run on leaky features.
-    materialized = {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    materialized = {
+        e.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
     assert "regime_datasets" not in materialized
     assert not result.success

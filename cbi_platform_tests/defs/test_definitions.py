@@ -16,8 +16,14 @@ def _graph():
 def test_definitions_load_with_expected_assets():
     defs, graph = _graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"raw_market_prices", "news_articles", "market_prices", "features",
-            "regime_calendar", "regime_datasets"} <= keys
+    assert {
+        "raw_market_prices",
+        "news_articles",
+        "market_prices",
+        "features",
+        "regime_calendar",
+        "regime_datasets",
+    } <= keys
     assert defs.resolve_job_def("horizon_job") is not None
 
 
@@ -35,10 +41,15 @@ def test_gates_are_blocking_and_every_asset_reports_a_group():
     for check in ALL_CHECKS:
         for spec in check.check_specs:
             checks[spec.name] = spec
-    for name in ("market_prices_schema", "market_prices_duplicate_dates",
-                 "market_prices_target_positive", "features_leakage_truncation",
-                 "features_leakage_forward_shift", "features_leakage_target_correlation",
-                 "features_leakage_asof"):
+    for name in (
+        "market_prices_schema",
+        "market_prices_duplicate_dates",
+        "market_prices_target_positive",
+        "features_leakage_truncation",
+        "features_leakage_forward_shift",
+        "features_leakage_target_correlation",
+        "features_leakage_asof",
+    ):
         assert checks[name].blocking, name
     assert not checks["market_prices_staleness"].blocking
     for asset in ALL_ASSETS:
@@ -53,7 +64,9 @@ def test_resources_switch_warehouse_by_configuration():
     from cbi_platform.defs.resources import build_resources
 
     local = build_resources({"CBI_HOME": "/tmp/cbi-test-home"})
-    prod = build_resources({"CBI_WAREHOUSE": "bigquery", "CBI_GCP_PROJECT": "p", "CBI_BQ_DATASET": "d"})
+    prod = build_resources(
+        {"CBI_WAREHOUSE": "bigquery", "CBI_GCP_PROJECT": "p", "CBI_BQ_DATASET": "d"}
+    )
     assert isinstance(local["io_manager"], DuckDBPolarsIOManager)
     assert isinstance(prod["io_manager"], PolarsBigQueryIOManager)
     assert local["market_source"].kind == "simulated"

@@ -12,7 +12,12 @@ from cbi_platform.defs.resources import ProtocolResource
 from cbi_platform_tests.conftest import file_resources, write_small_manifest
 
 SMALL = ProtocolResource(
-    n_origins=12, span=240, end_offset=5, n_burn_in=40, n_workers=1, min_history=5,
+    n_origins=12,
+    span=240,
+    end_offset=5,
+    n_burn_in=40,
+    n_workers=1,
+    min_history=5,
     regime_folds=2,
 )
 
@@ -64,8 +69,11 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert "probability ZL is between" in row["statement"] and row["p10"] < row["p90"]
     assert row["regime"] in {"crisis", "bull", "bear", "normal"} and row["drivers"]
     # The history is append-only: the same as-of and version is not written twice.
-    mat = next(e.materialization for e in result.get_asset_materialization_events()
-               if e.materialization.asset_key.to_user_string() == "forecasts")
+    mat = next(
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "forecasts"
+    )
     assert mat.metadata["history_rows_inserted"].value == 1
     promotion = mat.metadata["promotion"].value["1m"]
     assert promotion["version"] == "1" and "would_promote_at_2pct_margin" in promotion

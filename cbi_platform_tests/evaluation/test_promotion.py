@@ -19,13 +19,20 @@ def test_first_passing_ensemble_becomes_champion_but_not_a_failing_one():
 
 def test_challenger_needs_the_margin_and_the_dm_test():
     champion = Candidate("1", mase=1.0, coverage90=0.9, leakage_passed=True, errors=_errors(1.0))
-    slightly = Candidate("2", mase=0.97, coverage90=0.9, leakage_passed=True, errors=_errors(0.97, seed=1))
+    slightly = Candidate(
+        "2", mase=0.97, coverage90=0.9, leakage_passed=True, errors=_errors(0.97, seed=1)
+    )
     clearly = Candidate(
-        "3", mase=0.5, coverage90=0.9, leakage_passed=True,
+        "3",
+        mase=0.5,
+        coverage90=0.9,
+        leakage_passed=True,
         errors={k: v * 0.5 for k, v in champion.errors.items()},
     )
     assert not decide(slightly, champion, margin=0.10).promote  # 3% < 10%
     assert decide(clearly, champion, margin=0.10).promote
-    lucky = Candidate("4", mase=0.85, coverage90=0.9, leakage_passed=True, errors=_errors(1.0, seed=9))
+    lucky = Candidate(
+        "4", mase=0.85, coverage90=0.9, leakage_passed=True, errors=_errors(1.0, seed=9)
+    )
     decision = decide(lucky, champion, margin=0.10)
     assert not decision.promote and any("DM" in r for r in decision.reasons)

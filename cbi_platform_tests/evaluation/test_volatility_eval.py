@@ -33,7 +33,9 @@ def test_garch_beats_trailing_vol_on_garch_data_and_never_peeks():
     shocked[plan.index[10] + 1 :] *= np.exp(np.linspace(0, 1, len(prices) - plan.index[10] - 1))
     again = volatility_walk_forward(shocked, plan, horizons)
     key = pl.col("origin") == plan.dates[10]
-    assert frame.filter(key)["forecast_vol"].to_list() == again.filter(key)["forecast_vol"].to_list()
+    assert (
+        frame.filter(key)["forecast_vol"].to_list() == again.filter(key)["forecast_vol"].to_list()
+    )
     scores = score_volatility(frame)
     garch = scores.filter((pl.col("horizon") == "1w") & (pl.col("model") == "garch"))
     assert garch["rel_mae_vs_trailing"][0] < 1.0

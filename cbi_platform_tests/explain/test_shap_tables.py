@@ -459,6 +459,8 @@ def test_coverage_table_reads_the_long_shap_table():
         origin = dt.date(2020, 1, 1) + dt.timedelta(days=i)
         big, small = rng.normal(0, 1.0), rng.normal(0, 0.01)
         rows += [("1m", "m", origin, "f_big", big), ("1m", "m", origin, "f_small", small)]
-    long = pl.DataFrame(rows, schema=["horizon", "model", "origin", "feature", "shap"], orient="row")
+    long = pl.DataFrame(
+        rows, schema=["horizon", "model", "origin", "feature", "shap"], orient="row"
+    )
     table = coverage_table(long, ks=(1, 2))
     assert table["top1"][0] > 0.99 and table["top2"][0] == 1.0

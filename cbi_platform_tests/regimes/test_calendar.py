@@ -10,12 +10,26 @@ from cbi_platform.regimes.datasets import write_regime_datasets
 def test_shipped_calendar_weights():
     cal = load_regime_calendar()
     dates = pl.Series(
-        [dt.date(2024, 5, 1), dt.date(2018, 3, 1), dt.date(2022, 1, 3), dt.date(2008, 10, 1),
-         dt.date(2020, 3, 2), dt.date(2020, 2, 14), dt.date(2012, 6, 1), dt.date(2009, 7, 1)]
+        [
+            dt.date(2024, 5, 1),
+            dt.date(2018, 3, 1),
+            dt.date(2022, 1, 3),
+            dt.date(2008, 10, 1),
+            dt.date(2020, 3, 2),
+            dt.date(2020, 2, 14),
+            dt.date(2012, 6, 1),
+            dt.date(2009, 7, 1),
+        ]
     )
     out = cal.label(dates)
     assert out["calendar_regime"].to_list() == [
-        "trump_2.0", "trade_war", "inflation", "crisis", "crisis", "historical", "historical",
+        "trump_2.0",
+        "trade_war",
+        "inflation",
+        "crisis",
+        "crisis",
+        "historical",
+        "historical",
         "historical",
     ]
     assert out["regime_weight"].to_list() == [5000, 1500, 1200, 800, 500, 50, 50, 50]

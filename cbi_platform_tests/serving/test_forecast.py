@@ -7,19 +7,35 @@ from cbi_platform.serving.forecast import assemble_forecast
 from cbi_platform.serving.store import ForecastStore
 
 ZONE = {
-    "origin": dt.date(2024, 6, 21), "target_date": None, "price": 44.0, "forecast": 44.0,
-    "lo90": 41.0, "p10": 41.8, "p30": 43.2, "p50": 44.0, "p70": 44.8, "p90": 46.2, "hi90": 47.0,
+    "origin": dt.date(2024, 6, 21),
+    "target_date": None,
+    "price": 44.0,
+    "forecast": 44.0,
+    "lo90": 41.0,
+    "p10": 41.8,
+    "p30": 43.2,
+    "p50": 44.0,
+    "p70": 44.8,
+    "p90": 46.2,
+    "hi90": 47.0,
     "cdf_logret": [-0.08, -0.05, -0.018, 0.0, 0.018, 0.05, 0.08],
     "cdf_prob": [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
-    "combiner": "inverse_error", "shrink_weight": 0.3,
+    "combiner": "inverse_error",
+    "shrink_weight": 0.3,
 }
 
 
 def _record(**kw):
     return assemble_forecast(
-        {**ZONE, **kw}, horizon="1m", horizon_days=21, model_version="cbi-zl-1m/v1",
-        regime="bull", regime_outlook={"bull": 0.6, "normal": 0.4}, drivers=["x"],
-        volatility=0.05, data_reference_date=dt.date(2024, 6, 25),
+        {**ZONE, **kw},
+        horizon="1m",
+        horizon_days=21,
+        model_version="cbi-zl-1m/v1",
+        regime="bull",
+        regime_outlook={"bull": 0.6, "normal": 0.4},
+        drivers=["x"],
+        volatility=0.05,
+        data_reference_date=dt.date(2024, 6, 25),
     )
 
 
@@ -50,17 +66,27 @@ def test_store_is_append_only(tmp_path):
 
 SHAP = pl.DataFrame(
     {
-        "horizon": ["1m"] * 4, "origin": [dt.date(2024, 6, 21)] * 4,
-        "model": ["a", "a", "b", "b"], "feature": ["f_zl_ret21", "f_zl_vol21"] * 2,
-        "value": [0.05, 0.2, 0.05, 0.2], "shap": [0.02, -0.001, -0.01, 0.0], "base": [0.0] * 4,
+        "horizon": ["1m"] * 4,
+        "origin": [dt.date(2024, 6, 21)] * 4,
+        "model": ["a", "a", "b", "b"],
+        "feature": ["f_zl_ret21", "f_zl_vol21"] * 2,
+        "value": [0.05, 0.2, 0.05, 0.2],
+        "shap": [0.02, -0.001, -0.01, 0.0],
+        "base": [0.0] * 4,
     }
 )
 
 
 def test_drivers_follow_the_linear_weights_and_say_when_the_ensemble_is_the_random_walk():
-    weights = pl.DataFrame({"horizon": ["1m"] * 2, "origin": [dt.date(2024, 6, 21)] * 2,
-                            "model": ["a", "random_walk"], "weight": [0.5, 0.5],
-                            "weight_kind": ["linear"] * 2})
+    weights = pl.DataFrame(
+        {
+            "horizon": ["1m"] * 2,
+            "origin": [dt.date(2024, 6, 21)] * 2,
+            "model": ["a", "random_walk"],
+            "weight": [0.5, 0.5],
+            "weight_kind": ["linear"] * 2,
+        }
+    )
     lines, note = forecast_drivers(SHAP, weights, "1m")
     assert note.startswith("exact") and "21-day" in lines[0] and "up" in lines[0]
     rw_only = weights.with_columns(weight=pl.Series([0.0, 1.0]))

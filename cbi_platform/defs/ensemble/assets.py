@@ -5,6 +5,7 @@ import polars as pl
 
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import ProtocolResource
+from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.volatility_eval import best_volatility_model, score_volatility
 from cbi_platform.reporting import markdown_table
@@ -14,8 +15,12 @@ def horizon_context(
     horizon: str, detected_regimes: pl.DataFrame, volatility_forecasts: pl.DataFrame
 ) -> tuple[pl.DataFrame, str]:
     """Regime and volatility at each origin; the vol model is chosen on burn-in origins only."""
-    vol_model = best_volatility_model(score_volatility(volatility_forecasts, role="burn_in"), horizon)
-    return horizon_run.context_frame(detected_regimes, volatility_forecasts, horizon, vol_model), vol_model
+    vol_model = best_volatility_model(
+        score_volatility(volatility_forecasts, role="burn_in"), horizon
+    )
+    return horizon_run.context_frame(
+        detected_regimes, volatility_forecasts, horizon, vol_model
+    ), vol_model
 
 
 @dg.multi_asset(
@@ -94,7 +99,7 @@ def target_zones(
         )
         context.log.info(f"{horizon}: zones scaled with {vol_model} where it helps on past origins")
         zones.append(z)
-        coverage.append(horizon_run.coverage_report(z))
+        coverage.append(coverage_report(z))
     out = pl.concat(zones, how="vertical_relaxed")
     cov = pl.concat(coverage, how="vertical_relaxed")
     return dg.Output(

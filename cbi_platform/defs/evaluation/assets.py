@@ -6,11 +6,11 @@ import polars as pl
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import MlflowResource
 from cbi_platform.evaluation import horizon_run
+from cbi_platform.evaluation.metrics import REPORTED_METRICS
 from cbi_platform.evaluation.plots import error_by_origin_png
 from cbi_platform.reporting import markdown_table, png_markdown
 
-SHOWN = ("n", "mape", "smape", "rmse", "mase", "rel_mae", "skill", "dm_stat", "dm_pvalue",
-         "directional_accuracy", "effective_n")
+SHOWN = REPORTED_METRICS
 
 
 @dg.asset(
@@ -44,18 +44,35 @@ def model_leaderboard(
         png = error_by_origin_png(plot_oof, sorted(set(best) | {"ensemble"}), horizon=horizon)
         cols = ["model"] + [c for c in SHOWN if c in board.columns]
         md[f"leaderboard_{horizon}"] = dg.MetadataValue.md(markdown_table(board.select(cols)))
-        md[f"error_by_origin_{horizon}"] = dg.MetadataValue.md(png_markdown(png, f"error by origin {horizon}"))
-        md[f"by_regime_{horizon}"] = dg.MetadataValue.md(markdown_table(
-            tables.by_regime.filter(pl.col("model").is_in(["ensemble", "random_walk"]))))
-        md[f"by_move_size_{horizon}"] = dg.MetadataValue.md(markdown_table(
-            tables.by_move_size.filter(pl.col("model").is_in(["ensemble", "random_walk"]))))
+        md[f"error_by_origin_{horizon}"] = dg.MetadataValue.md(
+            png_markdown(png, f"error by origin {horizon}")
+        )
+        md[f"by_regime_{horizon}"] = dg.MetadataValue.md(
+            markdown_table(
+                tables.by_regime.filter(pl.col("model").is_in(["ensemble", "random_walk"]))
+            )
+        )
+        md[f"by_move_size_{horizon}"] = dg.MetadataValue.md(
+            markdown_table(
+                tables.by_move_size.filter(pl.col("model").is_in(["ensemble", "random_walk"]))
+            )
+        )
         md[f"coverage_{horizon}"] = dg.MetadataValue.md(markdown_table(tables.coverage))
-        tags = {"dagster.run_id": context.run.run_id, "dagster.partition": horizon,
-                "dagster.asset": "model_leaderboard"}
+        tags = {
+            "dagster.run_id": context.run.run_id,
+            "dagster.partition": horizon,
+            "dagster.asset": "model_leaderboard",
+        }
         with tracker.run(f"model_leaderboard[{horizon}]", tags) as run_id:
             for row in board.to_dicts():
-                tracker.log_metrics(run_id, {f"{row['model']}.{k}": row[k] for k in SHOWN
-                                             if k in row and isinstance(row[k], int | float)})
+                tracker.log_metrics(
+                    run_id,
+                    {
+                        f"{row['model']}.{k}": row[k]
+                        for k in SHOWN
+                        if k in row and isinstance(row[k], int | float)
+                    },
+                )
             links[horizon] = tracker.run_url(mlflow.ui_url, run_id)
     out = pl.concat(boards, how="vertical_relaxed")
     ens_rows = out.filter(pl.col("model") == "ensemble")
@@ -63,7 +80,9 @@ def model_leaderboard(
         out,
         metadata={
             "dagster/row_count": out.height,
-            "ensemble_rel_mae": dg.MetadataValue.json(dict(zip(ens_rows["horizon"], ens_rows["rel_mae"], strict=True))),
+            "ensemble_rel_mae": dg.MetadataValue.json(
+                dict(zip(ens_rows["horizon"], ens_rows["rel_mae"], strict=True))
+            ),
             **md,
             **{f"mlflow_{h}": dg.MetadataValue.url(u) for h, u in links.items()},
         },

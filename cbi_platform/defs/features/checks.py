@@ -17,7 +17,11 @@ _PRICES = {"market_prices": dg.AssetIn("market_prices")}
 
 def _partition_frames(context, frame: pl.DataFrame):
     """The check loads the whole table; judge only the partitions of this run."""
-    keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else None
+    keys = (
+        context.partition_keys
+        if context.has_partition_key_range or context.has_partition_key
+        else None
+    )
     for key in keys or sorted(frame[HORIZON].unique().to_list()):
         yield key, frame.filter(pl.col(HORIZON) == key)
 
@@ -66,7 +70,8 @@ def features_contract(context: dg.AssetCheckExecutionContext, features: pl.DataF
     blocking=True,
     partitions_def=horizon_partitions,
     additional_ins=_PRICES,
-    description="Leakage (i): features recomputed on history cut at several origins equal the full run.",
+    description="Leakage (i): features recomputed on history cut at several origins equal "
+    "the full run.",
 )
 def features_leakage_truncation(
     context: dg.AssetCheckExecutionContext,
@@ -103,7 +108,8 @@ def features_leakage_forward_shift(
     asset=features,
     blocking=True,
     partitions_def=horizon_partitions,
-    description="Leakage (ii-b): no feature correlates with the future log return above the threshold.",
+    description="Leakage (ii-b): no feature correlates with the future log return above "
+    "the threshold.",
 )
 def features_leakage_target_correlation(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame

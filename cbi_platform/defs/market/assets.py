@@ -4,15 +4,15 @@ import dagster as dg
 import polars as pl
 
 from cbi_platform.defs.resources import MarketSourceResource
-from cbi_platform.reporting import markdown_table
 from cbi_platform.market.validation import raise_on_errors, validate_market_prices
+from cbi_platform.reporting import markdown_table
 
 
 @dg.multi_asset(
     group_name="market",
     outs={
         "raw_market_prices": dg.AssetOut(
-            description="Prices as the configured source delivered them, in the canonical long form.",
+            description="Prices as the configured source delivered them, canonical long form.",
             kinds={"polars", "duckdb"},
         ),
         "news_articles": dg.AssetOut(
@@ -49,7 +49,8 @@ def raw_market_data(context: dg.AssetExecutionContext, market_source: MarketSour
 @dg.asset(
     group_name="market",
     kinds={"polars", "duckdb"},
-    description="Validated market prices (long form); refused before writing if a blocking rule fails.",
+    description="Validated market prices (long form); refused before writing if a blocking "
+    "rule fails.",
 )
 def market_prices(
     context: dg.AssetExecutionContext,

@@ -20,7 +20,9 @@ def _result(finding: v.Finding) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=market_prices, blocking=True, description="Columns, types, no nulls in required columns.")
+@dg.asset_check(
+    asset=market_prices, blocking=True, description="Columns, types, no nulls in required columns."
+)
 def market_prices_schema(market_prices: pl.DataFrame) -> dg.AssetCheckResult:
     return _result(v.check_schema(market_prices))
 
@@ -44,7 +46,9 @@ def market_prices_driver_positive(
     return _result(v.check_driver_positive(market_prices, market_source.target()))
 
 
-@dg.asset_check(asset=market_prices, description="Daily series missing over 5 business days in a row.")
+@dg.asset_check(
+    asset=market_prices, description="Daily series missing over 5 business days in a row."
+)
 def market_prices_gaps(market_prices: pl.DataFrame) -> dg.AssetCheckResult:
     return _result(v.check_gaps(market_prices))
 

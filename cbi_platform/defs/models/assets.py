@@ -12,6 +12,7 @@ from cbi_platform.evaluation.metrics import leaderboard
 from cbi_platform.evaluation.volatility_eval import score_volatility, volatility_walk_forward
 from cbi_platform.explain.shap_tables import coverage_table
 from cbi_platform.features.contract import HORIZONS
+from cbi_platform.market.schema import target_series
 from cbi_platform.reporting import markdown_table
 
 
@@ -27,12 +28,14 @@ def volatility_forecasts(
     market_source: MarketSourceResource,
     protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
-    target = market_prices.filter(pl.col("symbol") == market_source.target()).sort("date")
+    target = target_series(market_prices, market_source.target())
     plan = horizon_run.origin_plan(target["date"], "1w", protocol.config())
     started = time.perf_counter()
     frame = volatility_walk_forward(target["value"].to_numpy(), plan, dict(HORIZONS))
     scores = score_volatility(frame)
-    context.log.info(f"volatility: {plan.n_origins} origins x 2 models in {time.perf_counter() - started:.1f}s")
+    context.log.info(
+        f"volatility: {plan.n_origins} origins x 2 models in {time.perf_counter() - started:.1f}s"
+    )
     return dg.Output(
         frame,
         metadata={
@@ -79,15 +82,35 @@ def member_models(
             frame, detected_regimes, horizon, cfg, specs=specs, progress=context.log.info
         )
         board = leaderboard(oof, spacing_days=plan.spacing_days)
-        tags = {"dagster.run_id": context.run.run_id, "dagster.partition": horizon,
-                "dagster.asset": "oof_predictions"}
+        tags = {
+            "dagster.run_id": context.run.run_id,
+            "dagster.partition": horizon,
+            "dagster.asset": "oof_predictions",
+        }
         with tracker.run(f"oof_predictions[{horizon}]", tags) as run_id:
-            tracker.log_metrics(run_id, {"seconds": time.perf_counter() - started,
-                                         "n_models": len(specs), "n_origins": plan.n_origins})
+            tracker.log_metrics(
+                run_id,
+                {
+                    "seconds": time.perf_counter() - started,
+                    "n_models": len(specs),
+                    "n_origins": plan.n_origins,
+                },
+            )
             tracker.log_walk_forward(
-                run_id, oof, board, {s.name: {**s.params, "family": s.family, "kind": s.kind,
-                                              "weighted": s.weighted, "refit_every": s.refit_every}
-                                     for s in specs}, tags,
+                run_id,
+                oof,
+                board,
+                {
+                    s.name: {
+                        **s.params,
+                        "family": s.family,
+                        "kind": s.kind,
+                        "weighted": s.weighted,
+                        "refit_every": s.refit_every,
+                    }
+                    for s in specs
+                },
+                tags,
             )
             links[horizon] = tracker.run_url(mlflow.ui_url, run_id)
         oofs.append(oof)

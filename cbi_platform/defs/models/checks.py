@@ -19,13 +19,24 @@ from cbi_platform.models.monotone import verify_monotone_specs
 def oof_predictions_monotone(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame
 ) -> dg.AssetCheckResult:
-    keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
+    keys = (
+        context.partition_keys
+        if context.has_partition_key_range or context.has_partition_key
+        else []
+    )
     results = []
     for horizon in keys or sorted(features["horizon"].unique().to_list()):
         frame = features.filter(pl.col("horizon") == horizon)
         for r in verify_monotone_specs(frame, zoo_specs(horizon)):
-            results.append({"horizon": horizon, "model": r.model, "feature": r.feature,
-                             "sign": r.sign, "monotone": r.monotone})
+            results.append(
+                {
+                    "horizon": horizon,
+                    "model": r.model,
+                    "feature": r.feature,
+                    "sign": r.sign,
+                    "monotone": r.monotone,
+                }
+            )
     failed = [r for r in results if not r["monotone"]]
     return dg.AssetCheckResult(
         passed=not failed,

@@ -5,6 +5,7 @@ import polars as pl
 
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource, PlatformHome, ProtocolResource
+from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.calendar import DEFAULT_CALENDAR_PATH, load_regime_calendar
 from cbi_platform.regimes.datasets import write_regime_datasets
 from cbi_platform.regimes.detected import (
@@ -27,7 +28,14 @@ def regime_calendar() -> dg.Output[pl.DataFrame]:
             {"regime": w.name, "start": w.start, "end": w.end, "weight": w.weight}
             for w in calendar.windows
         ]
-        + [{"regime": calendar.default_name, "start": None, "end": None, "weight": calendar.default_weight}],
+        + [
+            {
+                "regime": calendar.default_name,
+                "start": None,
+                "end": None,
+                "weight": calendar.default_weight,
+            }
+        ],
         schema={"regime": pl.Utf8, "start": pl.Date, "end": pl.Date, "weight": pl.Float64},
     )
     return dg.Output(
@@ -80,10 +88,12 @@ def detected_regimes(
     market_source: MarketSourceResource,
     protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
-    target = market_prices.filter(pl.col("symbol") == market_source.target()).sort("date")
+    target = target_series(market_prices, market_source.target())
     dates, prices = target["date"], target["value"].to_numpy()
     labels = label_regimes(dates, prices)
-    scores, _ = walk_forward_regime_scores(dates, prices, labels["regime"], n_folds=protocol.regime_folds)
+    scores, _ = walk_forward_regime_scores(
+        dates, prices, labels["regime"], n_folds=protocol.regime_folds
+    )
     outlook = regime_outlook(dates, prices, labels["regime"])
     score_table = pl.DataFrame([s.__dict__ for s in scores]) if scores else pl.DataFrame()
     counts = labels.group_by("regime").len().sort("regime")
