@@ -139,8 +139,8 @@ def with_live_origin(plan: OriginPlan, last_date: dt.date) -> OriginPlan:
     code path, and under the same embargo, as every evaluated origin.
     """
     last = plan.n_dates - 1
-    if plan.index and plan.index[-1] == last:
-        return plan
+    if plan.index and plan.index[-1] == last:  # end_offset 0: the last origin becomes the live one
+        return replace(plan, role=(*plan.role[:-1], LIVE))
     return replace(
         plan,
         dates=(*plan.dates, last_date),

@@ -413,3 +413,13 @@ def test_live_origin_is_always_refitted_and_never_scored():
     assert last.height == 1 and last["actual"][0] is None
     assert last["fitted_at"][0] == dates[-1]  # refitted at the live origin, off its schedule
     assert leaderboard(oof)["n"].max() == 10  # the live origin is never scored
+
+
+def test_live_origin_replaces_a_last_origin_on_the_last_date():
+    from cbi_platform.evaluation.origins import LIVE, with_live_origin
+
+    dates = make_frame()["date"]
+    plan = walk_forward_origins(dates, 5, n_origins=10, span=200, end_offset=0, n_burn_in=0)
+    live = with_live_origin(plan, dates[-1])
+    assert live.n_origins == plan.n_origins and live.role[-1] == LIVE
+    assert live.role.count(LIVE) == 1
