@@ -53,6 +53,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "asof": leakage.asof_gate(frame, bundle.prices),
         "forward_shift": leakage.forward_shift_gate(frame, bundle.prices),
         "target_correlation": leakage.target_correlation_gate(frame),
+        "truncation": leakage.truncation_gate(
+            bundle.prices,
+            args.horizon,
+            build=lambda prices, h: build_features(prices, h, target=manifest.target),
+        ),
     }
     failed = False
     for name, gate in gates.items():
