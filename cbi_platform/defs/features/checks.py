@@ -26,6 +26,11 @@ def _partition_frames(context, frame: pl.DataFrame):
         yield key, frame.filter(pl.col(HORIZON) == key)
 
 
+def _each_partition(context, features: pl.DataFrame, gate) -> dg.AssetCheckResult:
+    """Run `gate(horizon, frame)` on each partition of this run and combine the results."""
+    return _combine({key: gate(key, frame) for key, frame in _partition_frames(context, features)})
+
+
 def _combine(results: dict[str, leakage.GateResult]) -> dg.AssetCheckResult:
     passed = all(r.passed for r in results.values())
     return dg.AssetCheckResult(
@@ -80,11 +85,9 @@ def features_leakage_truncation(
     market_source: MarketSourceResource,
 ):
     build = partial(build_features, target=market_source.target())
-    results = {
-        key: leakage.truncation_gate(market_prices, key, build=build)
-        for key, _ in _partition_frames(context, features)
-    }
-    return _combine(results)
+    return _each_partition(
+        context, features, lambda key, _: leakage.truncation_gate(market_prices, key, build=build)
+    )
 
 
 @dg.asset_check(
@@ -97,11 +100,9 @@ def features_leakage_truncation(
 def features_leakage_forward_shift(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame, market_prices: pl.DataFrame
 ):
-    results = {
-        key: leakage.forward_shift_gate(frame, market_prices)
-        for key, frame in _partition_frames(context, features)
-    }
-    return _combine(results)
+    return _each_partition(
+        context, features, lambda _, frame: leakage.forward_shift_gate(frame, market_prices)
+    )
 
 
 @dg.asset_check(
@@ -114,11 +115,9 @@ def features_leakage_forward_shift(
 def features_leakage_target_correlation(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame
 ):
-    results = {
-        key: leakage.target_correlation_gate(frame)
-        for key, frame in _partition_frames(context, features)
-    }
-    return _combine(results)
+    return _each_partition(
+        context, features, lambda _, frame: leakage.target_correlation_gate(frame)
+    )
 
 
 @dg.asset_check(
@@ -135,11 +134,9 @@ def features_leakage_asof(
     market_source: MarketSourceResource,
 ):
     target = market_source.target()
-    results = {
-        key: leakage.asof_gate(frame, market_prices, target=target)
-        for key, frame in _partition_frames(context, features)
-    }
-    return _combine(results)
+    return _each_partition(
+        context, features, lambda _, frame: leakage.asof_gate(frame, market_prices, target=target)
+    )
 
 
 feature_checks = [
