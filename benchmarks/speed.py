@@ -109,8 +109,12 @@ def main() -> int:
     source = Path(args.manifest).stem if args.manifest else "simulated"
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    from cbi_platform.settings import load_protocol
+
+    protocol_hash = load_protocol().hash()
     result = {
         "machine": stamp,
+        "protocol_hash": protocol_hash,
         "source": source,
         "exit_code": code,
         "wall_seconds": round(wall, 1),
@@ -128,6 +132,7 @@ def main() -> int:
         f"{stamp['cpus']} CPUs, {stamp['memory_gib']} GiB)\n"
         f"- command: `.venv/bin/python benchmarks/speed.py{manifest_arg}` "
         f"(the pipeline `make run` runs, after installation, in a fresh home)\n"
+        f"- protocol hash `{protocol_hash}`\n"
         f"- exit code {code}; wall time **{wall:.0f} s**; peak RSS main process "
         f"**{peak_self:.0f} MiB**; peak of main + walk-forward workers together "
         f"**{peak_total:.0f} MiB** (sampled every 0.2 s)\n"

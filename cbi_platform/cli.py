@@ -49,16 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"features ({args.horizon}): {frame.height} rows x {len(feature_columns(frame))} features"
     )
-    gates = {
-        "asof": leakage.asof_gate(frame, bundle.prices),
-        "forward_shift": leakage.forward_shift_gate(frame, bundle.prices),
-        "target_correlation": leakage.target_correlation_gate(frame),
-        "truncation": leakage.truncation_gate(
-            bundle.prices,
-            args.horizon,
-            build=lambda prices, h: build_features(prices, h, target=manifest.target),
-        ),
-    }
+    gates = leakage.run_leakage_gates(frame, bundle.prices, args.horizon, manifest.target)
     failed = False
     for name, gate in gates.items():
         print(f"[{'ok  ' if gate.passed else 'FAIL'}] leakage {name}: {gate.summary}")
@@ -70,14 +61,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.manifest:
-        os.environ["CBI_MANIFEST"] = str(Path(args.manifest).resolve())
-        os.environ["CBI_SOURCE"] = "files"
+    from cbi_platform.defs.resources import build_resources
     from cbi_platform.runner import run_pipeline
 
+    settings = dict(os.environ)
+    if args.manifest:
+        settings.update(CBI_MANIFEST=str(Path(args.manifest).resolve()), CBI_SOURCE="files")
+    if args.protocol:
+        settings["CBI_PROTOCOL"] = str(Path(args.protocol).resolve())
     try:
-        return run_pipeline(horizons=args.horizons, stream=sys.stdout)
-    except MarketDataError as exc:
+        resources = build_resources(settings)
+        return run_pipeline(horizons=args.horizons, stream=sys.stdout, resources=resources)
+    except (MarketDataError, ValueError) as exc:
         return _fail(str(exc))
 
 
@@ -105,22 +100,30 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         f"{first['data_business_days_behind']} business days behind {first['data_reference_date']})"
     )
     print(
-        f"{'horizon':>7} {'target':>10} {'price':>7} {'P10':>7} {'P30':>7} {'P50':>7} "
-        f"{'P70':>7} {'P90':>7}  regime   model"
+        f"{'horizon':>7} {'target':>10} {'last':>7} {'point':>7} {'P10':>7} {'P30':>7} "
+        f"{'P50':>7} {'P70':>7} {'P90':>7}  regime   served version"
     )
     for r in rows:
         zones = " ".join(
             f"{r[k]:7.2f}" if r[k] is not None else "      -"
             for k in ("p10", "p30", "p50", "p70", "p90")
         )
+        flag = "  PROVISIONAL" if r.get("provisional") else ""
         print(
-            f"{r['horizon']:>7} {str(r['target_date']):>10} {r['price']:7.2f} {zones}  "
-            f"{r['regime'] or '-':8} {r['model_version']}"
+            f"{r['horizon']:>7} {str(r['target_date']):>10} {r['price']:7.2f} "
+            f"{r['forecast']:7.2f} {zones}  {r['regime'] or '-':8} {r['model_version']}{flag}"
         )
+    print("(last: price at the as-of date; point: the ensemble's forecast; P10..P90: its zones)")
     print()
     for r in rows:
         print(f"{r['horizon']}: {r['statement']}")
-        for d in r["drivers"]:
+        if r.get("provisional"):
+            print(f"    provisional: failed gate(s): {'; '.join(r.get('failed_gates') or [])}")
+        if r.get("p50_note"):
+            print(f"    {r['p50_note']}")
+        if r.get("volatility") is not None:
+            print(f"    volatility {r['volatility']:.1%} ({r.get('vol_model') or 'unknown model'})")
+        for d in r["drivers"] or []:
             print(f"    - {d}")
     return 0
 
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="materialize the pipeline with progress output")
     p.add_argument("--manifest", help="use the files source with this manifest")
     p.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    p.add_argument("--protocol", help="protocol YAML (default: cbi_platform/protocol.yaml)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("forecast", help="print the latest forecast per horizon")
     p.add_argument("--json", action="store_true", help="machine-readable output")

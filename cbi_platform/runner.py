@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 import dagster as dg
@@ -22,6 +23,33 @@ from cbi_platform.defs.pipeline import (
 from cbi_platform.defs.resources import build_resources
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Bump when a warehouse table changes its columns: an older warehouse is moved aside, not lost.
+WAREHOUSE_LAYOUT = "2"
+
+
+def keep_older_warehouse(home: Path, stream: TextIO) -> Path | None:
+    """Move a warehouse written by an older table layout aside (kept, renamed), so the new
+    columns (e.g. oof_predictions.fallback_reason) never collide with old tables."""
+    marker = home / "warehouse.layout"
+    database = home / "warehouse.duckdb"
+    if marker.exists() and marker.read_text().strip() == WAREHOUSE_LAYOUT:
+        return None
+    moved = None
+    if database.exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = database.with_name(f"warehouse.layout-{_layout(marker)}.{stamp}.duckdb")
+        database.replace(moved)
+        stream.write(
+            f"notice: the warehouse was written by an older table layout; kept as {moved.name}, "
+            "a new one is built\n"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    marker.write_text(WAREHOUSE_LAYOUT + "\n")
+    return moved
+
+
+def _layout(marker: Path) -> str:
+    return marker.read_text().strip() if marker.exists() else "1"
 
 
 def _instance() -> dg.DagsterInstance:
@@ -62,6 +90,8 @@ def run_pipeline(
     on_result: Callable[[str, dg.ExecuteInProcessResult], None] | None = None,
 ) -> int:
     resources = resources or build_resources()
+    if resources["io_manager"].__class__.__name__.startswith("DuckDB"):
+        keep_older_warehouse(Path(resources["home"].path), stream)
     instance = _instance()
     source = resources["market_source"]
     stream.write(

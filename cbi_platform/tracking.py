@@ -123,5 +123,28 @@ class Tracker:
         except mlflow.exceptions.MlflowException:
             return None
 
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, version).tags)
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, object]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def version_run_id(self, name: str, version: str) -> str:
+        return str(self.client.get_model_version(name, version).run_id)
+
+    def latest_version(self, name: str) -> str | None:
+        """The highest version number of `name`, or None when nothing is registered."""
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except mlflow.exceptions.MlflowException:
+            return None
+        return str(max(int(v.version) for v in versions)) if versions else None
+
+    def download_artifacts(self, run_id: str, artifact_path: str, destination: Path) -> Path:
+        """Copy a run's artifact folder (or file) under `destination`; returns the local path."""
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(destination)))
+
     def run_url(self, base_url: str, run_id: str) -> str:
         return f"{base_url.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"

@@ -50,3 +50,26 @@ def test_validate_reports_non_positive_target(small_manifest, capsys):
     assert main(["validate", str(small_manifest)]) == 1
     out = capsys.readouterr().out
     assert "target_positive" in out and date in out
+
+
+def test_validate_gives_the_as_of_gate_the_manifest_target(small_manifest, monkeypatch, capsys):
+    from cbi_platform.features import leakage
+
+    manifest = small_manifest.read_text()
+    manifest = manifest.replace("target: ZL", "target: ZS")
+    manifest = manifest.replace("symbol: ZL,", "symbol: ZS,").replace("COT_ZL", "COT_ZS")
+    small_manifest.write_text(manifest)
+    seen = {}
+    asof_gate = leakage.asof_gate
+
+    def spy(frame, prices, target=leakage.TARGET_SYMBOL, **kwargs):
+        seen["target"] = target
+        seen["result"] = asof_gate(frame, prices, target=target, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(leakage, "asof_gate", spy)
+    assert main(["validate", str(small_manifest), "--horizon", "1w"]) == 0
+    assert "target ZS" in capsys.readouterr().out
+    assert seen["target"] == "ZS"
+    # the ZS target's own COT joins are the ones checked
+    assert {"f_cot_zs_net", "f_cot_zs_chg4"} <= set(seen["result"].evidence["columns_checked"])

@@ -13,6 +13,7 @@ from cbi_platform.defs.models.assets import member_models, volatility_forecasts
 from cbi_platform.defs.models.checks import model_checks
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
+from cbi_platform.defs.regimes.checks import regime_checks
 
 # Unpartitioned assets, materialized once per run of the pipeline.
 SHARED_ASSETS = [
@@ -22,7 +23,7 @@ SHARED_ASSETS = [
     detected_regimes,
     volatility_forecasts,
 ]
-SHARED_CHECKS = [*market_checks]
+SHARED_CHECKS = [*market_checks, *regime_checks]
 # Per-horizon assets, materialized for each partition.
 HORIZON_ASSETS = [
     features,

@@ -19,9 +19,8 @@ from pydantic import Field
 
 from cbi_platform.market.schema import MarketBundle
 from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
+from cbi_platform.settings import DEFAULT_HOME, home_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_HOME = REPO_ROOT / ".cbi_home"
 WAREHOUSE_SCHEMA = "cbi"
 
 
@@ -74,28 +73,46 @@ class PlatformHome(dg.ConfigurableResource):
 
 
 class ProtocolResource(dg.ConfigurableResource):
-    """The walk-forward protocol (origins, burn-in, workers); tests shrink it."""
+    """The walk-forward protocol: cbi_platform/protocol.yaml (or `protocol_file`), with any field
+    set here overriding it (tests shrink it); plus how the run executes it (workers)."""
 
-    n_origins: int = 60
-    span: int = 1512
-    end_offset: int = 5
-    n_burn_in: int = 100
+    protocol_file: str | None = Field(default=None, description="YAML; default: the frozen one")
+    anchor: str | None = Field(default=None, description="grid anchor date, ISO")
+    span: int | None = None
+    n_scored: int | None = None
+    end_offset: int | None = None
+    n_development: int | None = None
+    n_calibration: int | None = None
+    min_first_origin_row: int | None = None
+    min_history: int | None = None
+    zone_method: str | None = None
     n_workers: int = 2
-    min_history: int = 30
     model_kinds: list[str] = ["benchmark", "statistical", "tree", "sanity", "specialist"]
     regime_folds: int = 6
+
+    def protocol(self):
+        from cbi_platform.settings import load_protocol
+
+        overrides = {
+            name: getattr(self, name)
+            for name in (
+                "anchor",
+                "span",
+                "n_scored",
+                "end_offset",
+                "n_development",
+                "n_calibration",
+                "min_first_origin_row",
+                "min_history",
+                "zone_method",
+            )
+        }
+        return load_protocol(self.protocol_file, **overrides)
 
     def config(self):
         from cbi_platform.evaluation.horizon_run import ProtocolConfig
 
-        return ProtocolConfig(
-            self.n_origins,
-            self.span,
-            self.end_offset,
-            self.n_burn_in,
-            self.n_workers,
-            self.min_history,
-        )
+        return ProtocolConfig(protocol=self.protocol(), n_workers=self.n_workers)
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -125,7 +142,7 @@ class ForecastStoreResource(dg.ConfigurableResource):
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
-    home = Path(env.get("CBI_HOME", str(DEFAULT_HOME))).resolve()
+    home = home_path(env)
     source = MarketSourceResource(
         kind=env.get("CBI_SOURCE", "files" if env.get("CBI_MANIFEST") else "simulated"),
         manifest=env.get("CBI_MANIFEST"),
@@ -156,7 +173,9 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         "io_manager": io_manager,
         "market_source": source,
         "home": PlatformHome(path=str(home)),
-        "protocol": ProtocolResource(n_workers=int(env.get("CBI_WORKERS", "2"))),
+        "protocol": ProtocolResource(
+            protocol_file=env.get("CBI_PROTOCOL"), n_workers=int(env.get("CBI_WORKERS", "2"))
+        ),
         "mlflow": MlflowResource(
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
             artifact_root=str(home / "mlartifacts"),

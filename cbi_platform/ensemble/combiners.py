@@ -10,6 +10,8 @@ resolved history gets the random walk itself, flagged in `fallback`.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -323,29 +325,41 @@ def meta_lgbm(
     params = dict(DEFAULT_META_PARAMS if params is None else params)
     X = np.hstack([panel.F, panel.context])
     n = X.shape[0]
-    known = panel.prefix(np.isfinite(panel.y).astype(float))[panel.resolved]
     combo = np.full(n, np.nan)
     weights = np.zeros_like(X)
-    refits = []
-    last = None
-    for i in range(n):
-        if known[i] >= min_history and (last is None or i - last >= refit_every):
-            refits.append(i)
-            last = i
+    refits = _meta_refits(panel, min_history, refit_every)
     for j, start in enumerate(refits):
         stop = refits[j + 1] if j + 1 < len(refits) else n
-        rows = panel.order[: panel.resolved[start]]
-        rows = rows[np.isfinite(panel.y[rows])]
-        fit_params = dict(params)
-        min_leaf = max(int(params.get("min_data_in_leaf", 30)), len(rows) // 10)
-        fit_params["min_data_in_leaf"] = min_leaf
-        dataset = lgb.Dataset(X[rows], label=panel.y[rows], params={"verbosity": -1})
-        booster = lgb.train(fit_params, dataset, num_boost_round=num_rounds)
+        booster = _fit_meta_booster(panel, X, start, params, num_rounds)
         combo[start:stop] = booster.predict(X[start:stop])
         gain = booster.feature_importance(importance_type="gain").astype(float)
         if gain.sum() > 0:
             weights[start:stop] = gain / gain.sum()
     return _CombinerOutput(combo, weights, "importance")
+
+
+def _meta_refits(panel: _Panel, min_history: int, refit_every: int) -> list[int]:
+    """Origin rows where the meta-learner is refitted: enough resolved rows, every k origins."""
+    known = panel.prefix(np.isfinite(panel.y).astype(float))[panel.resolved]
+    refits: list[int] = []
+    last = None
+    for i in range(len(known)):
+        if known[i] >= min_history and (last is None or i - last >= refit_every):
+            refits.append(i)
+            last = i
+    return refits
+
+
+def _fit_meta_booster(
+    panel: _Panel, X: np.ndarray, start: int, params: dict[str, Any], num_rounds: int
+) -> lgb.Booster:
+    """The meta-learner fitted at origin row `start` on the rows resolved by then."""
+    rows = panel.order[: panel.resolved[start]]
+    rows = rows[np.isfinite(panel.y[rows])]
+    fit_params = dict(params)
+    fit_params["min_data_in_leaf"] = max(int(params.get("min_data_in_leaf", 30)), len(rows) // 10)
+    dataset = lgb.Dataset(X[rows], label=panel.y[rows], params={"verbosity": -1})
+    return lgb.train(fit_params, dataset, num_boost_round=num_rounds)
 
 
 # ----------------------------------------------------------------------------- shrinkage
@@ -409,8 +423,8 @@ def choose_combiner(
     by that origin (target_date <= origin), i.e. on earlier origins only.
 
     `candidates` is oof-shaped (one "model" per candidate). mode="expanding" re-chooses at every
-    origin; mode="burn_in" chooses once at the last burn-in origin and keeps that choice for the
-    scored origins (burn-in origins themselves use the expanding choice). With fewer than
+    origin; mode="burn_in" chooses once at the last pre-scored (development) origin and keeps
+    that choice for the scored origins (earlier origins use the expanding choice). With fewer than
     `min_history` resolved rows, or fewer than `min_independent` independent outcomes (rows /
     overlap of the target windows), the choice is `fallback`, flagged. Ties go to `fallback`, then
     alphabetically.
@@ -436,7 +450,9 @@ def choose_combiner(
         rows_used = counts.max(axis=1).astype(np.int64)
         base = panel.base
         if mode == "burn_in":
-            burn = np.flatnonzero(base["role"].to_numpy() == "burn_in")
+            # the pre-scored windows (calibration, development); "burn_in" in older tables
+            pre = ("calibration", "development", "burn_in")
+            burn = np.flatnonzero(np.isin(base["role"].to_numpy(), pre))
             if burn.size:
                 decision = burn.max()
                 chosen[decision + 1 :] = chosen[decision]
@@ -607,3 +623,206 @@ def run_ensemble(
     """The ensemble's forecasts, oof-shaped (model = "ensemble") plus combiner, shrink_weight and
     fallback; `build_ensemble` also returns the member weights and every candidate."""
     return build_ensemble(oof, context, config).forecasts
+
+
+# ----------------------------------------------------------------------------- served state
+
+
+@dataclass(frozen=True)
+class EnsembleState:
+    """The chosen combiner's fitted state at one origin (the live one), enough to combine the
+    members' forecasts of a later day without the walk-forward history.
+
+    `combine` reproduces `build_ensemble`'s forecast at that origin exactly: the combiner's raw
+    forecast blended with the random walk (member 0, log return 0) by `shrink_weight`, or the
+    random walk itself where the combiner had too little evidence (`blended` False).
+    """
+
+    horizon: str
+    origin: dt.date
+    combiner: str  # random_walk | simple_average | inverse_error | meta_lgbm
+    members: tuple[str, ...]  # input order; the random walk first when present
+    shrink_weight: float
+    blended: bool  # False: the ensemble is the random walk at this origin
+    member_scores: tuple[float, ...] = ()  # inverse_error: 1/MAE**power per member (0: none)
+    booster: str | None = None  # meta_lgbm: the LightGBM model string in use at the origin
+    context_names: tuple[str, ...] = ()  # meta_lgbm context inputs (regime one-hot, vol)
+    forecast_logret: float = float("nan")  # what build_ensemble forecast at the origin
+
+    def member_vector(self, member_logrets: Mapping[str, float]) -> np.ndarray:
+        return np.array([float(member_logrets.get(m, np.nan)) for m in self.members], dtype=float)
+
+    def context_vector(self, context: Mapping[str, Any] | None) -> np.ndarray:
+        """Context inputs as the meta-learner saw them: regime one-hot (NaN when the regime is
+        unknown) and the volatility forecast (NaN when unknown)."""
+        context = context or {}
+        regime = context.get("regime")
+        vol = context.get("vol_forecast")
+        out = []
+        for name in self.context_names:
+            if name.startswith("regime_"):
+                out.append(np.nan if regime is None else float(regime == name[len("regime_") :]))
+            elif name == "vol_forecast":
+                out.append(np.nan if vol is None else float(vol))
+            else:
+                raise ValueError(f"unknown context input {name!r}")
+        return np.asarray(out, dtype=float)
+
+    def _random_walk(self, F: np.ndarray) -> float:
+        return float(np.nan_to_num(F[0], nan=0.0)) if self.members[:1] == (RANDOM_WALK,) else 0.0
+
+    def _raw(self, F: np.ndarray, context: Mapping[str, Any] | None) -> tuple[float, np.ndarray]:
+        """The combiner's raw forecast and its weights over members (+ context inputs)."""
+        pad = np.zeros(len(self.context_names))
+        if self.combiner == SIMPLE_AVERAGE:
+            available = np.isfinite(F)
+            k = available.sum()
+            w = np.where(available, 1.0 / max(k, 1), 0.0)
+            combo = float((np.nan_to_num(F) * w).sum()) if k > 0 else np.nan
+            return combo, np.concatenate([w, pad])
+        if self.combiner == INVERSE_ERROR:
+            raw = np.where(np.isfinite(F), np.asarray(self.member_scores, dtype=float), 0.0)
+            total = raw.sum()
+            w = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
+            combo = float((np.nan_to_num(F) * w).sum()) if total > 0 else np.nan
+            return combo, np.concatenate([w, pad])
+        if self.combiner == META_LGBM:
+            if self.booster is None:
+                return np.nan, np.zeros(len(F) + len(pad))
+            booster = lgb.Booster(model_str=self.booster)
+            X = np.concatenate([F, self.context_vector(context)]).reshape(1, -1)
+            gain = booster.feature_importance(importance_type="gain").astype(float)
+            w = gain / gain.sum() if gain.sum() > 0 else np.zeros_like(gain)
+            return float(booster.predict(X)[0]), w
+        raise ValueError(f"unknown combiner {self.combiner!r}")
+
+    def combine(
+        self, member_logrets: Mapping[str, float], context: Mapping[str, Any] | None = None
+    ) -> float:
+        """The ensemble's log-return forecast from the members' log-return forecasts."""
+        F = self.member_vector(member_logrets)
+        rw = self._random_walk(F)
+        if self.combiner == RANDOM_WALK or not self.blended:
+            return rw
+        combo, _ = self._raw(F, context)
+        if not np.isfinite(combo):
+            return rw
+        return rw + self.shrink_weight * (combo - rw)
+
+    def effective_weights(
+        self, member_logrets: Mapping[str, float], context: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, float], str]:
+        """Each member's (and context input's) effective weight after shrinkage, and its kind:
+        "linear" (weights of a sum) or "importance" (meta-learner gain shares)."""
+        names = [*self.members, *(f"context:{c}" for c in self.context_names)]
+        weights = np.zeros(len(names))
+        kind = "importance" if self.combiner == META_LGBM else "linear"
+        F = self.member_vector(member_logrets)
+        combo = np.nan
+        if self.combiner != RANDOM_WALK and self.blended:
+            combo, raw_w = self._raw(F, context)
+        if np.isfinite(combo):
+            weights = raw_w * self.shrink_weight
+            weights[0] += 1.0 - self.shrink_weight
+        else:
+            weights[0] = 1.0
+            kind = "linear"
+        return {n: float(w) for n, w in zip(names, weights, strict=True) if w != 0}, kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "horizon": self.horizon,
+            "origin": self.origin.isoformat(),
+            "combiner": self.combiner,
+            "members": list(self.members),
+            "shrink_weight": self.shrink_weight,
+            "blended": self.blended,
+            "member_scores": list(self.member_scores),
+            "booster": self.booster,
+            "context_names": list(self.context_names),
+            "forecast_logret": self.forecast_logret,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EnsembleState:
+        return cls(
+            horizon=str(data["horizon"]),
+            origin=dt.date.fromisoformat(str(data["origin"])),
+            combiner=str(data["combiner"]),
+            members=tuple(data["members"]),
+            shrink_weight=float(data["shrink_weight"]),
+            blended=bool(data["blended"]),
+            member_scores=tuple(float(v) for v in data.get("member_scores") or ()),
+            booster=data.get("booster"),
+            context_names=tuple(data.get("context_names") or ()),
+            forecast_logret=float(data.get("forecast_logret", float("nan"))),
+        )
+
+
+def ensemble_state(
+    oof: pl.DataFrame,
+    context: pl.DataFrame | None = None,
+    config: EnsembleConfig | None = None,
+    horizon: str | None = None,
+) -> EnsembleState:
+    """The state of the combiner `build_ensemble` chooses at the last origin of one horizon
+    (the live origin): what a registered model version needs to forecast a later day."""
+    cfg = config or EnsembleConfig()
+    oof = validate_oof(oof)
+    horizons = oof["horizon"].unique(maintain_order=True).to_list()
+    if horizon is None:
+        if len(horizons) != 1:
+            raise ValueError(f"oof holds horizons {horizons}: say which one")
+        horizon = horizons[0]
+    oof_h = oof.filter(pl.col("horizon") == horizon)
+    if oof_h.height == 0:
+        raise ValueError(f"oof has no rows for horizon {horizon!r} (has {horizons})")
+    ctx, ctx_names = _context_columns(context)
+    panel = _panel(oof_h, horizon, ctx, ctx_names)
+    candidates, _ = _horizon_candidates(panel, cfg)
+    choice = choose_combiner(
+        candidates,
+        min_history=cfg.min_history,
+        min_independent=cfg.min_independent,
+        mode=cfg.choice,
+    )
+    last = panel.base.height - 1
+    origin = panel.base["origin"][last]
+    chosen = choice.filter(pl.col("origin") == origin)["combiner"][0]
+    row = candidates.filter((pl.col("model") == chosen) & (pl.col("origin") == origin))
+    if row.height == 0:  # build_ensemble serves the random walk for an unknown choice
+        chosen = RANDOM_WALK
+    shrink = float(row["shrink_weight"][0]) if row.height else 0.0
+    blended = bool(row.height and not row["fallback"][0] and chosen != RANDOM_WALK)
+    scores: tuple[float, ...] = ()
+    booster = None
+    if chosen == INVERSE_ERROR:
+        at = panel.resolved[last]
+        sums = panel.prefix(np.abs(panel.F - panel.y[:, None]))[at]
+        counts = panel.prefix(_known(panel, panel.F))[at]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mae = sums / counts
+        ok = (counts >= cfg.min_history) & np.isfinite(mae)
+        scores = tuple(
+            np.where(ok, 1.0 / np.maximum(mae, 1e-9) ** cfg.inverse_error_power, 0.0).tolist()
+        )
+    elif chosen == META_LGBM:
+        refits = _meta_refits(panel, cfg.meta_min_history, cfg.meta_refit_every)
+        if refits:
+            X = np.hstack([panel.F, panel.context])
+            params = dict(DEFAULT_META_PARAMS if cfg.meta_params is None else cfg.meta_params)
+            fitted = _fit_meta_booster(panel, X, refits[-1], params, cfg.meta_num_rounds)
+            booster = fitted.model_to_string()
+    value = row["forecast_logret"][0] if row.height else panel.rw[last]
+    return EnsembleState(
+        horizon=horizon,
+        origin=origin,
+        combiner=chosen,
+        members=tuple(panel.members),
+        shrink_weight=shrink,
+        blended=blended,
+        member_scores=scores,
+        booster=booster,
+        context_names=tuple(ctx_names),
+        forecast_logret=float(value),
+    )

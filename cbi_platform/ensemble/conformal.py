@@ -53,6 +53,8 @@ class ConformalConfig:
     min_selection: int = 40  # resolved earlier zones needed to judge a variant's coverage
     coverage_tolerance: float = 0.02  # a variant must beat pooled's coverage error by this much
     max_cdf_knots: int = 101  # knots kept per row for probability statements
+    # a variant used at every origin, no per-origin choice (e.g. POOLED_VOL: always vol-scaled)
+    fixed_variant: str | None = None
 
 
 class PassThroughRegressor(RegressorMixin, BaseEstimator):
@@ -248,13 +250,19 @@ def _group_zones(frame: pl.DataFrame, cfg: ConformalConfig) -> pl.DataFrame:
     )
     n = frame.height
     overlap = target_overlap(day_numbers(frame["origin"]), target_days)
-    variants = list(dict.fromkeys((POOLED, *cfg.variants)))
+    fixed = cfg.fixed_variant
+    if fixed is not None and fixed not in VARIANTS:
+        raise ValueError(f"fixed_variant must be one of {VARIANTS}, got {fixed!r}")
+    variants = [fixed] if fixed is not None else list(dict.fromkeys((POOLED, *cfg.variants)))
     zones = {v: [_zone_logrets(group, i, v, cfg) for i in range(n)] for v in variants}
     hits = {v: _hits(zs, y) for v, zs in zones.items()}
     cfg_variants = replace(cfg, variants=tuple(variants))
     chosen, n_cal, values, cdf_x, cdf_p = [], [], np.full((n, len(ZONE_COLUMNS)), np.nan), [], []
     for i in range(n):
-        variant = _choose_variant(group, i, zones, hits, cfg_variants)
+        if fixed is not None:
+            variant = fixed if zones[fixed][i] is not None else INSUFFICIENT
+        else:
+            variant = _choose_variant(group, i, zones, hits, cfg_variants)
         chosen.append(variant)
         if variant == INSUFFICIENT:
             known = group.order[: group.resolved[i]]

@@ -8,14 +8,15 @@ forecast users see), produced by the same code as every scored origin.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleConfig, EnsembleResult, build_ensemble
-from cbi_platform.ensemble.conformal import conformal_zones, coverage_report
+from cbi_platform.ensemble.conformal import coverage_report
+from cbi_platform.ensemble.zone_methods import target_zones, zone_scores
 from cbi_platform.evaluation import metrics
-from cbi_platform.evaluation.origins import OriginPlan, walk_forward_origins, with_live_origin
+from cbi_platform.evaluation.origins import OriginPlan, protocol_origins, with_live_origin
 from cbi_platform.evaluation.walk_forward import (
     RegimeRowFilter,
     run_walk_forward_with_explanations,
@@ -23,25 +24,30 @@ from cbi_platform.evaluation.walk_forward import (
 from cbi_platform.features.contract import DATE, HORIZONS, PRICE, TARGET_LOGRET, feature_columns
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import RETURN_KINDS, build_model, load_specs
-from cbi_platform.regimes.calendar import RegimeCalendar, load_regime_calendar
+from cbi_platform.regimes.calendar import (
+    PointInTimeWeights,
+    RegimeCalendar,
+    load_regime_calendar,
+)
+from cbi_platform.settings import Protocol, load_protocol
 
 
 @dataclass(frozen=True)
 class ProtocolConfig:
-    """The evaluation protocol shared with the peer benchmark (see the README)."""
+    """The frozen protocol (cbi_platform/protocol.yaml) plus how this run executes it."""
 
-    n_origins: int = 60
-    span: int = 1512
-    end_offset: int = 5
-    n_burn_in: int = 100
+    protocol: Protocol = field(default_factory=load_protocol)
     n_workers: int = 2
-    min_history: int = 30  # resolved rows before the ensemble may leave the random walk
+    refit_phase: int = 0  # shifts every refit schedule; the benchmark's noise spread only
+
+    @property
+    def min_history(self) -> int:
+        return self.protocol.min_history
 
 
 def origin_plan(dates: pl.Series, horizon: str, cfg: ProtocolConfig) -> OriginPlan:
-    plan = walk_forward_origins(
-        dates, HORIZONS[horizon], cfg.n_origins, cfg.span, cfg.end_offset, cfg.n_burn_in
-    )
+    """The protocol's grid origins on this date index, plus the live origin (the last date)."""
+    plan = protocol_origins(dates, HORIZONS[horizon], cfg.protocol)
     return with_live_origin(plan, dates[-1])
 
 
@@ -62,8 +68,10 @@ def member_predictions(
     feature model at each origin from the model fitted at (or last before) that origin."""
     frame = frame.sort(DATE)
     plan = origin_plan(frame[DATE], horizon, cfg)
-    calendar = calendar or load_regime_calendar()
-    weights = calendar.label(frame[DATE])["regime_weight"].to_numpy()
+    if plan.notice and progress is not None:
+        progress(f"notice: {plan.notice}")
+    # Point in time: at each refit the calendar is read as it was known at that origin.
+    weights = PointInTimeWeights(calendar or load_regime_calendar(), frame[DATE])
     oof, shap = run_walk_forward_with_explanations(
         frame,
         specs if specs is not None else zoo_specs(horizon),
@@ -73,6 +81,7 @@ def member_predictions(
         n_workers=cfg.n_workers,
         progress=progress,
         row_filter=RegimeRowFilter.from_frame(frame, regimes),
+        refit_phase=cfg.refit_phase,
     )
     return oof, shap, plan
 
@@ -98,20 +107,45 @@ def ensemble_as_oof(ensemble: pl.DataFrame, oof: pl.DataFrame) -> pl.DataFrame:
         "horizon", "origin", "horizon_days", "origin_row", "naive_scale"
     )
     joined = ensemble.join(per_origin, on=["horizon", "origin"], how="left")
-    return joined.with_columns(
+    filled = joined.with_columns(
         fitted_at=pl.col("origin"), n_train=pl.lit(None, dtype=oof.schema["n_train"])
-    ).select(oof.columns)
+    )
+    missing = [c for c in oof.columns if c not in filled.columns]  # e.g. fallback_reason
+    filled = filled.with_columns(pl.lit(None, dtype=oof.schema[c]).alias(c) for c in missing)
+    return filled.select(oof.columns)
 
 
-def zones_step(oof: pl.DataFrame, ensemble: pl.DataFrame, context: pl.DataFrame) -> pl.DataFrame:
-    """Conformal zones for the ensemble and, as the benchmark, for the random walk."""
+def zones_step(
+    oof: pl.DataFrame,
+    ensemble: pl.DataFrame,
+    context: pl.DataFrame,
+    method: str = "split",
+    history: pl.DataFrame | None = None,
+    features: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Target zones by the protocol's method for the ensemble and, as the benchmark, for the
+    random walk. `history` (date, price of the target) and `features` feed the methods that
+    calibrate on the whole price history or on quantile models."""
     rw = oof.filter(pl.col("model") == "random_walk")
     extra = [c for c in ("combiner", "shrink_weight", "fallback") if c in ensemble.columns]
     ens = ensemble_as_oof(ensemble, oof).join(
         ensemble.select("horizon", "origin", *extra), on=["horizon", "origin"], how="left"
     )
     both = pl.concat([ens, rw], how="diagonal_relaxed")
-    return conformal_zones(both, context)
+    return target_zones(both, context, method, history=history, features=features)
+
+
+def window_coverage(zones: pl.DataFrame, windows: dict[str, tuple[str, ...]]) -> pl.DataFrame:
+    """Coverage, widths, interval score and pinball loss per model, horizon and window."""
+    parts = []
+    for name, roles in windows.items():
+        table = zone_scores(zones, roles=roles)
+        if table.height:
+            parts.append(table.with_columns(window=pl.lit(name)))
+    if not parts:
+        return pl.DataFrame()
+    out = pl.concat(parts, how="diagonal_relaxed")
+    return out.select("window", *[c for c in out.columns if c != "window"])
 
 
 @dataclass(frozen=True)
@@ -161,7 +195,8 @@ def fit_final_models(
     names = feature_columns(frame)
     X = frame.select(names).cast(pl.Float64).to_numpy()
     y = frame[TARGET_LOGRET].cast(pl.Float64).to_numpy()
-    weights = (calendar or load_regime_calendar()).label(frame[DATE])["regime_weight"].to_numpy()
+    # The calendar as known at the last date (the live origin), as in the walk-forward.
+    weights = (calendar or load_regime_calendar()).weights_at(frame[DATE], frame[DATE][-1])
     labels = RegimeRowFilter.from_frame(frame, regimes).labels
     fitted = {}
     for spec in specs if specs is not None else zoo_specs(horizon):

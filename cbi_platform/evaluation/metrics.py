@@ -48,6 +48,7 @@ _METRIC_SCHEMA: dict[str, pl.DataType] = {
     "dm_pvalue": pl.Float64(),
     "dm_lags": pl.Int64(),
     "effective_n": pl.Int64(),
+    "n_fallback": pl.Int64(),  # origins where the model had fallen back to the random walk
 }
 
 
@@ -115,6 +116,34 @@ def interval_width_pct(lo, hi, price) -> float:
     return float(np.mean((high - low) / p) * 100.0) if p.size else math.nan
 
 
+def interval_score(actual, lo, hi, alpha: float, price=None) -> float:
+    """Mean interval (Winkler) score of central (1 - alpha) intervals: width plus 2/alpha times
+    the distance by which the outcome falls outside. Lower is better; it rewards narrow bands
+    only while they keep their coverage. With `price`, each term is in % of that price."""
+    a, low, high = _arr(actual), _arr(lo), _arr(hi)
+    if not a.size:
+        return math.nan
+    score = (high - low) + (2.0 / alpha) * (np.maximum(low - a, 0.0) + np.maximum(a - high, 0.0))
+    if price is not None:
+        score = score / _arr(price) * 100.0
+    return float(np.mean(score))
+
+
+def pinball_loss(actual, quantiles, taus, price=None) -> float:
+    """Mean pinball (quantile) loss over rows and levels: max(tau (y - q), (tau - 1) (y - q)).
+    `quantiles` is (n, k) with one column per tau. With `price`, in % of that price."""
+    a = _arr(actual)
+    q = _arr(quantiles).reshape(a.size, -1)
+    t = _arr(taus).reshape(1, -1)
+    if not a.size:
+        return math.nan
+    diff = a[:, None] - q
+    loss = np.maximum(t * diff, (t - 1.0) * diff)
+    if price is not None:
+        loss = loss / _arr(price)[:, None] * 100.0
+    return float(np.mean(loss))
+
+
 # ---- overlap, Diebold-Mariano -----------------------------------------------------------
 
 
@@ -170,10 +199,11 @@ def diebold_mariano(loss_model, loss_benchmark, lags: int) -> DMResult:
 # ---- tables -----------------------------------------------------------------------------
 
 
-def scored_rows(oof: pl.DataFrame) -> pl.DataFrame:
-    """Rows that count: scored origins with a known outcome and a forecast."""
+def scored_rows(oof: pl.DataFrame, roles: Sequence[str] = (SCORED,)) -> pl.DataFrame:
+    """Rows that count: origins of the window (`roles`: the scored one unless the development
+    window is asked for) with a known outcome and a forecast."""
     return oof.filter(
-        (pl.col("role") == SCORED)
+        pl.col("role").is_in(list(roles))
         & pl.col("actual").is_not_null()
         & pl.col("forecast").is_not_null()
         & pl.col("forecast").is_finite()
@@ -195,11 +225,11 @@ def with_random_walk(oof: pl.DataFrame, name: str = RANDOM_WALK) -> pl.DataFrame
     return pl.concat([oof, rw.select(oof.columns)], how="vertical_relaxed")
 
 
-def _spacing_by_horizon(oof: pl.DataFrame) -> dict[str, float]:
-    """Mean trading-day gap between consecutive scored origins, per horizon."""
+def _spacing_by_horizon(oof: pl.DataFrame, roles: Sequence[str] = (SCORED,)) -> dict[str, float]:
+    """Mean trading-day gap between consecutive origins of the window, per horizon."""
     out: dict[str, float] = {}
     for (horizon,), part in (
-        oof.filter(pl.col("role") == SCORED).partition_by("horizon", as_dict=True).items()
+        oof.filter(pl.col("role").is_in(list(roles))).partition_by("horizon", as_dict=True).items()
     ):
         rows = np.unique(part["origin_row"].to_numpy())
         out[horizon] = float((rows[-1] - rows[0]) / (rows.size - 1)) if rows.size > 1 else 1.0
@@ -234,14 +264,21 @@ def _score(part: pl.DataFrame, spacing: float) -> dict:
         "dm_pvalue": dm.pvalue,
         "dm_lags": lags,
         "effective_n": effective_sample_size(part.height, horizon_days, spacing),
+        "n_fallback": int(part["fallback_reason"].is_not_null().sum())
+        if "fallback_reason" in part.columns
+        else 0,
     }
 
 
 def _metrics_table(
-    oof: pl.DataFrame, keys: list[str], spacing_days: float | None, include_random_walk: bool
+    oof: pl.DataFrame,
+    keys: list[str],
+    spacing_days: float | None,
+    include_random_walk: bool,
+    roles: Sequence[str] = (SCORED,),
 ) -> pl.DataFrame:
-    spacing = _spacing_by_horizon(oof)
-    data = scored_rows(with_random_walk(oof) if include_random_walk else oof)
+    spacing = _spacing_by_horizon(oof, roles)
+    data = scored_rows(with_random_walk(oof) if include_random_walk else oof, roles)
     rows = []
     for key, part in data.sort("origin").partition_by(keys, as_dict=True).items():
         h_spacing = spacing_days if spacing_days is not None else spacing[key[0]]
@@ -258,15 +295,20 @@ def _metrics_table(
 
 
 def leaderboard(
-    oof: pl.DataFrame, spacing_days: float | None = None, include_random_walk: bool = True
+    oof: pl.DataFrame,
+    spacing_days: float | None = None,
+    include_random_walk: bool = True,
+    roles: Sequence[str] = (SCORED,),
 ) -> pl.DataFrame:
     """One row per (horizon, model): accuracy on scored origins, versus the random walk.
 
     `spacing_days` (trading days between origins, `OriginPlan.spacing_days`) sets the DM lags
     and the effective sample size; by default it is read off the oof's `origin_row`. NaN
-    metrics (undefined DM, the random walk's direction) are returned as null.
+    metrics (undefined DM, the random walk's direction) are returned as null. `roles` picks the
+    window (default: scored; the benchmark also reports the development window). `n_fallback`
+    counts the origins where a statistical model had fallen back to the random walk.
     """
-    return _metrics_table(oof, ["horizon", "model"], spacing_days, include_random_walk)
+    return _metrics_table(oof, ["horizon", "model"], spacing_days, include_random_walk, roles)
 
 
 def by_group(

@@ -1,21 +1,24 @@
-"""Walk-forward origins: where the protocol stands to forecast, fixed once for every horizon.
+"""Walk-forward origins on a fixed grid anchored to a recorded date.
 
-The origin rule (reproducible in any language, integer arithmetic only):
+The rule (integer arithmetic only, reproducible in any language):
 
-    N      = number of trading dates, last = N - 1
-    e      = last - end_offset                   # the last scored origin (row index)
-    step m = 0, 1, ..., n_origins + n_burn_in - 1  # steps back from e
-    offset(m) = floor((2 * (span - 1) * m + (n_origins - 1)) / (2 * (n_origins - 1)))
-              = round_half_up((span - 1) * m / (n_origins - 1))
-    index(m)  = e - offset(m)
-    role      = "scored" if m < n_origins else "burn_in"
-    known(h)  = index(m) + h <= last             # the target close exists in the data
+    a         = row of the anchor date in the trading-date index (first date >= anchor; past
+                the last date, the last row plus the business days between them)
+    step      = (span - 1) / (n_scored - 1), an exact fraction (1511/59 ≈ 25.61 by default)
+    row(j)    = a - round_half_up(-j * step)  for every integer j (negative: before the anchor)
+    eligible  = grid rows with min_first_origin_row <= row(j) <= last - end_offset
+    roles     = the last n_scored eligible rows are "scored", the n_development before them
+                "development", the n_calibration before those "calibration" (oldest first)
+    known(h)  = row(j) + h <= last                     # the target close exists in the data
 
-So the `n_origins` scored origins cover exactly the last `span` rows ending at `e` (the first
-at e - (span - 1), the last at e), spaced (span - 1) / (n_origins - 1) rows apart (25.61 for
-the protocol's 1,512 / 60), and the burn-in origins continue the same grid backwards. With
-end_offset = 5 the origins are identical for every horizon; on 5,000 rows the scored origins
-with a known target are 60 / 59 / 57 / 55 / 50 for 5 / 21 / 63 / 126 / 252 days.
+A grid row depends only on the anchor and the step, never on the last date: a new day adds
+origins (and moves the windows forward by whole origins), it never moves one. On the shared ZL
+(5,000 rows to 2024-06-21) the anchor is the last scored origin of the issue-3 rule, so the 60
+scored origins are exactly that rule's. Refits are scheduled on the grid index j too (see
+`walk_forward.py`), so a retrained challenger and its champion share origins and refit dates.
+
+With a history too short for every window, all windows shrink by one factor
+(`Protocol.window_counts`), with a notice in the plan.
 """
 
 from __future__ import annotations
@@ -23,26 +26,33 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 import polars as pl
 
-SCORED = "scored"
-BURN_IN = "burn_in"
+from cbi_platform.settings import Protocol
+
+CALIBRATION = "calibration"  # residuals only calibrate zones and combiners
+DEVELOPMENT = "development"  # every protocol choice is made here
+SCORED = "scored"  # reported, never tuned on
 LIVE = "live"  # the latest date: its forecast is the one users see; never scored
+PRE_SCORED = (CALIBRATION, DEVELOPMENT)
 
 
 @dataclass(frozen=True)
 class OriginPlan:
-    """Origins (ascending, burn-in first) for one horizon, with their roles and target status."""
+    """Origins (ascending, oldest first) for one horizon, with roles, grid index and targets."""
 
     dates: tuple[dt.date, ...]  # origin dates
     index: tuple[int, ...]  # row index of each origin in the date index the plan was built on
-    role: tuple[str, ...]  # "burn_in" | "scored"
+    role: tuple[str, ...]  # calibration | development | scored | live
     target_known: tuple[bool, ...]  # index + horizon_days <= last index of the date index
     horizon_days: int
-    spacing_days: float  # (span - 1) / (n_origins - 1): trading days between origins
+    spacing_days: float  # trading days between grid origins
     n_dates: int  # length of the date index the plan was built on
+    grid_index: tuple[int | None, ...] = ()  # j of each origin on the grid; None: live origin
+    notice: str | None = None  # set when the short-history rule scaled the windows
 
     @property
     def n_origins(self) -> int:
@@ -64,10 +74,12 @@ class OriginPlan:
         return replace(self, horizon_days=horizon_days, target_known=known)
 
     def to_frame(self) -> pl.DataFrame:
+        grid = self.grid_index or (None,) * self.n_origins
         return pl.DataFrame(
             {
                 "origin": list(self.dates),
                 "origin_index": list(self.index),
+                "grid_index": list(grid),
                 "role": list(self.role),
                 "target_known": list(self.target_known),
                 "horizon_days": [self.horizon_days] * self.n_origins,
@@ -75,6 +87,7 @@ class OriginPlan:
             schema={
                 "origin": pl.Date,
                 "origin_index": pl.Int64,
+                "grid_index": pl.Int64,
                 "role": pl.Utf8,
                 "target_known": pl.Boolean,
                 "horizon_days": pl.Int64,
@@ -94,6 +107,65 @@ def _as_dates(dates: pl.Series | Sequence[dt.date] | np.ndarray) -> list[dt.date
     return values
 
 
+def anchor_row(values: Sequence[dt.date], anchor: dt.date) -> int:
+    """Row of the anchor: the first date >= anchor; past the data, the last row plus the
+    business days from the last date to the anchor (exact for Mon-Fri calendars)."""
+    if not values:
+        raise ValueError("the date index is empty")
+    if anchor > values[-1]:
+        extra = int(np.busday_count(np.datetime64(values[-1], "D"), np.datetime64(anchor, "D")))
+        return len(values) - 1 + max(extra, 1)
+    return int(np.searchsorted(np.asarray(values, dtype="datetime64[D]"), np.datetime64(anchor)))
+
+
+def grid_rows(a: int, step: Fraction, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(j, row) of every grid origin with lo <= row <= hi, ascending."""
+    if hi < lo:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    num, den = step.numerator, step.denominator
+    # row(j) = a - floor((-2 j num + den) / (2 den)); bracket j, then filter exactly.
+    j_lo = (lo - a) * den // num - 2
+    j_hi = (hi - a) * den // num + 2
+    j = np.arange(j_lo, j_hi + 1, dtype=np.int64)
+    rows = a - (-2 * j * num + den) // (2 * den)
+    keep = (rows >= lo) & (rows <= hi)
+    return j[keep], rows[keep]
+
+
+def protocol_origins(
+    dates: pl.Series | Sequence[dt.date] | np.ndarray,
+    horizon_days: int,
+    protocol: Protocol | None = None,
+) -> OriginPlan:
+    """The protocol's origins on a trading-date index (module docstring for the rule)."""
+    protocol = protocol or Protocol()
+    if horizon_days < 1:
+        raise ValueError("horizon_days must be >= 1")
+    values = _as_dates(dates)
+    last = len(values) - 1
+    a = anchor_row(values, protocol.anchor)
+    j, rows = grid_rows(a, protocol.step, protocol.min_first_origin_row, last - protocol.end_offset)
+    counts = protocol.window_counts(len(rows))
+    wanted = counts.n_calibration + counts.n_development + counts.n_scored
+    j, rows = j[len(rows) - wanted :], rows[len(rows) - wanted :]
+    role = (
+        (CALIBRATION,) * counts.n_calibration
+        + (DEVELOPMENT,) * counts.n_development
+        + (SCORED,) * counts.n_scored
+    )
+    return OriginPlan(
+        dates=tuple(values[i] for i in rows),
+        index=tuple(int(i) for i in rows),
+        role=role,
+        target_known=tuple(bool(i + horizon_days <= last) for i in rows),
+        horizon_days=int(horizon_days),
+        spacing_days=float(protocol.step),
+        n_dates=len(values),
+        grid_index=tuple(int(x) for x in j),
+        notice=counts.notice,
+    )
+
+
 def walk_forward_origins(
     dates: pl.Series | Sequence[dt.date] | np.ndarray,
     horizon_days: int,
@@ -101,35 +173,46 @@ def walk_forward_origins(
     span: int = 1512,
     end_offset: int = 5,
     n_burn_in: int = 30,
+    *,
+    n_development: int | None = None,
+    anchor: dt.date | None = None,
 ) -> OriginPlan:
-    """The protocol's origins on a trading-date index (see the module docstring for the rule)."""
+    """Small protocols for tests and ad-hoc runs: `n_origins` scored over `span` rows and
+    `n_burn_in` earlier origins (the last `n_development`, default min(60, n_burn_in), are the
+    development window). Without `anchor` the grid is anchored at the last scored origin of
+    the given index, which moves with new data: the platform always passes a recorded anchor.
+    """
     values = _as_dates(dates)
     if n_origins < 2:
         raise ValueError("n_origins must be >= 2")
     if span < n_origins:
         raise ValueError("span must be >= n_origins (at most one origin per row)")
-    if end_offset < 0 or n_burn_in < 0 or horizon_days < 1:
-        raise ValueError("end_offset and n_burn_in must be >= 0, horizon_days >= 1")
+    if end_offset < 0 or n_burn_in < 0:
+        raise ValueError("end_offset and n_burn_in must be >= 0")
     last = len(values) - 1
-    end = last - end_offset
-    steps = np.arange(n_origins + n_burn_in - 1, -1, -1, dtype=np.int64)  # ascending in time
-    offsets = (2 * (span - 1) * steps + (n_origins - 1)) // (2 * (n_origins - 1))
-    index = end - offsets
-    if index[0] < 0:
+    if anchor is None:
+        if last - end_offset < 0:
+            raise ValueError(f"{len(values)} dates are too few for end_offset {end_offset}")
+        anchor = values[last - end_offset]
+    n_dev = min(60, n_burn_in) if n_development is None else n_development
+    protocol = Protocol(
+        anchor=anchor,
+        span=span,
+        n_scored=n_origins,
+        end_offset=end_offset,
+        n_development=n_dev,
+        n_calibration=n_burn_in - n_dev,
+        min_first_origin_row=0,
+    )
+    step = protocol.step
+    a = anchor_row(values, anchor)
+    _, rows = grid_rows(a, step, 0, last - end_offset)
+    if len(rows) < n_origins + n_burn_in:
         raise ValueError(
             f"{len(values)} dates are too few for {n_burn_in} burn-in + {n_origins} origins "
-            f"over {span} rows ending {end_offset} before the last (needs index {index[0]} >= 0)"
+            f"over {span} rows ending {end_offset} before the last"
         )
-    role = tuple(SCORED if m < n_origins else BURN_IN for m in steps)
-    return OriginPlan(
-        dates=tuple(values[i] for i in index),
-        index=tuple(int(i) for i in index),
-        role=role,
-        target_known=tuple(bool(i + horizon_days <= last) for i in index),
-        horizon_days=int(horizon_days),
-        spacing_days=(span - 1) / (n_origins - 1),
-        n_dates=len(values),
-    )
+    return protocol_origins(values, horizon_days, protocol)
 
 
 def with_live_origin(plan: OriginPlan, last_date: dt.date) -> OriginPlan:
@@ -139,12 +222,14 @@ def with_live_origin(plan: OriginPlan, last_date: dt.date) -> OriginPlan:
     code path, and under the same embargo, as every evaluated origin.
     """
     last = plan.n_dates - 1
+    grid = plan.grid_index or (None,) * plan.n_origins
     if plan.index and plan.index[-1] == last:  # end_offset 0: the last origin becomes the live one
-        return replace(plan, role=(*plan.role[:-1], LIVE))
+        return replace(plan, role=(*plan.role[:-1], LIVE), grid_index=grid)
     return replace(
         plan,
         dates=(*plan.dates, last_date),
         index=(*plan.index, last),
         role=(*plan.role, LIVE),
         target_known=(*plan.target_known, False),
+        grid_index=(*grid, None),
     )

@@ -1,43 +1,79 @@
 """Champion / challenger: when a newly trained ensemble replaces the one in service.
 
-The first ensemble that passes the gates becomes champion. A challenger replaces it only if
-(1) its MASE is lower by `margin` (default 10%, the original rule), (2) a Diebold-Mariano test
-on the origins both scored favours it, (3) the leakage gates passed, and (4) its 90% coverage is
-within 5 points of nominal.
+Gates every candidate must pass: (1) the blocking leakage checks on `features` passed for its
+partition (a check with no recorded evaluation counts as not passed), (2) its 90% coverage is
+within 5 points of nominal, (3) its MASE is defined. The first ensemble that passes the gates
+becomes champion. A challenger that passes them replaces the champion only if, on the origins
+both scored (and there must be at least `min_common` of them), (4) its MASE is lower by
+`margin` (default 10%) and (5) a Diebold-Mariano test with horizon-appropriate Newey-West lags
+favours it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cbi_platform.evaluation.metrics import diebold_mariano
+from cbi_platform.evaluation.metrics import diebold_mariano, dm_lags
+
+# The blocking checks on `features` whose evaluation for the partition gates promotion.
+LEAKAGE_CHECKS = (
+    "features_contract",
+    "features_leakage_truncation",
+    "features_leakage_forward_shift",
+    "features_leakage_target_correlation",
+    "features_leakage_asof",
+)
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """A registered ensemble version as promotion sees it.
+
+    `leakage` maps each check name to its latest evaluation for the partition: True (passed),
+    False (failed) or None (no evaluation recorded). `errors` maps a scored origin (ISO date) to
+    the ensemble's MASE term there: |forecast - actual| / the naive h-step error at that origin.
+    """
+
     version: str
     mase: float
     coverage90: float
-    leakage_passed: bool
-    errors: dict[str, float] = field(default_factory=dict)  # origin (ISO) -> |error|
+    leakage: Mapping[str, bool | None]
+    errors: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reasons: tuple[str, ...]
-    mase_improvement: float | None = None
+    mase_improvement: float | None = None  # on common origins
     dm_pvalue: float | None = None
+    dm_lags: int | None = None
+    common_origins: int | None = None
+    failed_gates: tuple[str, ...] = ()  # the challenger's own gate failures
+
+
+def leakage_failures(leakage: Mapping[str, bool | None]) -> list[str]:
+    """One reason per required leakage check that did not pass (missing counts as failed)."""
+    failures = []
+    for name in LEAKAGE_CHECKS:
+        outcome = leakage.get(name)
+        if outcome is None:
+            failures.append(f"leakage check {name}: no evaluation recorded for this partition")
+        elif not outcome:
+            failures.append(f"leakage check {name} failed")
+    return failures
 
 
 def gates(c: Candidate, coverage_tolerance: float = 0.05) -> list[str]:
-    failures = []
-    if not c.leakage_passed:
-        failures.append("leakage gates failed")
+    """The candidate's own gates (no champion needed); empty when every gate passes."""
+    failures = leakage_failures(c.leakage)
     if not np.isfinite(c.coverage90) or abs(c.coverage90 - 0.90) > coverage_tolerance:
-        failures.append(f"90% coverage {c.coverage90:.3f} is not within 5 points of 0.90")
+        failures.append(
+            f"90% coverage {c.coverage90:.3f} is not within {coverage_tolerance:.0%} of 0.90"
+        )
     if not np.isfinite(c.mase):
         failures.append("MASE undefined")
     return failures
@@ -46,38 +82,61 @@ def gates(c: Candidate, coverage_tolerance: float = 0.05) -> list[str]:
 def decide(
     challenger: Candidate,
     champion: Candidate | None,
+    *,
+    horizon_days: int,
+    spacing_days: float,
     margin: float = 0.10,
     dm_alpha: float = 0.10,
-    dm_lags: int = 0,
+    min_common: int = 10,
 ) -> Decision:
-    failures = gates(challenger)
+    """Promote the challenger or not, with every reason stated.
+
+    The DM test uses ceil(h / spacing) - 1 Newey-West lags (`spacing_days`: trading days
+    between origins), because targets of neighbouring origins overlap that often.
+    """
+    failures = tuple(gates(challenger))
     if failures:
-        return Decision(False, tuple(failures))
+        return Decision(False, failures, failed_gates=failures)
     if champion is None:
         return Decision(True, ("first ensemble that passes the gates: champion",))
-    improvement = 1 - challenger.mase / champion.mase
-    reasons = []
-    if improvement < margin:
-        reasons.append(
-            f"MASE {challenger.mase:.4f} vs {champion.mase:.4f}: {improvement:+.1%} < {margin:.0%}"
-        )
+    lags = dm_lags(horizon_days, spacing_days)
     common = sorted(set(challenger.errors) & set(champion.errors))
-    pvalue = None
-    if len(common) >= 5:
-        dm = diebold_mariano(
-            np.array([challenger.errors[o] for o in common]),
-            np.array([champion.errors[o] for o in common]),
-            dm_lags,
+    if len(common) < min_common:
+        return Decision(
+            False,
+            (
+                f"only {len(common)} origins scored by both challenger v{challenger.version} and "
+                f"champion v{champion.version} (need {min_common}): they cannot be compared",
+            ),
+            dm_lags=lags,
+            common_origins=len(common),
         )
-        pvalue = dm.pvalue
-        if not (np.isfinite(dm.stat) and dm.stat < 0 and dm.pvalue < dm_alpha):
-            reasons.append(
-                f"DM test does not favour the challenger (stat {dm.stat:.2f}, p {dm.pvalue:.3f})"
-            )
-    else:
-        reasons.append(f"only {len(common)} common origins for the DM test")
+    ours = np.array([challenger.errors[o] for o in common], dtype=float)
+    theirs = np.array([champion.errors[o] for o in common], dtype=float)
+    mase_ours, mase_theirs = float(ours.mean()), float(theirs.mean())
+    improvement = 1 - mase_ours / mase_theirs if mase_theirs > 0 else float("nan")
+    reasons = []
+    if not (np.isfinite(improvement) and improvement >= margin):
+        reasons.append(
+            f"MASE {mase_ours:.4f} vs {mase_theirs:.4f} on {len(common)} common origins: "
+            f"{improvement:+.1%} < {margin:.0%}"
+        )
+    dm = diebold_mariano(ours, theirs, lags)
+    if not (np.isfinite(dm.stat) and dm.stat < 0 and dm.pvalue < dm_alpha):
+        reasons.append(
+            f"DM test ({lags} Newey-West lags, {len(common)} common origins) does not favour the "
+            f"challenger (stat {dm.stat:.2f}, p {dm.pvalue:.3f})"
+        )
     if reasons:
-        return Decision(False, tuple(reasons), improvement, pvalue)
+        return Decision(False, tuple(reasons), improvement, dm.pvalue, lags, len(common))
     return Decision(
-        True, (f"MASE better by {improvement:.1%} and DM favours it",), improvement, pvalue
+        True,
+        (
+            f"MASE better by {improvement:.1%} on {len(common)} common origins and DM favours it "
+            f"(p {dm.pvalue:.3f}, {lags} lags)",
+        ),
+        improvement,
+        dm.pvalue,
+        lags,
+        len(common),
     )

@@ -1,23 +1,42 @@
 """Walk-forward GARCH / GJR-GARCH: one fit per origin serves every horizon.
 
-At each origin the models are fitted on daily log returns up to the origin and forecast the
-h-day volatility of the log return for all horizons at once (sum of the daily variance path).
-Each is scored against the realised h-day volatility after the origin, next to a naive
-benchmark: the trailing 63-day sample volatility times sqrt(h).
+The models are the `kind: volatility` entries of models/specs.yaml: `family` picks the model
+(GARCH or GJR-GARCH), params `dist` and `window` how it is fitted. At each origin they are
+fitted on daily log returns up to the origin and forecast the h-day volatility of the log
+return for all horizons at once (sum of the daily variance path). Each is scored against the
+realised h-day volatility after the origin, next to a naive benchmark: the trailing 63-day
+sample volatility times sqrt(h).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
 from cbi_platform.evaluation.origins import OriginPlan
-from cbi_platform.models.volatility import fit_volatility, realized_vol
+from cbi_platform.models.base import ModelSpec
+from cbi_platform.models.registry import build_model, load_specs
+from cbi_platform.models.volatility import VolatilityModel, fit_volatility, realized_vol
 
-VOL_MODELS = {"garch": "garch", "gjr_garch": "gjr"}
 NAIVE = "trailing_vol"
+NAIVE_WINDOW = 63  # trailing daily returns behind the naive benchmark
+
+
+def volatility_models(specs: Sequence[ModelSpec] | None = None) -> list[VolatilityModel]:
+    """The volatility models to run, built from their specs (default: specs.yaml's volatility
+    entries), so the spec list is the one place that says which models run and how."""
+    specs = load_specs(kinds=["volatility"]) if specs is None else list(specs)
+    models = [build_model(spec) for spec in specs]
+    names = [m.spec.name for m in models]
+    not_vol = [m.spec.name for m in models if not isinstance(m, VolatilityModel)]
+    if not_vol:
+        raise ValueError(f"not volatility models: {not_vol}")
+    if len(set(names)) != len(names) or NAIVE in names:
+        raise ValueError(f"volatility model names must be unique and not {NAIVE!r}: {names}")
+    return models
 
 
 def _path_vols(result, horizons: dict[str, int]) -> dict[str, float]:
@@ -31,24 +50,29 @@ def volatility_walk_forward(
     prices: np.ndarray,
     plan: OriginPlan,
     horizons: dict[str, int],
-    window: int = 2500,
-    dist: str = "t",
+    specs: Sequence[ModelSpec] | None = None,
 ) -> pl.DataFrame:
-    """Rows: origin, role, horizon, model, forecast_vol, realized_vol (null if not yet known)."""
+    """Rows: origin, role, horizon, model, forecast_vol, realized_vol (null if not yet known).
+
+    One model per volatility spec (default: specs.yaml), each fitted on its own `window` of
+    daily returns with its `dist`, plus the naive trailing volatility.
+    """
+    models = volatility_models(specs)
     logp = np.log(np.asarray(prices, dtype=float))
     returns = np.diff(logp)  # returns[i-1] is the return into row i
     rows = []
     for origin, idx, role in zip(plan.dates, plan.index, plan.role, strict=True):
-        past = returns[max(0, idx - window) : idx]
         forecasts: dict[str, dict[str, float]] = {}
-        for name, kind in VOL_MODELS.items():
+        for model in models:
+            past = returns[max(0, idx - model.window) : idx]
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    forecasts[name] = _path_vols(fit_volatility(past, kind, dist), horizons)
+                    fitted = fit_volatility(past, model.vol_kind, model.dist)
+                    forecasts[model.spec.name] = _path_vols(fitted, horizons)
             except Exception:  # recorded as a null forecast, never silently replaced
-                forecasts[name] = {h: float("nan") for h in horizons}
-        trailing = float(np.std(past[-63:], ddof=1))
+                forecasts[model.spec.name] = {h: float("nan") for h in horizons}
+        trailing = float(np.std(returns[max(0, idx - NAIVE_WINDOW) : idx], ddof=1))
         forecasts[NAIVE] = {h: trailing * np.sqrt(d) for h, d in horizons.items()}
         for h, d in horizons.items():
             after = returns[idx : idx + d]

@@ -7,10 +7,22 @@ origins are looped inside one call per (spec, horizon), in-process or in `n_work
 processes. A training row whose target date exceeds the origin is a hard error
 (`LookAheadError`), checked at every fit.
 
-Refit schedule: origin k (0-based over all origins, burn-in first) refits the model when
-k % spec.refit_every == 0 (and always at the live origin); in between, the model fitted at the
-latest earlier refit predicts,
-fed the current origin's features and the close history up to the current origin.
+Refit schedule, on the origin grid (`origins.py`): the origin with grid index j refits the model
+when (j + refit_phase) % spec.refit_every == 0, at the first origin with enough rows, and always
+at the live origin; in between, the model fitted at the latest earlier refit predicts, fed the
+current origin's features and the close history up to the current origin. Because the schedule
+follows the grid, a new day never moves a refit, and a champion and its challenger refit on the
+same dates. `refit_phase` shifts the schedule for the benchmark's noise spread.
+
+Sample weights are point in time: `weights` is either one vector for the frame's rows or a
+callable `weights(origin_day) -> vector` (e.g. `regimes.calendar.PointInTimeWeights`), asked
+afresh at every refit, so a weighted model at origin t never sees what was known only later.
+
+Fallbacks: a statistical model whose estimation failed falls back to the random walk and sets
+`fallback_reason`; the OOF table carries it for every origin that model forecast.
+
+The engine runs in three steps: `prepare` (arrays and embargo masks per horizon), `execute`
+(the origin loop per spec, in-process or in workers) and `assemble` (the OOF frame).
 
 Explanations (optional): given `explain`, at every origin with a forecast the engine also calls
 `explain(model, spec, x_row, feature_names)` with the model that made it (fitted at or last
@@ -51,6 +63,8 @@ from cbi_platform.models.base import FitData, Model, ModelSpec
 
 # (spec, training mask aligned with the rows of the frame passed in) -> allowed rows (subset).
 RowFilter = Callable[[ModelSpec, np.ndarray], np.ndarray]
+# origin date (days since epoch) -> one weight per row of the frame passed in, as known then.
+WeightSchedule = Callable[[int], np.ndarray]
 # (model, spec, origin feature row (1, p), feature names) -> p or p + 1 (base last) values | None.
 RowExplainer = Callable[[Model, ModelSpec, np.ndarray, list[str]], np.ndarray | None]
 
@@ -79,6 +93,7 @@ OOF_SCHEMA: dict[str, pl.DataType] = {
     "fitted_at": pl.Date(),
     "n_train": pl.Int64(),
     "naive_scale": pl.Float64(),
+    "fallback_reason": pl.Utf8(),  # set where the model in use fell back to the random walk
 }
 
 
@@ -130,6 +145,7 @@ class _HorizonArrays:
     origin_days: np.ndarray  # origin date as days since epoch
     train_masks: np.ndarray  # (n_origins, n_rows) bool: target known and target_date <= origin
     live: np.ndarray  # (n_origins,) bool: the live origin is always refitted (freshest model)
+    grid_index: np.ndarray  # (n_origins,) grid index j of each origin; -1 for the live origin
 
 
 @dataclass
@@ -137,6 +153,7 @@ class _SpecResult:
     forecast_logret: np.ndarray
     fitted_at: np.ndarray  # origin position k of the fit used; -1 when no model yet
     n_train: np.ndarray  # rows of that fit; -1 when no model yet
+    fallback: list  # fallback_reason of the model in use at each origin (None: none)
     n_fits: int
     seconds: float
     contributions: np.ndarray | None = None  # (n_origins, p + 1), base last; nan: none
@@ -195,7 +212,23 @@ def _horizon_arrays(
         origin_days=origin_days,
         train_masks=train_masks,
         live=np.asarray([r == LIVE for r in plan.role], dtype=bool),
+        grid_index=_grid_index(plan),
     )
+
+
+def _grid_index(plan: OriginPlan) -> np.ndarray:
+    """Grid index per origin (-1: live or unknown); plans without a grid count 0, 1, 2, ..."""
+    if not plan.grid_index:
+        return np.arange(plan.n_origins, dtype=np.int64)
+    return np.asarray([-1 if j is None else j for j in plan.grid_index], dtype=np.int64)
+
+
+def refit_due(spec: ModelSpec, arr: _HorizonArrays, k: int, has_model: bool, phase: int) -> bool:
+    """The recorded schedule: grid index j refits when (j + phase) % refit_every == 0; the first
+    fit happens as soon as possible, and the live origin always refits."""
+    if arr.live[k] or not has_model:
+        return True
+    return (int(arr.grid_index[k]) + phase) % spec.refit_every == 0
 
 
 def _training_mask(
@@ -227,10 +260,11 @@ def _walk_spec(
     spec: ModelSpec,
     build_model: Callable[[ModelSpec], Model],
     arr: _HorizonArrays,
-    weights: np.ndarray | None,
+    weights: np.ndarray | WeightSchedule | None,
     row_filter: RowFilter | None,
     min_train_rows: int,
     explain: RowExplainer | None = None,
+    refit_phase: int = 0,
 ) -> _SpecResult:
     """Loop the origins for one spec on one horizon, refitting on its recorded schedule."""
     start = time.perf_counter()
@@ -238,6 +272,7 @@ def _walk_spec(
     forecast_logret = np.full(n, np.nan)
     fitted_at = np.full(n, -1, dtype=np.int64)
     n_train = np.full(n, -1, dtype=np.int64)
+    fallback: list[str | None] = [None] * n
     p = len(arr.feature_names)
     contributions = None if explain is None else np.full((n, p + 1), np.nan)
     explain_seconds = 0.0
@@ -245,7 +280,7 @@ def _walk_spec(
     fit_k, fit_rows, n_fits = -1, -1, 0
     for k in range(n):
         row = int(arr.origin_rows[k])
-        if k % spec.refit_every == 0 or arr.live[k]:
+        if refit_due(spec, arr, k, model is not None, refit_phase):
             mask = _training_mask(spec, arr, k, row_filter)
             rows = int(mask.sum())
             if rows >= min_train_rows:
@@ -255,7 +290,7 @@ def _walk_spec(
                     prices=arr.prices[: row + 1].copy(),
                     horizon_days=arr.horizon_days,
                     feature_names=list(arr.feature_names),
-                    sample_weight=weights[mask] if spec.weighted and weights is not None else None,
+                    sample_weight=_weights_at(weights, arr, k)[mask] if spec.weighted else None,
                 )
                 try:
                     model = build_model(spec).fit(data)
@@ -281,6 +316,7 @@ def _walk_spec(
             raise ValueError(f"{spec.name}: predict returned {pred.size} values for one origin")
         forecast_logret[k] = pred[0]
         fitted_at[k], n_train[k] = fit_k, fit_rows
+        fallback[k] = getattr(model, "fallback_reason", None)
         if explain is not None and contributions is not None:
             explain_start = time.perf_counter()
             try:
@@ -301,11 +337,28 @@ def _walk_spec(
         forecast_logret,
         fitted_at,
         n_train,
+        fallback,
         n_fits,
         time.perf_counter() - start,
         contributions,
         explain_seconds,
     )
+
+
+def _weights_at(
+    weights: np.ndarray | WeightSchedule | None, arr: _HorizonArrays, k: int
+) -> np.ndarray:
+    """The horizon's row weights as known at origin k (a schedule is asked for that origin)."""
+    if weights is None:
+        raise ValueError("a weighted spec needs weights")
+    if callable(weights):
+        vector = np.asarray(weights(int(arr.origin_days[k])), dtype=np.float64)
+        if vector.shape != (arr.n_frame_rows,):
+            raise ValueError(f"weights({k}) has shape {vector.shape}, expected one per frame row")
+        if not np.all(np.isfinite(vector)) or np.any(vector < 0):
+            raise ValueError(f"weights at origin position {k} must be finite and >= 0")
+        return vector[arr.frame_rows]
+    return weights
 
 
 def _naive_scale(arr: _HorizonArrays, target_price: np.ndarray) -> np.ndarray:
@@ -331,15 +384,15 @@ def _init_worker(env: dict[str, str], state: dict) -> None:
 
 def _worker_task(spec_idx: int, horizon: str) -> tuple[int, str, _SpecResult]:
     s = _WORKER_STATE
-    arr = s["arrays"][horizon]
     result = _walk_spec(
         s["specs"][spec_idx],
         s["build_model"],
-        arr,
+        s["arrays"][horizon],
         s["weights"][horizon],
         s["row_filter"],
         s["min_train_rows"],
         s.get("explain"),
+        s.get("refit_phase", 0),
     )
     return spec_idx, horizon, result
 
@@ -363,61 +416,25 @@ def _horizon_order(horizons: list[str]) -> list[str]:
     return sorted(horizons, key=lambda h: (HORIZONS.get(h, 10**9), h))
 
 
-@overload
-def run_walk_forward(
+# ---- the three steps ---------------------------------------------------------------------
+
+
+@dataclass
+class PreparedWalkForward:
+    """What `prepare` computes once per horizon: arrays, embargo masks, per-origin extras."""
+
+    plan: OriginPlan
+    arrays: dict[str, _HorizonArrays]
+    extras: dict[str, pl.DataFrame]  # per origin: date, row, role, target, price, actual, scale
+    weights: dict[str, np.ndarray | WeightSchedule | None]
+
+
+def _validate_inputs(
     frame: pl.DataFrame,
     specs: list[ModelSpec],
-    build_model: Callable[[ModelSpec], Model],
-    plan: OriginPlan,
-    weights: np.ndarray | None = ...,
-    n_workers: int = ...,
-    progress: Callable[[str], None] | None = ...,
-    row_filter: RowFilter | None = ...,
-    min_train_rows: int = ...,
-    explain: None = ...,
-) -> pl.DataFrame: ...
-
-
-@overload
-def run_walk_forward(
-    frame: pl.DataFrame,
-    specs: list[ModelSpec],
-    build_model: Callable[[ModelSpec], Model],
-    plan: OriginPlan,
-    weights: np.ndarray | None = ...,
-    n_workers: int = ...,
-    progress: Callable[[str], None] | None = ...,
-    row_filter: RowFilter | None = ...,
-    min_train_rows: int = ...,
-    *,
-    explain: RowExplainer,
-) -> tuple[pl.DataFrame, pl.DataFrame]: ...
-
-
-def run_walk_forward(
-    frame: pl.DataFrame,
-    specs: list[ModelSpec],
-    build_model: Callable[[ModelSpec], Model],
-    plan: OriginPlan,
-    weights: np.ndarray | None = None,
-    n_workers: int = 1,
-    progress: Callable[[str], None] | None = None,
-    row_filter: RowFilter | None = None,
-    min_train_rows: int = 20,
-    explain: RowExplainer | None = None,
-) -> pl.DataFrame | tuple[pl.DataFrame, pl.DataFrame]:
-    """Out-of-fold predictions (schema `OOF_SCHEMA`) of every spec at every origin of `plan`.
-
-    `frame` follows the feature contract (one or several horizons). `weights` is aligned with
-    the frame's rows and used only by specs with `weighted=True`. `row_filter(spec, mask)`
-    restricts the training rows of specs with `regime` set (mask aligned with the frame's
-    rows; it may only remove rows). A refit with fewer than `min_train_rows` rows keeps the
-    previous model; before any fit the forecast is null. `build_model`, `row_filter` and
-    `explain` must be picklable (module-level) when `n_workers > 1`.
-
-    With `explain` (see the module docstring) the result is `(oof, explanations)` instead:
-    the same OOF frame plus the long explanation table; without it, the OOF frame alone.
-    """
+    weights: np.ndarray | WeightSchedule | None,
+    row_filter: RowFilter | None,
+) -> np.ndarray | WeightSchedule | None:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError("spec names must be unique")
@@ -433,22 +450,37 @@ def run_walk_forward(
     )
     if missing:
         raise ValueError(f"frame lacks columns {sorted(missing)}")
-    if weights is not None:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (frame.height,):
-            raise ValueError(f"weights shape {weights.shape}, expected ({frame.height},)")
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError("weights must be finite and >= 0")
+    if weights is None or callable(weights):
+        return weights
+    vector = np.asarray(weights, dtype=np.float64)
+    if vector.shape != (frame.height,):
+        raise ValueError(f"weights shape {vector.shape}, expected ({frame.height},)")
+    if not np.all(np.isfinite(vector)) or np.any(vector < 0):
+        raise ValueError("weights must be finite and >= 0")
+    return vector
 
+
+def prepare(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    plan: OriginPlan,
+    weights: np.ndarray | WeightSchedule | None = None,
+    row_filter: RowFilter | None = None,
+) -> PreparedWalkForward:
+    """Validate the inputs and compute, per horizon, the arrays and embargoed training masks."""
+    weights = _validate_inputs(frame, specs, weights, row_filter)
     indexed = frame.with_row_index("__frame_row")
     arrays: dict[str, _HorizonArrays] = {}
     extras: dict[str, pl.DataFrame] = {}
-    sub_weights: dict[str, np.ndarray | None] = {}
+    per_horizon: dict[str, np.ndarray | WeightSchedule | None] = {}
     for horizon in _horizon_order(frame[HORIZON].unique().to_list()):
         sub = indexed.filter(pl.col(HORIZON) == horizon).sort(DATE)
         arr = _horizon_arrays(sub, horizon, plan, frame.height)
         arrays[horizon] = arr
-        sub_weights[horizon] = None if weights is None else weights[arr.frame_rows]
+        if weights is None or callable(weights):
+            per_horizon[horizon] = weights
+        else:
+            per_horizon[horizon] = weights[arr.frame_rows]
         at_origin = sub[arr.origin_rows]
         target_price = sub[TARGET_PRICE].cast(pl.Float64).fill_null(np.nan).to_numpy()
         extras[horizon] = pl.DataFrame(
@@ -462,8 +494,22 @@ def run_walk_forward(
                 "naive_scale": _naive_scale(arr, target_price),
             }
         )
+    return PreparedWalkForward(plan, arrays, extras, per_horizon)
 
-    tasks = [(i, h) for h in arrays for i in range(len(specs))]
+
+def execute(
+    prepared: PreparedWalkForward,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    n_workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+    row_filter: RowFilter | None = None,
+    min_train_rows: int = 20,
+    explain: RowExplainer | None = None,
+    refit_phase: int = 0,
+) -> dict[tuple[int, str], _SpecResult]:
+    """The origin loop of every (spec, horizon), in-process or in `n_workers` spawned workers."""
+    tasks = [(i, h) for h in prepared.arrays for i in range(len(specs))]
     results: dict[tuple[int, str], _SpecResult] = {}
 
     def report(i: int, h: str, r: _SpecResult) -> None:
@@ -479,48 +525,59 @@ def run_walk_forward(
             results[(i, h)] = _walk_spec(
                 specs[i],
                 build_model,
-                arrays[h],
-                sub_weights[h],
+                prepared.arrays[h],
+                prepared.weights[h],
                 row_filter,
                 min_train_rows,
                 explain,
+                refit_phase,
             )
             report(i, h, results[(i, h)])
-    else:
-        state = {
-            "arrays": arrays,
-            "specs": specs,
-            "build_model": build_model,
-            "weights": sub_weights,
-            "row_filter": row_filter,
-            "min_train_rows": min_train_rows,
-            "explain": explain,
-        }
-        with _env(SINGLE_THREAD_ENV):
-            pool = cf.ProcessPoolExecutor(
-                max_workers=min(n_workers, len(tasks)),
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(SINGLE_THREAD_ENV, state),
-            )
-            try:
-                futures = [pool.submit(_worker_task, i, h) for i, h in tasks]
-                for future in cf.as_completed(futures):
-                    i, h, r = future.result()
-                    results[(i, h)] = r
-                    report(i, h, r)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        return results
+    state = {
+        "arrays": prepared.arrays,
+        "specs": specs,
+        "build_model": build_model,
+        "weights": prepared.weights,
+        "row_filter": row_filter,
+        "min_train_rows": min_train_rows,
+        "explain": explain,
+        "refit_phase": refit_phase,
+    }
+    with _env(SINGLE_THREAD_ENV):
+        pool = cf.ProcessPoolExecutor(
+            max_workers=min(n_workers, len(tasks)),
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(SINGLE_THREAD_ENV, state),
+        )
+        try:
+            futures = [pool.submit(_worker_task, i, h) for i, h in tasks]
+            for future in cf.as_completed(futures):
+                i, h, r = future.result()
+                results[(i, h)] = r
+                report(i, h, r)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
+
+def assemble(
+    prepared: PreparedWalkForward,
+    specs: list[ModelSpec],
+    results: dict[tuple[int, str], _SpecResult],
+) -> pl.DataFrame:
+    """The OOF frame (schema `OOF_SCHEMA`): one row per (horizon, spec, origin)."""
     parts = []
-    for h, arr in arrays.items():
-        origin_dates = extras[h]["origin"].to_list()
+    for h, arr in prepared.arrays.items():
+        extra = prepared.extras[h]
+        origin_dates = extra["origin"].to_list()
         for i, spec in enumerate(specs):
             r = results[(i, h)]
             used = r.fitted_at >= 0
             ok = used & np.isfinite(r.forecast_logret)  # non-finite predictions become null
             parts.append(
-                extras[h].with_columns(
+                extra.with_columns(
                     horizon=pl.lit(h),
                     horizon_days=pl.lit(arr.horizon_days, dtype=pl.Int64),
                     model=pl.lit(spec.name),
@@ -534,18 +591,92 @@ def run_walk_forward(
                     n_train=pl.Series(
                         [n if n >= 0 else None for n in r.n_train.tolist()], dtype=pl.Int64
                     ),
+                    fallback_reason=pl.Series(r.fallback, dtype=pl.Utf8),
                 )
             )
     if not parts:
-        oof = pl.DataFrame(schema=OOF_SCHEMA)
-    else:
-        oof = pl.concat(parts, how="diagonal_relaxed").with_columns(
-            forecast=pl.col("price") * pl.col("forecast_logret").exp()
-        )
-        oof = oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])
+        return pl.DataFrame(schema=OOF_SCHEMA)
+    oof = pl.concat(parts, how="diagonal_relaxed").with_columns(
+        forecast=pl.col("price") * pl.col("forecast_logret").exp()
+    )
+    return oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])
+
+
+@overload
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | WeightSchedule | None = ...,
+    n_workers: int = ...,
+    progress: Callable[[str], None] | None = ...,
+    row_filter: RowFilter | None = ...,
+    min_train_rows: int = ...,
+    explain: None = ...,
+    refit_phase: int = ...,
+) -> pl.DataFrame: ...
+
+
+@overload
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | WeightSchedule | None = ...,
+    n_workers: int = ...,
+    progress: Callable[[str], None] | None = ...,
+    row_filter: RowFilter | None = ...,
+    min_train_rows: int = ...,
+    *,
+    explain: RowExplainer,
+    refit_phase: int = ...,
+) -> tuple[pl.DataFrame, pl.DataFrame]: ...
+
+
+def run_walk_forward(
+    frame: pl.DataFrame,
+    specs: list[ModelSpec],
+    build_model: Callable[[ModelSpec], Model],
+    plan: OriginPlan,
+    weights: np.ndarray | WeightSchedule | None = None,
+    n_workers: int = 1,
+    progress: Callable[[str], None] | None = None,
+    row_filter: RowFilter | None = None,
+    min_train_rows: int = 20,
+    explain: RowExplainer | None = None,
+    refit_phase: int = 0,
+) -> pl.DataFrame | tuple[pl.DataFrame, pl.DataFrame]:
+    """Out-of-fold predictions (schema `OOF_SCHEMA`) of every spec at every origin of `plan`.
+
+    `frame` follows the feature contract (one or several horizons). `weights` (one per frame
+    row, or a point-in-time schedule: see the module docstring) is used only by specs with
+    `weighted=True`. `row_filter(spec, mask)` restricts the training rows of specs with `regime`
+    set (mask aligned with the frame's rows; it may only remove rows). A refit with fewer than
+    `min_train_rows` rows keeps the previous model; before any fit the forecast is null.
+    `build_model`, `weights`, `row_filter` and `explain` must be picklable (module-level) when
+    `n_workers > 1`.
+
+    With `explain` (see the module docstring) the result is `(oof, explanations)` instead:
+    the same OOF frame plus the long explanation table; without it, the OOF frame alone.
+    """
+    prepared = prepare(frame, specs, plan, weights, row_filter)
+    results = execute(
+        prepared,
+        specs,
+        build_model,
+        n_workers,
+        progress,
+        row_filter,
+        min_train_rows,
+        explain,
+        refit_phase,
+    )
+    oof = assemble(prepared, specs, results)
     if explain is None:
         return oof
-    return oof, _explanation_frame(specs, arrays, extras, results)
+    return oof, _explanation_frame(specs, prepared.arrays, prepared.extras, results)
 
 
 def _explanation_frame(

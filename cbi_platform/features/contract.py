@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from cbi_platform.settings import HORIZONS as HORIZONS  # re-exported: one source of truth
+
 FEATURE_PREFIX = "f_"
 DATE = "date"  # the origin: a trading date of the target
 HORIZON = "horizon"  # partition key, e.g. "1m"
@@ -18,12 +20,6 @@ TARGET_PRICE = "target_price"  # target close at target_date
 TARGET_LOGRET = "target_logret"  # log(target_price / price)
 META_COLUMNS = (DATE, HORIZON, HORIZON_DAYS, PRICE, TARGET_DATE, TARGET_PRICE, TARGET_LOGRET)
 
-HORIZONS: dict[str, int] = {"1w": 5, "1m": 21, "3m": 63, "6m": 126, "12m": 252}
-
 
 def feature_columns(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(FEATURE_PREFIX)]
-
-
-def target_columns(df: pl.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.startswith("target_")]

@@ -8,7 +8,7 @@ future return, and a direct recomputation of every as-of joined value from `mark
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,13 +79,17 @@ def truncation_gate(
     cut_dates: Sequence | None = None,
     n_cuts: int = 4,
     tolerance: float = 1e-9,
+    frame: pl.DataFrame | None = None,
 ) -> GateResult:
-    """Features rebuilt from data published by a cut equal the full build on every row <= cut.
+    """Features rebuilt from data published by a cut equal the full frame on every row <= cut.
 
     A feature that reads the future (a centred window, shift(-1), a join on `date`) changes
-    when the future is removed. Compares all f_ columns; nulls must match nulls.
+    when the future is removed. `frame` is the frame under test (the materialized `features`
+    table); without it, the full build. Compares all its f_ columns; nulls must match nulls. A
+    column the rebuilds lack (a series with no rows yet, or a column the builder never makes)
+    must be null on every row <= cut.
     """
-    full = _frame_of(build(prices, horizon)).sort(DATE)
+    full = (_frame_of(build(prices, horizon)) if frame is None else frame).sort(DATE)
     features = feature_columns(full)
     cuts = list(cut_dates) if cut_dates is not None else _default_cuts(full[DATE], n_cuts)
     offenders: list[dict[str, Any]] = []
@@ -112,7 +116,7 @@ def truncation_gate(
             full_values = _as_float_matrix(compared, [column])[:, 0]
             if column in truncated.columns:
                 cut_values = _as_float_matrix(compared, [f"{column}__cut"])[:, 0]
-            else:  # dropped after the cut (its series had no rows yet): must be null before it
+            else:  # not rebuilt after the cut: must be null before it
                 cut_values = np.full(compared.height, np.nan)
             both_nan = np.isnan(full_values) & np.isnan(cut_values)
             close = np.abs(full_values - cut_values) <= tolerance * (1.0 + np.abs(full_values))
@@ -420,3 +424,49 @@ def asof_gate(
             "offenders": offenders[:MAX_EVIDENCE_ROWS],
         },
     )
+
+
+LEAKAGE_GATES = ("asof", "forward_shift", "target_correlation", "truncation")
+_NEEDS_PRICES = frozenset({"asof", "forward_shift", "truncation"})
+_NEEDS_TARGET = frozenset({"asof", "truncation"})
+
+
+def run_leakage_gates(
+    features_frame: pl.DataFrame,
+    prices: pl.DataFrame | None,
+    horizon: str,
+    target: str | None,
+    gates: Iterable[str] = LEAKAGE_GATES,
+    build: Callable[..., FeatureResult | pl.DataFrame] = build_features,
+) -> dict[str, GateResult]:
+    """Run the leakage gates on one horizon's feature frame: {gate: result}, in `gates` order.
+
+    The one runner behind `cbi validate` and the asset checks, so both judge the same thing:
+    the frame under test (the materialized table) against `prices` for the `target` symbol.
+    Truncation rebuilds with `build(prices, horizon, target=target)` and compares the rebuilds
+    to `features_frame`. `prices` and `target` may be None only for gates that do not read them.
+    """
+    wanted = list(gates)
+    unknown = sorted(set(wanted) - set(LEAKAGE_GATES))
+    if unknown:
+        raise ValueError(f"unknown leakage gate(s) {unknown}; known {list(LEAKAGE_GATES)}")
+    if prices is None and _NEEDS_PRICES.intersection(wanted):
+        raise ValueError(f"gates {sorted(_NEEDS_PRICES.intersection(wanted))} need prices")
+    if target is None and _NEEDS_TARGET.intersection(wanted):
+        raise ValueError(f"gates {sorted(_NEEDS_TARGET.intersection(wanted))} need the target")
+    results: dict[str, GateResult] = {}
+    for gate in wanted:
+        if gate == "asof":
+            results[gate] = asof_gate(features_frame, prices, target=target)
+        elif gate == "forward_shift":
+            results[gate] = forward_shift_gate(features_frame, prices)
+        elif gate == "target_correlation":
+            results[gate] = target_correlation_gate(features_frame)
+        else:
+            results[gate] = truncation_gate(
+                prices,
+                horizon,
+                build=lambda p, h: build(p, h, target=target),
+                frame=features_frame,
+            )
+    return results

@@ -15,6 +15,7 @@ from google.cloud import bigquery
 from cbi_platform.market.schema import (
     MARKET_PRICES_SCHEMA,
     NEWS_SCHEMA,
+    TARGET_SYMBOL,
     MarketBundle,
     MarketDataError,
     conform_news,
@@ -65,8 +66,12 @@ def load_bigquery_source(
     news_table: str | None = None,
     start: dt.date = dt.date(2000, 1, 1),
     end: dt.date | None = None,
+    target: str = TARGET_SYMBOL,
 ) -> MarketBundle:
-    """Read the canonical tables; the result goes through the same validation as any source."""
+    """Read the canonical tables; the result goes through the same validation as any source.
+
+    The tables hold canonical symbols, so the target is ZL unless the caller says otherwise.
+    """
     end = end or dt.date.today()
     prices = pl.from_arrow(
         client.query(prices_query(prices_table), job_config=_params(start, end)).to_arrow()
@@ -83,4 +88,10 @@ def load_bigquery_source(
     else:
         news = pl.DataFrame(schema=NEWS_SCHEMA)
         notices.append("no BigQuery news table configured: news features are dropped")
-    return MarketBundle(conform_prices(prices), conform_news(news), tuple(notices), None)
+    return MarketBundle(
+        prices=conform_prices(prices),
+        news=conform_news(news),
+        target=target,
+        notices=tuple(notices),
+        as_of=None,
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from cbi_platform.market.manifest import Manifest, SeriesSpec, load_manifest
+from cbi_platform.market.release_calendar import cftc_weekly_release
 from cbi_platform.market.schema import (
     SYMBOLS,
     MarketBundle,
@@ -59,7 +60,11 @@ def load_files_source(manifest_path: str | Path) -> MarketBundle:
     if manifest.as_of is not None:
         notices.extend(_after_as_of_notices(prices, manifest))
     return MarketBundle(
-        prices=prices, news=empty_news(), notices=tuple(notices), as_of=manifest.as_of
+        prices=prices,
+        news=empty_news(),
+        target=manifest.target,
+        notices=tuple(notices),
+        as_of=manifest.as_of,
     )
 
 
@@ -116,12 +121,18 @@ def _read_series(
         )
     frame, notices = _drop_missing(frame, spec, value_column, where, is_csv)
 
-    period_end = pl.col("date").dt.month_end() if spec.frequency == "monthly" else pl.col("date")
+    if spec.release_rule == "cftc_weekly":
+        _reject_weekend_as_of(frame, date_column, where, is_csv)
+        published_at = cftc_weekly_release(frame["date"])["published_at"]
+    else:
+        is_monthly = spec.frequency == "monthly"
+        period_end = pl.col("date").dt.month_end() if is_monthly else pl.col("date")
+        published_at = frame.select(_published_at(period_end, spec.publication_lag)).to_series()
     frame = frame.with_columns(
         symbol=pl.lit(spec.symbol),
         unit=pl.lit(spec.unit),
         source=pl.lit(source or f"files:{file.stem}"),
-        published_at=_published_at(period_end, spec.publication_lag),
+        published_at=published_at,
     )
     if spec.frequency == "daily":
         weekend = frame.filter(pl.col("date").dt.weekday() >= 6)
@@ -140,6 +151,19 @@ def _published_at(period_end: pl.Expr, lag: int) -> pl.Expr:
     if lag == 0:
         return period_end.dt.add_business_days(0, roll="forward")
     return period_end.dt.add_business_days(lag, roll="backward")
+
+
+def _reject_weekend_as_of(frame: pl.DataFrame, column: str, where: str, is_csv: bool) -> None:
+    """The CFTC rule counts from a weekday as-of date (Tuesday, Monday in holiday weeks)."""
+    weekend = frame["date"].dt.weekday() >= 6
+    if weekend.any():
+        raise MarketDataError(
+            f"{where}: release_rule cftc_weekly needs weekday as-of dates, but column "
+            f"'{column}' has weekend dates in "
+            f"{_rows_phrase(frame[_ROW].filter(weekend), is_csv, frame['date'].filter(weekend))}"
+            f". COT positions are as of Tuesday (Monday in holiday weeks): fix the dates, or "
+            f"use publication_lag if this is not a CFTC weekly series."
+        )
 
 
 def _read_table(file: Path, spec: SeriesSpec, where: str, manifest_dir: Path) -> pl.DataFrame:

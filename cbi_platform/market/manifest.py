@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cbi_platform.market.release_calendar import RELEASE_RULES
 from cbi_platform.market.schema import SYMBOLS, MarketDataError
 
 MANIFEST_VERSION = 1
@@ -39,6 +40,7 @@ SERIES_KEYS = (
     "frequency",
     "unit",
     "publication_lag",
+    "release_rule",
     "session_offset_hours",
     "max_nan_run",
 )
@@ -64,6 +66,7 @@ class SeriesSpec:
     volume_column: str | None = None
     frequency: str = "daily"
     publication_lag: int = 0
+    release_rule: str | None = None  # a named release rule instead of publication_lag
     session_offset_hours: float = 0.0
     max_nan_run: int = DEFAULT_MAX_NAN_RUN
 
@@ -254,10 +257,24 @@ def _parse_series(raw: Any, index: int, manifest_path: Path) -> SeriesSpec:
             f"(layout is {layout})"
         )
 
-    if "publication_lag" not in raw and frequency != "daily":
+    release_rule = _optional_str(raw, "release_rule", where)
+    if release_rule is not None:
+        _require_choice(release_rule, RELEASE_RULES, "release_rule", where)
+        if frequency != "weekly":
+            raise MarketDataError(
+                f"{where}: release_rule {release_rule} applies to weekly series (frequency is "
+                f"{frequency}); set frequency: weekly or use publication_lag"
+            )
+        if "publication_lag" in raw:
+            raise MarketDataError(
+                f"{where}: set either release_rule or publication_lag, not both (release_rule "
+                f"{release_rule} decides published_at by itself); remove publication_lag"
+            )
+    elif "publication_lag" not in raw and frequency != "daily":
         raise MarketDataError(
-            f"{where}: 'publication_lag' is required for {frequency} series: a {frequency} value "
-            f"is rarely known at the end of its period, and lag 0 would leak it into the past"
+            f"{where}: 'publication_lag' is required for {frequency} series (or, for CFTC COT, "
+            f"release_rule: cftc_weekly): a {frequency} value is rarely known at the end of its "
+            f"period, and lag 0 would leak it into the past"
         )
     publication_lag = _non_negative_int(raw.get("publication_lag", 0), "publication_lag", where)
     max_nan_run = _non_negative_int(
@@ -277,6 +294,7 @@ def _parse_series(raw: Any, index: int, manifest_path: Path) -> SeriesSpec:
         layout=layout,
         frequency=frequency,
         publication_lag=publication_lag,
+        release_rule=release_rule,
         session_offset_hours=float(offset),
         max_nan_run=max_nan_run,
         **columns,

@@ -63,16 +63,17 @@ class MarketDataError(ValueError):
 
 @dataclass(frozen=True)
 class MarketBundle:
-    """What a source returns: canonical prices and news, plus notices for the run log."""
+    """What a source returns: canonical prices and news, the symbol to forecast, and notices.
+
+    `target` is the source's own answer (a manifest's `target`, ZL for the simulator and
+    BigQuery), so callers need not re-read the configuration.
+    """
 
     prices: pl.DataFrame
     news: pl.DataFrame
+    target: str
     notices: tuple[str, ...] = field(default_factory=tuple)
     as_of: object | None = None  # datetime.date of a historical snapshot, None for live data
-
-
-def empty_prices() -> pl.DataFrame:
-    return pl.DataFrame(schema=MARKET_PRICES_SCHEMA)
 
 
 def empty_news() -> pl.DataFrame:

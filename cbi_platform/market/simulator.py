@@ -106,35 +106,42 @@ ZL–WTI ~0.35, ZL–ZS ~0.55, ZM–ZS ~0.7, WTI–BRENT ~0.9, ZS–USDBRL ~-0.1
     ========  ======  ====  =======  =====  =====  ====
 
 Regime windows (`regimes`; by group: soy = ZS, ZM; oils = ZL, PALM; crude = WTI, BRENT;
-usd = DXY; brl = USDBRL; rin = RIN_D4; blank = no change). The regime calendar's crisis
-windows are split into a falling and a recovering phase. Annual log drift added to each
-symbol's own drift:
+usd = DXY; brl = USDBRL; rin = RIN_D4; blank = no change). The dates are the simulator's own,
+loosely after real events (a commodity peak in July 2008 and a Lehman-like crash, a bottom in
+early December 2008; US tariffs from 2018-03-22 to a partial US-China deal on 2019-10-11; an
+oil price war and pandemic crash from 2020-03-09 to negative WTI on 2020-04-20; a commodity and
+vegetable-oil bull to June 2022; a biofuel-policy window from a final RFS rule on 2023-06-21 to
+a new volume proposal on 2025-06-13). They are deliberately NOT the regime calendar's dates
+(`cbi_platform/regimes/regime_calendar.yaml`): every start and end lies at least 20 days from
+every calendar start and end (a test checks it), so calendar-weighted models are not handed the
+data-generating process. Annual log drift added to each symbol's own drift (sized so each
+window moves prices about as much in total as the longer calendar-dated windows it replaced):
 
-    ====================  =====================  =====  =====  =====  =====  =====  =====
-    window                dates                  soy    oils   crude  usd    brl    rin
-    ====================  =====================  =====  =====  =====  =====  =====  =====
-    crisis_2008_fall      2008-01-01…2008-12-31  -0.45  -0.55  -0.70  +0.08  +0.30
-    crisis_2009_recovery  2009-01-01…2009-06-30  +0.30  +0.40  +0.80  -0.10  -0.30
-    trade_war             2017-01-01…2019-12-31  -0.10  -0.06                +0.06
-    crisis_2020_fall      2020-02-15…2020-04-30  -0.40  -0.80  -2.00  +0.10  +0.80
-    crisis_2020_recovery  2020-05-01…2020-12-31  +0.35  +0.45  +0.90         -0.10
-    inflation             2021-01-01…2022-12-31  +0.15  +0.25  +0.25  +0.06         +0.25
-    trump_2.0             2023-01-01…2025-12-31  -0.03  -0.04  -0.08                -0.10
-    ====================  =====================  =====  =====  =====  =====  =====  =====
+    ======================  =====================  =====  =====  =====  =====  =====  =====
+    window                  dates                  soy    oils   crude  usd    brl    rin
+    ======================  =====================  =====  =====  =====  =====  =====  =====
+    credit_crunch_fall      2008-07-14…2008-12-05  -1.15  -1.40  -1.80  +0.20  +0.75
+    credit_crunch_recovery  2008-12-08…2009-05-22  +0.30  +0.40  +0.80  -0.10  -0.30
+    tariff_dispute          2018-03-22…2019-10-11  -0.19  -0.11                +0.11
+    pandemic_crash          2020-03-09…2020-04-21  -0.70  -1.40  -3.50  +0.20  +1.40
+    pandemic_recovery       2020-04-22…2020-11-20  +0.40  +0.52  +1.00         -0.12
+    commodity_bull          2020-11-23…2022-06-10  +0.19  +0.32  +0.32  +0.08         +0.32
+    biofuel_policy          2023-06-21…2025-06-13  -0.045 -0.06  -0.12                -0.15
+    ======================  =====================  =====  =====  =====  =====  =====  =====
 
 Volatility multipliers in the same windows (blank = x1):
 
-    ====================  =====  =====  =====  =====  =====  =====
-    window                soy    oils   crude  usd    brl    rin
-    ====================  =====  =====  =====  =====  =====  =====
-    crisis_2008_fall      1.8    2.0    2.0    1.5    2.0
-    crisis_2009_recovery  1.5    1.6    1.8    1.3    1.5
-    trade_war             1.1    1.05                 1.1
-    crisis_2020_fall      1.6    1.8    2.5    1.5    1.8    1.5
-    crisis_2020_recovery  1.3    1.5    1.6           1.3    1.5
-    inflation             1.3    1.5    1.4    1.2           1.3
-    trump_2.0             1.2    1.4    1.1                  1.8
-    ====================  =====  =====  =====  =====  =====  =====
+    ======================  =====  =====  =====  =====  =====  =====
+    window                  soy    oils   crude  usd    brl    rin
+    ======================  =====  =====  =====  =====  =====  =====
+    credit_crunch_fall      1.8    2.0    2.2    1.5    2.0
+    credit_crunch_recovery  1.5    1.6    1.8    1.3    1.5
+    tariff_dispute          1.1    1.05                 1.1
+    pandemic_crash          1.8    2.0    3.0    1.6    2.0    1.6
+    pandemic_recovery       1.3    1.5    1.6           1.3    1.5
+    commodity_bull          1.3    1.5    1.4    1.2           1.3
+    biofuel_policy          1.2    1.4    1.1                  1.8
+    ======================  =====  =====  =====  =====  =====  =====
 
 Loading overrides (`loading_overrides`; the factor loadings that change inside a window)
 
@@ -142,9 +149,9 @@ Loading overrides (`loading_overrides`; the factor loadings that change inside a
     window                dates                    change
     ====================  =======================  ========================================
     soy_crude_break       2014-07-01…2015-12-31    ZL, ZS crude loading 0: soy–crude ~0
-    soy_palm_break        2022-05-01…2022-12-31    PALM veg_oil -0.15, soy 0: soy–palm ~0
-    biofuel_policy        2023-01-01…2025-12-31    ZL rin 0.45, RIN_D4 veg_oil 0.35:
-                                                   RIN-led soybean-oil moves (trump_2.0)
+    soy_palm_break        2022-05-01…2022-11-30    PALM veg_oil -0.15, soy 0: soy–palm ~0
+    biofuel_policy        2023-06-21…2025-06-13    ZL rin 0.45, RIN_D4 veg_oil 0.35:
+                                                   RIN-led soybean-oil moves
     ====================  =======================  ========================================
 
     "Soy" in the two breaks means ZL (soybean oil), the target.
@@ -162,8 +169,8 @@ News (`source="simulated-wire"`, `published_at` = a business day)
     Each business day carries 0, 1 or 2 headlines with probabilities `news_daily_probs`
     (about 2 a week). Each has a topic (biofuel mandates, palm export levies, Brazil harvest,
     crude, weather, China demand, trade policy; weights raised by `news_topic_emphasis` in
-    some windows, e.g. trade policy in trade_war, biofuel in trump_2.0) and a tone: bullish
-    (+1) or bearish (-1) for ZL each with probability (1 - `news_neutral_share`) / 2, else
+    some windows, e.g. trade policy in tariff_dispute, biofuel in biofuel_policy) and a tone:
+    bullish (+1) or bearish (-1) for ZL each with probability (1 - `news_neutral_share`) / 2, else
     neutral. Headline and body come from templates whose wording carries the tone. The tone
     LEADS ZL slightly: each headline adds `news_impact * tone * sigma_t` to ZL's return on each
     of the next `news_horizon_days` business days, which makes the tone's correlation with the
@@ -185,7 +192,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cbi_platform.market.schema import MarketBundle, conform_news, conform_prices
+from cbi_platform.market.schema import (
+    TARGET_SYMBOL,
+    MarketBundle,
+    conform_news,
+    conform_prices,
+)
 
 PRICE_SOURCE = "simulated"
 NEWS_SOURCE = "simulated-wire"
@@ -284,41 +296,45 @@ DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
     ),
 )  # fmt: skip
 
+# The simulator's own breakpoints, loosely after real events and deliberately NOT the regime
+# calendar's dates (cbi_platform/regimes/regime_calendar.yaml): a model weighted by the calendar
+# must not be handed the data-generating process. A test keeps every start and end at least 20
+# days from every calendar start and end.
 DEFAULT_REGIMES: tuple[RegimeWindow, ...] = (
     RegimeWindow(
-        "crisis_2008_fall", dt.date(2008, 1, 1), dt.date(2008, 12, 31),
-        drift=(("soy", -0.45), ("oils", -0.55), ("crude", -0.70), ("usd", 0.08), ("brl", 0.30)),
-        vol=(("soy", 1.8), ("oils", 2.0), ("crude", 2.0), ("usd", 1.5), ("brl", 2.0)),
+        "credit_crunch_fall", dt.date(2008, 7, 14), dt.date(2008, 12, 5),
+        drift=(("soy", -1.15), ("oils", -1.40), ("crude", -1.80), ("usd", 0.20), ("brl", 0.75)),
+        vol=(("soy", 1.8), ("oils", 2.0), ("crude", 2.2), ("usd", 1.5), ("brl", 2.0)),
     ),
     RegimeWindow(
-        "crisis_2009_recovery", dt.date(2009, 1, 1), dt.date(2009, 6, 30),
+        "credit_crunch_recovery", dt.date(2008, 12, 8), dt.date(2009, 5, 22),
         drift=(("soy", 0.30), ("oils", 0.40), ("crude", 0.80), ("usd", -0.10), ("brl", -0.30)),
         vol=(("soy", 1.5), ("oils", 1.6), ("crude", 1.8), ("usd", 1.3), ("brl", 1.5)),
     ),
     RegimeWindow(
-        "trade_war", dt.date(2017, 1, 1), dt.date(2019, 12, 31),
-        drift=(("soy", -0.10), ("oils", -0.06), ("brl", 0.06)),
+        "tariff_dispute", dt.date(2018, 3, 22), dt.date(2019, 10, 11),
+        drift=(("soy", -0.19), ("oils", -0.11), ("brl", 0.11)),
         vol=(("soy", 1.1), ("oils", 1.05), ("brl", 1.1)),
     ),
     RegimeWindow(
-        "crisis_2020_fall", dt.date(2020, 2, 15), dt.date(2020, 4, 30),
-        drift=(("soy", -0.40), ("oils", -0.80), ("crude", -2.00), ("usd", 0.10), ("brl", 0.80)),
-        vol=(("soy", 1.6), ("oils", 1.8), ("crude", 2.5), ("usd", 1.5), ("brl", 1.8),
-             ("rin", 1.5)),
+        "pandemic_crash", dt.date(2020, 3, 9), dt.date(2020, 4, 21),
+        drift=(("soy", -0.70), ("oils", -1.40), ("crude", -3.50), ("usd", 0.20), ("brl", 1.40)),
+        vol=(("soy", 1.8), ("oils", 2.0), ("crude", 3.0), ("usd", 1.6), ("brl", 2.0),
+             ("rin", 1.6)),
     ),
     RegimeWindow(
-        "crisis_2020_recovery", dt.date(2020, 5, 1), dt.date(2020, 12, 31),
-        drift=(("soy", 0.35), ("oils", 0.45), ("crude", 0.90), ("brl", -0.10)),
+        "pandemic_recovery", dt.date(2020, 4, 22), dt.date(2020, 11, 20),
+        drift=(("soy", 0.40), ("oils", 0.52), ("crude", 1.00), ("brl", -0.12)),
         vol=(("soy", 1.3), ("oils", 1.5), ("crude", 1.6), ("brl", 1.3), ("rin", 1.5)),
     ),
     RegimeWindow(
-        "inflation", dt.date(2021, 1, 1), dt.date(2022, 12, 31),
-        drift=(("soy", 0.15), ("oils", 0.25), ("crude", 0.25), ("usd", 0.06), ("rin", 0.25)),
+        "commodity_bull", dt.date(2020, 11, 23), dt.date(2022, 6, 10),
+        drift=(("soy", 0.19), ("oils", 0.32), ("crude", 0.32), ("usd", 0.08), ("rin", 0.32)),
         vol=(("soy", 1.3), ("oils", 1.5), ("crude", 1.4), ("usd", 1.2), ("rin", 1.3)),
     ),
     RegimeWindow(
-        "trump_2.0", dt.date(2023, 1, 1), dt.date(2025, 12, 31),
-        drift=(("soy", -0.03), ("oils", -0.04), ("crude", -0.08), ("rin", -0.10)),
+        "biofuel_policy", dt.date(2023, 6, 21), dt.date(2025, 6, 13),
+        drift=(("soy", -0.045), ("oils", -0.06), ("crude", -0.12), ("rin", -0.15)),
         vol=(("soy", 1.2), ("oils", 1.4), ("crude", 1.1), ("rin", 1.8)),
     ),
 )  # fmt: skip
@@ -328,20 +344,20 @@ DEFAULT_LOADING_OVERRIDES: tuple[LoadingOverride, ...] = (
                     (("crude", 0.0),)),
     LoadingOverride("soy_crude_break", dt.date(2014, 7, 1), dt.date(2015, 12, 31), "ZS",
                     (("crude", 0.0),)),
-    LoadingOverride("soy_palm_break", dt.date(2022, 5, 1), dt.date(2022, 12, 31), "PALM",
+    LoadingOverride("soy_palm_break", dt.date(2022, 5, 1), dt.date(2022, 11, 30), "PALM",
                     (("veg_oil", -0.15), ("soy", 0.0))),
-    LoadingOverride("biofuel_policy", dt.date(2023, 1, 1), dt.date(2025, 12, 31), "ZL",
+    LoadingOverride("biofuel_policy", dt.date(2023, 6, 21), dt.date(2025, 6, 13), "ZL",
                     (("rin", 0.45),)),
-    LoadingOverride("biofuel_policy", dt.date(2023, 1, 1), dt.date(2025, 12, 31), "RIN_D4",
+    LoadingOverride("biofuel_policy", dt.date(2023, 6, 21), dt.date(2025, 6, 13), "RIN_D4",
                     (("veg_oil", 0.35),)),
 )  # fmt: skip
 
 DEFAULT_NEWS_TOPIC_EMPHASIS: tuple[tuple[str, str, float], ...] = (
-    ("trade_war", "trade_policy", 3.0),
-    ("trade_war", "china_demand", 1.5),
-    ("trump_2.0", "biofuel", 3.0),
-    ("trump_2.0", "trade_policy", 2.0),
-    ("inflation", "crude", 1.5),
+    ("tariff_dispute", "trade_policy", 3.0),
+    ("tariff_dispute", "china_demand", 1.5),
+    ("biofuel_policy", "biofuel", 3.0),
+    ("biofuel_policy", "trade_policy", 2.0),
+    ("commodity_bull", "crude", 1.5),
 )
 
 
@@ -444,7 +460,9 @@ def simulate_market_with_truth(
     ]
     if absent:
         notices.append(f"Simulated series {absent} begin after {days[-1]} and are absent.")
-    bundle = MarketBundle(prices=prices, news=news, notices=tuple(notices), as_of=config.end)
+    bundle = MarketBundle(
+        prices=prices, news=news, target=TARGET_SYMBOL, notices=tuple(notices), as_of=config.end
+    )
     return bundle, news_truth
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,22 +57,36 @@ def load_market(config: SourceConfig, bigquery_client=None) -> MarketBundle:
     raise MarketDataError(f"unknown market source {config.kind!r}; choose one of {SOURCE_KINDS}")
 
 
-def target_symbol(config: SourceConfig) -> str:
-    """The symbol to forecast: the manifest's `target` for files, ZL otherwise."""
-    if config.kind == "files" and config.manifest:
-        from cbi_platform.market.manifest import load_manifest
+@functools.lru_cache(maxsize=8)
+def _manifest(path: str, mtime_ns: int):
+    """The manifest parsed once per file version (its path and modification time)."""
+    from cbi_platform.market.manifest import load_manifest
 
-        return load_manifest(Path(config.manifest)).target
+    return load_manifest(Path(path))
+
+
+def manifest_of(config: SourceConfig):
+    """The parsed manifest of a files source (cached: parsed once, not at every call site)."""
+    path = Path(config.manifest).resolve()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # load_manifest raises the clear error
+    return _manifest(str(path), mtime)
+
+
+def target_symbol(config: SourceConfig) -> str:
+    """The symbol to forecast: the manifest's `target` for files, ZL otherwise (the bundle a
+    source loads carries the same value as `MarketBundle.target`)."""
+    if config.kind == "files" and config.manifest:
+        return manifest_of(config).target
     return "ZL"
 
 
 def reference_date(config: SourceConfig) -> dt.date:
     """The date staleness is judged against: a snapshot's as_of, the simulator's end, or today."""
     if config.kind == "files" and config.manifest:
-        from cbi_platform.market.manifest import load_manifest
-
-        as_of = load_manifest(Path(config.manifest)).as_of
-        return as_of or dt.date.today()
+        return manifest_of(config).as_of or dt.date.today()
     if config.kind == "simulated":
         from cbi_platform.market.simulator import SimulatorConfig
 

@@ -13,7 +13,7 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
 from cbi_platform.models.base import FitData, ModelSpec
-from cbi_platform.models.benchmarks import single_thread, training_weights
+from cbi_platform.models.baselines import single_thread, training_weights
 
 
 class RidgeModel:

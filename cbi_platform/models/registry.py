@@ -16,7 +16,7 @@ import yaml
 
 from cbi_platform.features.contract import HORIZONS
 from cbi_platform.models.base import Model, ModelSpec
-from cbi_platform.models.benchmarks import RandomWalk, RandomWalkDrift
+from cbi_platform.models.baselines import RandomWalk, RandomWalkDrift
 from cbi_platform.models.linear import RidgeModel
 from cbi_platform.models.statistical import ArimaModel, EtsModel, ThetaForecaster
 from cbi_platform.models.trees import LightGBMModel, XGBoostModel

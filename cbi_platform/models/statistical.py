@@ -18,7 +18,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from cbi_platform.models.base import FitData, ModelSpec
-from cbi_platform.models.benchmarks import forecast_rows, log_closes
+from cbi_platform.models.baselines import forecast_rows, log_closes
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import xgboost as xgb
 
 from cbi_platform.models.base import FitData, ModelSpec
-from cbi_platform.models.benchmarks import single_thread, training_weights
+from cbi_platform.models.baselines import single_thread, training_weights
 
 _LGBM_THREAD_KEYS = ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")
 _XGB_THREAD_KEYS = ("nthread", "n_jobs")

@@ -15,7 +15,7 @@ import numpy as np
 from arch import arch_model
 
 from cbi_platform.models.base import FitData, ModelSpec
-from cbi_platform.models.benchmarks import forecast_rows, log_closes, single_thread
+from cbi_platform.models.baselines import forecast_rows, log_closes, single_thread
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ specialists are conditioned on; the classifier's next-month probabilities are th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -45,14 +46,30 @@ def regime_inputs(dates: pl.Series, prices: np.ndarray) -> pd.DataFrame:
     return out
 
 
+# The two parts of the rule that could read the future, as parameters so a truncation gate
+# (regimes/truncation.py) can be shown to catch a planted look-ahead in either.
+InputsFn = Callable[[pl.Series, np.ndarray], pd.DataFrame]
+ThresholdFn = Callable[[pd.Series, RegimeRule], pd.Series]
+
+
+def crisis_threshold(vol: pd.Series, rule: RegimeRule) -> pd.Series:
+    """Crisis threshold at t: the rule's quantile of the vols strictly before t (expanding), so
+    the label never peeks at its own day's rank."""
+    return vol.shift(1).expanding(min_periods=rule.min_history).quantile(rule.crisis_quantile)
+
+
 def label_regimes(
-    dates: pl.Series, prices: np.ndarray, rule: RegimeRule = RegimeRule()
+    dates: pl.Series,
+    prices: np.ndarray,
+    rule: RegimeRule = RegimeRule(),
+    *,
+    inputs_fn: InputsFn = regime_inputs,
+    threshold_fn: ThresholdFn = crisis_threshold,
 ) -> pl.DataFrame:
     """One label per date using only data up to that date (expanding quantile of past vol)."""
-    inputs = regime_inputs(dates, prices)
+    inputs = inputs_fn(dates, prices)
     vol = inputs[f"vol_{rule.vol_window}"]
-    # Threshold at t from vols strictly before t: the label never peeks at its own day's rank.
-    threshold = vol.shift(1).expanding(min_periods=rule.min_history).quantile(rule.crisis_quantile)
+    threshold = threshold_fn(vol, rule)
     ret = inputs[f"ret_{rule.return_window}"]
     label = np.where(
         (vol > threshold) & (ret < 0),
@@ -107,8 +124,11 @@ def _balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
-def classifier_matrix(dates: pl.Series, prices: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    inputs = regime_inputs(dates, prices)
+def classifier_matrix(
+    dates: pl.Series, prices: np.ndarray, inputs_fn: InputsFn = regime_inputs
+) -> tuple[np.ndarray, list[str]]:
+    """The classifier's features: every trailing input column, as floats (NaN for missing)."""
+    inputs = inputs_fn(dates, prices)
     cols = [c for c in inputs.columns if c != "date"]
     return inputs[cols].to_numpy(dtype=float), cols
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 from cbi_platform.explain.shap_tables import ensemble_shap, top_drivers
@@ -57,3 +59,72 @@ def member_signals(
     lines = top_drivers(rows, k=k, horizon_label=horizon)
     label = f"(not used: {best['model']}, relative MAE {best['rel_mae']:.2f} vs the random walk)"
     return [f"{line} {label}" for line in lines]
+
+
+def driver_numbers(
+    shap_rows: pl.DataFrame, k: int = 4, *, model: str = "ensemble", used: bool = True
+) -> list[dict]:
+    """The same top-k drivers as `top_drivers`, as numbers: feature, its value, and its
+    contribution in % of the price (100 * (exp(shap) - 1)), for pages and APIs."""
+    if shap_rows.height == 0:
+        return []
+    has_value = "value" in shap_rows.columns
+    rows = (
+        shap_rows.filter(pl.col("shap").is_not_null() & pl.col("shap").is_finite())
+        .filter(pl.col("shap") != 0.0)
+        .sort(pl.col("shap").abs(), "feature", descending=[True, False])
+        .head(k)
+    )
+    return [
+        {
+            "feature": r["feature"],
+            "value": None if not has_value or r["value"] is None else float(r["value"]),
+            "contribution_pct": 100.0 * math.expm1(float(r["shap"])),
+            "model": model,
+            "used": used,
+        }
+        for r in rows.iter_rows(named=True)
+    ]
+
+
+def explain_forecast(
+    shap_live: pl.DataFrame,
+    weights_live: pl.DataFrame,
+    leaderboard: pl.DataFrame,
+    horizon: str,
+    k: int = 4,
+) -> tuple[list[str], list[dict], str]:
+    """Drivers of one forecast in words and in numbers, and how they were derived.
+
+    When the ensemble is the random walk, the best feature member's signals are shown instead,
+    labelled as not used (`used` False in the numbers).
+    """
+    lines, note = forecast_drivers(shap_live, weights_live, horizon, k)
+    if lines:
+        weights = (
+            weights_live.rename({"member": "model"})
+            if "member" in weights_live.columns
+            else weights_live
+        )
+        weights = weights.filter(pl.col("model").is_in(shap_live["model"].unique().to_list()))
+        keep = [c for c in ("horizon", "origin", "model", "weight") if c in weights.columns]
+        combined = ensemble_shap(
+            shap_live, weights.select(keep).with_columns(weight_kind=pl.lit("linear"))
+        )
+        if "value" not in combined.columns or combined["value"].null_count() == combined.height:
+            values = shap_live.select("feature", "value").unique("feature")
+            combined = combined.drop("value", strict=False).join(values, on="feature", how="left")
+        return lines, driver_numbers(combined, k), note
+    signals = member_signals(shap_live, leaderboard, horizon)
+    numbers: list[dict] = []
+    if signals:
+        members = shap_live["model"].unique().to_list()
+        best = (
+            leaderboard.filter(pl.col("model").is_in(members))
+            .sort("rel_mae", nulls_last=True)
+            .row(0, named=True)["model"]
+        )
+        numbers = driver_numbers(
+            shap_live.filter(pl.col("model") == best), 3, model=best, used=False
+        )
+    return [note, *signals], numbers, note

@@ -1,7 +1,9 @@
 """The append-only forecast history, keyed by (as_of, horizon, model_version), in DuckDB.
 
 Every forecast ever issued stays, so monitoring can score each one when its target date
-arrives. Re-issuing the same key is a no-op, never an overwrite.
+arrives. Re-issuing the same key is a no-op, never an overwrite. `model_version` is the version
+whose numbers the row holds (the one served). Readers open the file read-only (no write lock,
+nothing created); the writer migrates an older table by adding the columns it lacks.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-DDL = """
+TABLE = "cbi.forecast_history"
+DDL = f"""
 CREATE SCHEMA IF NOT EXISTS cbi;
-CREATE TABLE IF NOT EXISTS cbi.forecast_history (
+CREATE TABLE IF NOT EXISTS {TABLE} (
     as_of DATE, horizon VARCHAR, model_version VARCHAR, target_date DATE,
     price DOUBLE, forecast DOUBLE, p10 DOUBLE, p30 DOUBLE, p50 DOUBLE, p70 DOUBLE, p90 DOUBLE,
     lo90 DOUBLE, hi90 DOUBLE, band_lo DOUBLE, band_hi DOUBLE, band_probability DOUBLE,
@@ -25,48 +28,89 @@ CREATE TABLE IF NOT EXISTS cbi.forecast_history (
     PRIMARY KEY (as_of, horizon, model_version)
 );
 """
+# Columns added after the first release: (name, type). The writer adds missing ones in place.
+ADDED_COLUMNS = (
+    ("band_probability_nominal", "DOUBLE"),  # what the CDF says; band_probability: achieved
+    ("band_hits", "INTEGER"),  # past resolved forecasts inside the band's CDF levels
+    ("band_resolved", "INTEGER"),  # past resolved forecasts
+    ("p50_note", "VARCHAR"),  # why P50 and the point forecast differ
+    ("drivers_detail", "VARCHAR"),  # JSON: [{feature, value, contribution_pct, model, used}]
+    ("driver_note", "VARCHAR"),
+    ("vol_model", "VARCHAR"),  # the volatility model behind `volatility` and the zones
+    ("registered_version", "VARCHAR"),  # the version this run registered (may not serve)
+    ("provisional", "BOOLEAN"),  # no version passed the promotion gates
+    ("failed_gates", "VARCHAR"),  # JSON list of the gates the served version failed
+    ("protocol_hash", "VARCHAR"),
+)
+JSON_COLUMNS = ("drivers", "drivers_detail", "failed_gates")
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the table, or add the columns an older table lacks (idempotent)."""
+    con.execute(DDL)
+    for name, kind in ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
 
 
 class ForecastStore:
     def __init__(self, database: str | Path):
         self.database = str(database)
 
-    def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(self.database, read_only=read_only)
-        if not read_only:
-            con.execute(DDL)
-        return con
-
     def append(self, rows: Sequence[dict]) -> int:
         """Insert new keys; existing keys are kept as issued. Returns the rows inserted."""
         if not rows:
             return 0
-        frame = pl.DataFrame([{**r, "drivers": json.dumps(list(r["drivers"]))} for r in rows])
-        with self._connect() as con:
-            before = con.execute("SELECT count(*) FROM cbi.forecast_history").fetchone()[0]
+        known = {"as_of", "horizon", "model_version"}
+        missing = [k for k in sorted(known) if any(r.get(k) is None for r in rows)]
+        if missing:
+            raise ValueError(f"forecast rows need {sorted(known)}; missing or null: {missing}")
+        frame = pl.DataFrame(
+            [{k: (json.dumps(v) if k in JSON_COLUMNS else v) for k, v in r.items()} for r in rows],
+            infer_schema_length=None,
+        )
+        with duckdb.connect(self.database) as con:
+            migrate(con)
+            table_columns = {c[0] for c in con.execute(f"DESCRIBE {TABLE}").fetchall()}
+            unknown = [c for c in frame.columns if c not in table_columns]
+            if unknown:
+                raise ValueError(f"forecast rows carry column(s) the history lacks: {unknown}")
+            before = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
             con.register("incoming", frame.to_arrow())
             columns = ", ".join(frame.columns)
             con.execute(
-                f"INSERT INTO cbi.forecast_history ({columns}) SELECT {columns} FROM incoming "
+                f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM incoming "
                 "ON CONFLICT DO NOTHING"
             )
-            after = con.execute("SELECT count(*) FROM cbi.forecast_history").fetchone()[0]
+            after = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
         return after - before
 
     def history(self) -> pl.DataFrame:
+        """Every issued forecast, read-only: no lock taken, nothing created when absent."""
         if not Path(self.database).exists():
             return pl.DataFrame()
-        with self._connect() as con:
-            return con.sql("SELECT * FROM cbi.forecast_history ORDER BY as_of, horizon").pl()
+        with duckdb.connect(self.database, read_only=True) as con:
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'cbi' AND table_name = 'forecast_history'"
+            ).fetchone()[0]
+            if not exists:
+                return pl.DataFrame()
+            frame = con.sql(f"SELECT * FROM {TABLE} ORDER BY as_of, horizon").pl()
+        # A history written before a migration reads with the newer columns as nulls.
+        absent = [name for name, _ in ADDED_COLUMNS if name not in frame.columns]
+        return frame.with_columns(pl.lit(None).alias(name) for name in absent)
 
     def latest(self) -> pl.DataFrame:
-        """The newest forecast per horizon (latest as_of, then latest creation)."""
+        """The newest forecast per horizon (latest as_of, then latest creation), JSON decoded."""
         hist = self.history()
         if hist.height == 0:
             return hist
-        return (
-            hist.sort(["as_of", "created_at"])
-            .group_by("horizon", maintain_order=True)
-            .last()
-            .with_columns(pl.col("drivers").str.json_decode(pl.List(pl.Utf8)))
+        latest = hist.sort(["as_of", "created_at"]).group_by("horizon", maintain_order=True).last()
+        return latest.with_columns(
+            pl.Series(
+                name,
+                [json.loads(v) if v is not None else None for v in latest[name].to_list()],
+                dtype=pl.Object,
+            )
+            for name in JSON_COLUMNS
         )

@@ -20,7 +20,8 @@ def _materialize(resources, partition=None, raise_on_error=True):
     )
     return dg.materialize(
         [*ALL_ASSETS, *checks],
-        selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
+        selection=dg.AssetSelection.assets(*selection)
+        | dg.AssetSelection.checks_for_assets(*selection),
         partition_key=partition,
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
@@ -84,6 +85,12 @@ def test_planted_look_ahead_feature_is_blocked(small_manifest, tmp_path, monkeyp
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["features_leakage_forward_shift"].passed
     assert not evaluations["features_leakage_target_correlation"].passed
+    # Truncation examines the materialized table: the honest rebuilds lack f_leak, which is
+    # not null before the cuts.
+    truncation = evaluations["features_leakage_truncation"]
+    assert not truncation.passed
+    evidence = truncation.metadata["evidence"].value["1w"]
+    assert evidence["offending_columns"] == ["f_leak"]
     # Blocking: the downstream per-regime export did not run on leaky features.
     materialized = {
         e.materialization.asset_key.to_user_string()

@@ -49,6 +49,7 @@ def test_gates_are_blocking_and_every_asset_reports_a_group():
         "features_leakage_forward_shift",
         "features_leakage_target_correlation",
         "features_leakage_asof",
+        "detected_regimes_truncation",
     ):
         assert checks[name].blocking, name
     assert not checks["market_prices_staleness"].blocking

@@ -7,15 +7,19 @@ import duckdb
 import polars as pl
 from mlflow import MlflowClient
 
+from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_ASSETS, HORIZON_CHECKS, SHARED_ASSETS
 from cbi_platform.defs.resources import ProtocolResource
+from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS
 from cbi_platform_tests.conftest import file_resources, write_small_manifest
 
 SMALL = ProtocolResource(
-    n_origins=12,
+    n_scored=12,
     span=240,
     end_offset=5,
-    n_burn_in=40,
+    n_development=20,
+    n_calibration=20,
+    min_first_origin_row=100,
     n_workers=1,
     min_history=5,
     regime_folds=2,
@@ -53,8 +57,12 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     # Every model sits next to the random walk; the random walk's relative MAE is exactly 1.
     rw = board.filter(pl.col("model") == "random_walk")
     assert rw["rel_mae"][0] == 1.0 and "ensemble" in board["model"].to_list()
-    # 12 scored origins, the last ends 5 rows before the data: its 21-day target is unknown.
-    assert board["n"].max() == 11  # scored origins only; burn-in and live excluded
+    # 12 scored origins on the grid; only those whose 21-day target is in the data count.
+    rw_oof = oof.filter(pl.col("model") == "random_walk")
+    assert rw_oof.filter(pl.col("role") == "scored").height == 12
+    resolved = rw_oof.filter((pl.col("role") == "scored") & pl.col("actual").is_not_null())
+    assert board["n"].max() == resolved.height  # scored only; earlier windows and live excluded
+    assert set(rw_oof["role"]) == {"calibration", "development", "scored", "live"}
     live = zones.filter((pl.col("model") == "ensemble") & (pl.col("role") == "live"))
     q = live.select("lo90", "p10", "p30", "p50", "p70", "p90", "hi90").row(0)
     assert list(q) == sorted(q)
@@ -77,6 +85,44 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert mat.metadata["history_rows_inserted"].value == 1
     promotion = mat.metadata["promotion"].value["1m"]
     assert promotion["version"] == "1" and "would_promote_at_2pct_margin" in promotion
+    # Promotion read the real blocking checks of this run from the instance: all passed.
+    assert promotion["leakage"] == {name: True for name in LEAKAGE_CHECKS}
+    # The served version's numbers are in the row; provisional exactly when nothing passed.
+    assert row["model_version"] == f"cbi-zl-1m/v{promotion['serving_version']}"
+    assert row["registered_version"] == "cbi-zl-1m/v1"
+    assert row["provisional"] == (not promotion["promoted"])
+    assert row["failed_gates"] == promotion["failed_gates"]
+    if row["provisional"]:
+        assert row["statement"].startswith("PROVISIONAL") and row["failed_gates"]
+        assert mat.metadata["provisional"].value == {"1m": row["failed_gates"]}
+    # The stated probability is the achieved one, with the count behind it.
+    assert row["band_probability"] == row["band_hits"] / row["band_resolved"]
+    assert f"held in {row['band_hits']} of {row['band_resolved']} past" in row["statement"]
+    assert row["p50_note"] and row["forecast"] > 0
+    assert all({"feature", "value", "contribution_pct"} <= set(d) for d in row["drivers_detail"])
+    # Load-and-predict of the registered version on the same data reproduces the live
+    # ensemble forecast and zones of the pipeline, without retraining.
+    from cbi_platform.defs.ensemble.assets import horizon_context
+    from cbi_platform.serving.registry import load_version
+    from cbi_platform.tracking import Tracker
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        features = con.sql("select * from cbi.features where horizon = '1m'").pl()
+        regimes = con.sql("select * from cbi.detected_regimes").pl()
+        vol = con.sql("select * from cbi.volatility_forecasts").pl()
+    ctx, vol_model = horizon_context("1m", regimes, vol)
+    assert row["vol_model"] == vol_model
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
+    served = load_version(tracker, "cbi-zl-1m", "1")
+    now = ctx.filter(pl.col("origin") == live["origin"][0]).row(0, named=True)
+    zone = served.predict(features, None, now).zone
+    expected = live.row(0, named=True)
+    assert abs(zone["forecast_logret"] - expected["forecast_logret"]) < 1e-9
+    for column in ("lo90", "p10", "p30", "p50", "p70", "p90", "hi90"):
+        assert abs(zone[column] / expected[column] - 1) < 1e-9, column
+    assert promotion["reload_gap_logret"] < 1e-9
+    if promotion["serving_version"] == "1":
+        assert abs(row["forecast"] / expected["forecast"] - 1) < 1e-9
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     assert client.get_registered_model("cbi-zl-1m").name == "cbi-zl-1m"
     runs = client.search_runs(
@@ -101,3 +147,37 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert "lgbm_gbdt" in members and "random_walk" in members
     again = store.append([{**row, "drivers": json.loads(json.dumps(row["drivers"]))}])
     assert again == 0
+
+
+def _check_fixture(name: str, passed: bool):
+    @dg.asset_check(asset="features", name=name, blocking=True, partitions_def=horizon_partitions)
+    def _check() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR)
+
+    return _check
+
+
+def test_promotion_reads_the_leakage_checks_of_the_partition_from_the_instance():
+    from cbi_platform.defs.forecasts.assets import leakage_check_results
+    from cbi_platform.evaluation.promotion import leakage_failures
+
+    @dg.asset(name="features", partitions_def=horizon_partitions)
+    def features_stub() -> int:
+        return 1
+
+    checks = [_check_fixture(n, n != "features_leakage_asof") for n in LEAKAGE_CHECKS]
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(
+        [features_stub, *checks],
+        partition_key="1m",
+        instance=instance,
+        resources={"io_manager": dg.mem_io_manager},
+        raise_on_error=False,
+    )
+    results = leakage_check_results(instance, "1m")
+    assert results == {n: n != "features_leakage_asof" for n in LEAKAGE_CHECKS}
+    assert leakage_failures(results) == ["leakage check features_leakage_asof failed"]
+    # Another partition was never checked: every gate counts as not passed, and says why.
+    missing = leakage_check_results(instance, "1w")
+    assert missing == {n: None for n in LEAKAGE_CHECKS}
+    assert all("no evaluation recorded" in r for r in leakage_failures(missing))

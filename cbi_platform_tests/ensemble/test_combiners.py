@@ -14,9 +14,12 @@ from cbi_platform.ensemble.combiners import (
     META_LGBM,
     OOF_COLUMNS,
     RANDOM_WALK,
+    SIMPLE_AVERAGE,
     EnsembleConfig,
+    EnsembleState,
     build_ensemble,
     choose_combiner,
+    ensemble_state,
     run_ensemble,
 )
 
@@ -299,3 +302,66 @@ def test_choose_combiner_burn_in_mode_freezes_the_choice_on_scored_origins():
     last_burn_in = choice.filter(roles == "burn_in").tail(1)
     assert at_scored["combiner"].unique().to_list() == last_burn_in["combiner"].to_list()
     assert at_scored["origin"].min() > dt.date(2020, 1, 1)
+
+
+@pytest.mark.parametrize("combiner", [SIMPLE_AVERAGE, INVERSE_ERROR, META_LGBM])
+def test_exported_state_reproduces_the_last_origin_forecast(combiner):
+    """A registered version keeps the combiner's state at the live origin: combining the same
+    member forecasts reproduces build_ensemble exactly, and the state survives JSON."""
+    import json
+
+    oof = make_oof({"signal": "exact", "noise_a": "noise"}, n=300, seed=3, unknown_tail=5)
+    noise = np.random.default_rng(5).normal(0.0, 1.5 * SIGMA, oof.height)
+    weak = pl.col("model") == "signal"
+    oof = oof.with_columns(
+        pl.when(weak)
+        .then(pl.col("forecast_logret") + pl.Series(noise))
+        .otherwise(pl.col("forecast_logret"))
+        .alias("forecast_logret")
+    ).with_columns(forecast=pl.col("price") * pl.col("forecast_logret").exp())
+    origins = oof["origin"].unique().sort()
+    regimes = ["bull", "bear", "normal"]
+    context = pl.DataFrame(
+        {
+            "origin": origins,
+            "regime": [regimes[i % 3] for i in range(origins.len())],
+            "vol_forecast": np.linspace(0.02, 0.05, origins.len()),
+        }
+    )
+    config = EnsembleConfig(
+        combiners=(combiner,),
+        include_random_walk_candidate=False,
+        meta_min_history=100,
+        meta_refit_every=40,
+    )
+    result = build_ensemble(oof, context, config)
+    last = result.forecasts.sort("origin").tail(1).row(0, named=True)
+    state = EnsembleState.from_dict(
+        json.loads(json.dumps(ensemble_state(oof, context, config).to_dict()))
+    )
+    members = dict(
+        oof.filter(pl.col("origin") == last["origin"]).select("model", "forecast_logret").rows()
+    )
+    ctx = context.filter(pl.col("origin") == last["origin"]).row(0, named=True)
+    assert state.combiner == combiner == last["combiner"] and state.blended
+    assert state.shrink_weight == last["shrink_weight"]
+    assert 0.0 < state.shrink_weight <= 1.0
+    assert state.combine(members, ctx) == pytest.approx(last["forecast_logret"], abs=1e-12)
+    assert state.forecast_logret == pytest.approx(last["forecast_logret"], abs=1e-12)
+    weights, kind = state.effective_weights(members, ctx)
+    if kind == "linear":
+        linear = sum(w * members[m] for m, w in weights.items())
+        assert linear == pytest.approx(last["forecast_logret"], abs=1e-12)
+        assert sum(weights.values()) == pytest.approx(1.0)
+    # Another day's member forecasts: the state combines them (the random walk stays at 0).
+    moved = {**members, "signal": members["signal"] + 0.05}
+    assert state.combine(moved, ctx) != pytest.approx(state.combine(members, ctx), abs=1e-9)
+
+
+def test_state_of_an_ensemble_without_evidence_is_the_random_walk(exact_case):
+    short = exact_case.filter(pl.col("origin") <= exact_case["origin"].unique().sort()[20])
+    state = ensemble_state(short)
+    assert not state.blended
+    assert state.combine({"random_walk": 0.0, "exact": 0.1, "noise_a": -0.2}) == 0.0
+    with pytest.raises(ValueError, match="horizons"):
+        ensemble_state(pl.concat([short, short.with_columns(horizon=pl.lit("1m"))]))

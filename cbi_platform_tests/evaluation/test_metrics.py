@@ -60,6 +60,7 @@ def make_oof(
                     "fitted_at": origins,
                     "n_train": 500,
                     "naive_scale": scale,
+                    "fallback_reason": [None] * n,
                 }
             )
         )

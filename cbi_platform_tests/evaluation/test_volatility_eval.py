@@ -2,6 +2,7 @@ import datetime as dt
 
 import numpy as np
 import polars as pl
+import pytest
 
 from cbi_platform.evaluation.origins import walk_forward_origins
 from cbi_platform.evaluation.volatility_eval import (
@@ -9,6 +10,8 @@ from cbi_platform.evaluation.volatility_eval import (
     score_volatility,
     volatility_walk_forward,
 )
+from cbi_platform.models.base import ModelSpec
+from cbi_platform.models.registry import load_specs
 
 
 def _garch_prices(n=3000, seed=5):
@@ -40,3 +43,35 @@ def test_garch_beats_trailing_vol_on_garch_data_and_never_peeks():
     garch = scores.filter((pl.col("horizon") == "1w") & (pl.col("model") == "garch"))
     assert garch["rel_mae_vs_trailing"][0] < 1.0
     assert best_volatility_model(scores, "1w") in {"garch", "gjr_garch"}
+
+
+def test_the_walk_forward_runs_the_volatility_specs_with_their_params():
+    prices = _garch_prices(n=1500, seed=7)
+    dates = pl.date_range(dt.date(2000, 1, 1), dt.date(2030, 1, 1), "1d", eager=True)[: len(prices)]
+    plan = walk_forward_origins(dates, 5, n_origins=4, span=300, n_burn_in=0)
+    horizons = {"1w": 5}
+    default = volatility_walk_forward(prices, plan, horizons)
+    assert set(default["model"]) == {s.name for s in load_specs(kinds=["volatility"])} | {
+        "trailing_vol"
+    }
+    specs = [
+        ModelSpec("garch", "garch", "volatility", {"dist": "t", "window": 2500}),
+        ModelSpec("garch_short", "garch", "volatility", {"dist": "t", "window": 250}),
+        ModelSpec("gjr_normal", "gjr_garch", "volatility", {"dist": "normal", "window": 2500}),
+    ]
+    frame = volatility_walk_forward(prices, plan, horizons, specs=specs)
+    assert set(frame["model"]) == {"garch", "garch_short", "gjr_normal", "trailing_vol"}
+
+    def vols(model):
+        return frame.filter(pl.col("model") == model).sort("origin")["forecast_vol"].to_numpy()
+
+    # the same spec as specs.yaml's garch gives its numbers; a shorter window changes them
+    same = default.filter(pl.col("model") == "garch").sort("origin")["forecast_vol"].to_numpy()
+    np.testing.assert_allclose(vols("garch"), same)
+    assert not np.allclose(vols("garch_short"), vols("garch"))
+    gjr_t = default.filter(pl.col("model") == "gjr_garch").sort("origin")["forecast_vol"]
+    assert not np.allclose(vols("gjr_normal"), gjr_t.to_numpy())
+    with pytest.raises(ValueError, match="not volatility models"):
+        volatility_walk_forward(
+            prices, plan, horizons, specs=[ModelSpec("rw", "random_walk", "benchmark")]
+        )

@@ -12,7 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from cbi_platform.evaluation.metrics import leaderboard
-from cbi_platform.evaluation.origins import BURN_IN, SCORED, walk_forward_origins
+from cbi_platform.evaluation.origins import DEVELOPMENT, SCORED, walk_forward_origins
 from cbi_platform.evaluation.walk_forward import (
     OOF_SCHEMA,
     LookAheadError,
@@ -196,7 +196,7 @@ def test_origins_reproduce_the_protocol_counts_on_5000_rows():
     first = plans[5]
     assert all(p.dates == first.dates for p in plans.values())  # same origins every horizon
     assert first.n_origins == 90
-    assert first.role == (BURN_IN,) * 30 + (SCORED,) * 60
+    assert first.role == (DEVELOPMENT,) * 30 + (SCORED,) * 60
     last = len(dates) - 1
     assert first.index[-1] == last - 5
     assert first.index[30] == last - 5 - 1511  # the scored origins span exactly 1,512 rows
@@ -282,12 +282,16 @@ def test_refit_schedule_is_honoured_and_no_model_is_used_before_its_fit():
     plan = small_plan(frame)
     oof = run_walk_forward(frame, [spec("recorder", refit_every=3)], build_test_model, plan)
     origins = oof["origin"].to_list()
-    expected = [origins[k - k % 3] for k in range(len(origins))]
+    grid = plan.grid_index  # refits on the grid: the first origin, then every j % 3 == 0
+    refits = [k for k in range(len(origins)) if k == 0 or grid[k] % 3 == 0]
+    last_refit = [max(r for r in refits if r <= k) for k in range(len(origins))]
+    expected = [origins[r] for r in last_refit]
+    assert len(set(expected)) == len(refits) >= len(origins) // 3
     assert oof["fitted_at"].to_list() == expected
     assert all(f <= o for f, o in zip(oof["fitted_at"].to_list(), origins, strict=True))
     # the forecast at each origin came from the fit at fitted_at: its window ends h before it
     max_train_row = np.rint(oof["forecast_logret"].to_numpy() * 1e7).astype(int) - 1
-    fit_row = oof["origin_row"].to_numpy()[[k - k % 3 for k in range(len(origins))]]
+    fit_row = oof["origin_row"].to_numpy()[last_refit]
     np.testing.assert_array_equal(max_train_row, fit_row - 5)
 
 

@@ -18,20 +18,17 @@ from cbi_platform.evaluation.walk_forward import (
     run_walk_forward_with_explanations,
 )
 from cbi_platform.explain.shap_tables import (
-    FEATURE_DESCRIPTIONS,
-    FEATURE_UNITS,
     SHAP_TABLE_SCHEMA,
     ShapAdditivityError,
     coverage_curve,
     ensemble_shap,
     explain_model,
     explain_row,
-    format_feature_value,
     shap_contributions,
     shap_coverage,
     top_drivers,
 )
-from cbi_platform.features.build import build_features
+from cbi_platform.features.catalogue import format_feature_value
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import build_model
 
@@ -237,22 +234,6 @@ def test_words_for_the_platform_features():
     ]  # a zero contribution is no driver
     assert format_feature_value(None, "pct_change") == "missing"
     assert format_feature_value(3.0, "weekday") == "Wednesday"
-
-
-def test_every_feature_build_produces_has_a_description():
-    from cbi_platform.market.simulator import SimulatorConfig, simulate_market
-
-    prices = simulate_market(SimulatorConfig(start=dt.date(2015, 1, 1), end=dt.date(2016, 6, 30)))
-    monthly = prices.prices.filter(
-        (pl.col("symbol") == "ZL") & (pl.col("date").dt.day() <= 3)
-    ).unique(subset=[pl.col("date").dt.month_start()], keep="first")
-    frames = [prices.prices] + [monthly.with_columns(symbol=pl.lit(s)) for s in ("ZL_M", "PALM_M")]
-    result = build_features(pl.concat(frames), "1m")
-    assert result.dropped == ()
-    features = [c for c in result.frame.columns if c.startswith("f_")]
-    assert len(features) >= 45
-    assert sorted(set(features) - set(FEATURE_DESCRIPTIONS)) == []
-    assert set(FEATURE_UNITS.values()) <= set(shap_tables._VALUE_FORMATS)
 
 
 # ---- ensemble and coverage ----------------------------------------------------------------

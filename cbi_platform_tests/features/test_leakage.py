@@ -17,10 +17,12 @@ from cbi_platform.features.contract import HORIZONS
 from cbi_platform.features.leakage import (
     CORRELATION_CAP,
     CORRELATION_FLOOR,
+    LEAKAGE_GATES,
     GateResult,
     asof_gate,
     correlation_threshold,
     forward_shift_gate,
+    run_leakage_gates,
     target_correlation_gate,
     truncation_gate,
 )
@@ -95,6 +97,55 @@ def test_truncation_gate_fails_on_a_builder_that_joins_cot_on_date(prices):
     assert set(result.evidence["offending_columns"]) == {"f_cot_zl_net", "f_cot_zl_chg4"}
     assert truncation_gate(prices, "1m", cut_dates=[wednesday]).passed
     assert not truncation_gate(prices, "1m", build=build).passed  # default cuts: mixed weekdays
+
+
+def test_truncation_examines_the_given_frame_not_a_rebuild(prices):
+    honest = build_features(prices, "1m").frame
+    assert truncation_gate(prices, "1m", frame=honest).passed
+    # a column the builder never makes, present before the cuts: the rebuilds lack it
+    planted = honest.with_columns(f_planted=pl.col("target_logret") + 0.0)
+    result = truncation_gate(prices, "1m", frame=planted)
+    assert not result.passed
+    assert result.evidence["offending_columns"] == ["f_planted"]
+    assert result.evidence["offenders"][0]["truncated"] == [None] * 5
+    # ... unless it is null on every row up to the last cut
+    last_cut = max(dt.date.fromisoformat(c) for c in result.evidence["cuts"])
+    late = honest.with_columns(
+        f_late=pl.when(pl.col("date") > last_cut).then(pl.col("price")).otherwise(None)
+    )
+    assert truncation_gate(prices, "1m", frame=late).passed
+
+
+def test_one_runner_runs_the_gates_for_the_target(prices):
+    frame = build_features(prices, "1m").frame
+    results = run_leakage_gates(frame, prices, "1m", "ZL")
+    assert list(results) == list(LEAKAGE_GATES)
+    assert all(r.passed for r in results.values()), {k: r.summary for k, r in results.items()}
+    planted = frame.with_columns(f_leak=pl.col("target_logret") + 0.0)
+    leaky = run_leakage_gates(planted, prices, "1m", "ZL")
+    assert [name for name, r in leaky.items() if not r.passed] == [
+        "forward_shift",
+        "target_correlation",
+        "truncation",
+    ]
+    only = run_leakage_gates(planted, None, "1m", None, gates=["target_correlation"])
+    assert list(only) == ["target_correlation"] and not only["target_correlation"].passed
+    with pytest.raises(ValueError, match="need prices"):
+        run_leakage_gates(frame, None, "1m", "ZL", gates=["asof"])
+    with pytest.raises(ValueError, match="need the target"):
+        run_leakage_gates(frame, prices, "1m", None, gates=["truncation"])
+    with pytest.raises(ValueError, match="unknown leakage gate"):
+        run_leakage_gates(frame, prices, "1m", "ZL", gates=["peek"])
+
+
+def test_the_runner_checks_the_joins_of_a_non_zl_target(prices):
+    zs_prices = prices.with_columns(
+        symbol=pl.when(pl.col("symbol") == "COT_ZL").then(pl.lit("COT_ZS")).otherwise("symbol")
+    )
+    frame = build_features(zs_prices, "1w", target="ZS").frame
+    results = run_leakage_gates(frame, zs_prices, "1w", "ZS", gates=["asof", "truncation"])
+    assert all(r.passed for r in results.values())
+    assert {"f_cot_zs_net", "f_cot_zs_chg4"} <= set(results["asof"].evidence["columns_checked"])
 
 
 def test_forward_shift_gate_fails_on_the_target_itself(prices):

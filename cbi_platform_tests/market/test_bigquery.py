@@ -62,6 +62,7 @@ def test_parameterized_query_and_canonical_result():
     assert bundle.prices.schema["date"] == pl.Date
     assert bundle.prices["value"].to_list() == [48.1, 47.9]
     assert any("news" in n for n in bundle.notices)
+    assert bundle.target == "ZL"  # canonical tables: the platform's target symbol
 
 
 def test_table_name_injection_refused():

@@ -156,9 +156,11 @@ def test_bundle_has_source_notices_as_of_and_drops_short_gaps(tmp_path):
         ],
         name="demo",
         as_of="2020-01-06",
+        target="WTI",
     )
     bundle = load_files_source(manifest)
     assert bundle.as_of == dt.date(2020, 1, 6)
+    assert bundle.target == "WTI"  # the manifest's target, so callers need not re-read it
     assert set(bundle.prices["source"]) == {"files:demo"}
     assert bundle.prices.filter(pl.col("symbol") == "ZL")["value"].to_list() == [30.0, 31.0]
     assert bundle.news.height == 0

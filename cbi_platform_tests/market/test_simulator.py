@@ -29,15 +29,24 @@ from cbi_platform.market.simulator import (
     simulate_market,
     simulate_market_with_truth,
 )
+from cbi_platform.regimes.calendar import load_regime_calendar
 
 D = dt.date
 DAILY_SYMBOLS = ("ZL", "ZS", "ZM", "PALM", "WTI", "BRENT", "DXY", "USDBRL", "RIN_D4")
 COT_SYMBOLS = ("COT_ZL", "COT_ZS", "COT_ZM")
 OHLCV_SYMBOLS = ("ZL", "ZS", "ZM")
 SHORT = dataclasses.replace(DEFAULT_CONFIG, end=D(2001, 12, 31))
-# Hindsight windows of the regime calendar; "historical" is everything else.
-CRISIS_WINDOWS = ((D(2008, 1, 1), D(2009, 6, 30)), (D(2020, 2, 15), D(2020, 12, 31)))
-OTHER_WINDOWS = ((D(2017, 1, 1), D(2019, 12, 31)), (D(2021, 1, 1), D(2025, 12, 31)))
+# The simulator's own regime windows (not the regime calendar's); "historical" is the rest.
+# A crisis is a falling phase and its recovery, read as one span.
+_REGIMES = {w.name: (w.start, w.end) for w in DEFAULT_CONFIG.regimes}
+CRISIS_WINDOWS = (
+    (_REGIMES["credit_crunch_fall"][0], _REGIMES["credit_crunch_recovery"][1]),
+    (_REGIMES["pandemic_crash"][0], _REGIMES["pandemic_recovery"][1]),
+)
+OTHER_WINDOWS = tuple(
+    span for name, span in _REGIMES.items() if not name.startswith(("credit_crunch", "pandemic"))
+)
+SOY_PALM_BREAK = (D(2022, 5, 1), D(2022, 11, 30))
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +224,29 @@ def test_zl_returns_have_fat_tails_and_volatility_clustering(log_returns):
     assert abs(np.corrcoef(r[1:], r[:-1])[0, 1]) < 0.05  # clustering in size, not direction
 
 
+def test_regime_windows_keep_away_from_the_regime_calendar():
+    """The simulator's breakpoints must not be the calendar's: a model weighted by the calendar
+    would otherwise be handed the data-generating process (where drift, vol and correlations
+    change). Every window start and end lies more than 20 days from every calendar one."""
+    calendar = load_regime_calendar()
+    edges = [(w.name, edge) for w in calendar.windows for edge in (w.start, w.end)]
+    assert edges
+    windows = [(w.name, w.start, w.end) for w in DEFAULT_CONFIG.regimes]
+    windows += [(o.name, o.start, o.end) for o in DEFAULT_CONFIG.loading_overrides]
+    too_close = [
+        (name, mine, calendar_name, edge)
+        for name, start, end in windows
+        for mine in (start, end)
+        for calendar_name, edge in edges
+        if abs((mine - edge).days) <= 20
+    ]
+    assert too_close == []
+
+
+def test_simulated_bundle_names_its_target():
+    assert simulate_market(SHORT).target == "ZL"
+
+
 def test_crisis_windows_raise_realized_volatility(log_returns):
     vol = log_returns.select("date", (pl.col("ZL").rolling_std(21) * 252**0.5).alias("vol"))
     vol = vol.drop_nulls()
@@ -230,7 +262,7 @@ def test_crisis_windows_raise_realized_volatility(log_returns):
 def test_cross_asset_correlations_in_normal_times(log_returns):
     normal = log_returns.filter(
         ~pl.col("date").is_between(D(2014, 7, 1), D(2015, 12, 31))
-        & ~pl.col("date").is_between(D(2022, 5, 1), D(2022, 12, 31))
+        & ~pl.col("date").is_between(*SOY_PALM_BREAK)
     )
 
     def corr(a: str, b: str) -> float:
@@ -246,7 +278,7 @@ def test_cross_asset_correlations_in_normal_times(log_returns):
 
 @pytest.mark.parametrize(
     ("other", "start", "end"),
-    [("WTI", D(2014, 7, 1), D(2015, 12, 31)), ("PALM", D(2022, 5, 1), D(2022, 12, 31))],
+    [("WTI", D(2014, 7, 1), D(2015, 12, 31)), ("PALM", *SOY_PALM_BREAK)],
     ids=["soy_crude_break", "soy_palm_break"],
 )
 def test_documented_correlation_breaks(log_returns, other, start, end):

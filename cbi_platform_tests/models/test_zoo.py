@@ -12,7 +12,7 @@ import xgboost as xgb
 
 from cbi_platform.features.contract import HORIZONS
 from cbi_platform.models.base import FitData, ModelSpec
-from cbi_platform.models.benchmarks import RandomWalk, RandomWalkDrift
+from cbi_platform.models.baselines import RandomWalk, RandomWalkDrift
 from cbi_platform.models.registry import (
     RETURN_KINDS,
     SpecError,

@@ -4,19 +4,23 @@ import dagster as dg
 import polars as pl
 
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
-from cbi_platform.defs.resources import ProtocolResource
+from cbi_platform.defs.resources import MarketSourceResource, ProtocolResource
 from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.evaluation import horizon_run
+from cbi_platform.evaluation.origins import DEVELOPMENT, SCORED
 from cbi_platform.evaluation.volatility_eval import best_volatility_model, score_volatility
+from cbi_platform.market.schema import target_series
 from cbi_platform.reporting import markdown_table
+
+WINDOWS = {"development": (DEVELOPMENT,), "scored": (SCORED,)}
 
 
 def horizon_context(
     horizon: str, detected_regimes: pl.DataFrame, volatility_forecasts: pl.DataFrame
 ) -> tuple[pl.DataFrame, str]:
-    """Regime and volatility at each origin; the vol model is chosen on burn-in origins only."""
+    """Regime and volatility at each origin; the vol model is chosen on the development window."""
     vol_model = best_volatility_model(
-        score_volatility(volatility_forecasts, role="burn_in"), horizon
+        score_volatility(volatility_forecasts, role=DEVELOPMENT), horizon
     )
     return horizon_run.context_frame(
         detected_regimes, volatility_forecasts, horizon, vol_model
@@ -88,24 +92,38 @@ def target_zones(
     ensemble_predictions: pl.DataFrame,
     detected_regimes: pl.DataFrame,
     volatility_forecasts: pl.DataFrame,
+    market_prices: pl.DataFrame,
+    features: pl.DataFrame,
+    market_source: MarketSourceResource,
+    protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
-    zones, coverage = [], []
+    method = protocol.protocol().zone_method
+    target = target_series(market_prices, market_source.target())
+    history = target.select("date", price="value")
+    zones, coverage, windows = [], [], []
     for horizon in context.partition_keys:
         ctx, vol_model = horizon_context(horizon, detected_regimes, volatility_forecasts)
         z = horizon_run.zones_step(
             oof_predictions.filter(pl.col("horizon") == horizon),
             ensemble_predictions.filter(pl.col("horizon") == horizon),
             ctx,
-        )
-        context.log.info(f"{horizon}: zones scaled with {vol_model} where it helps on past origins")
+            method,
+            history=history,
+            features=features.filter(pl.col("horizon") == horizon),
+        ).with_columns(vol_model=pl.lit(vol_model))
+        context.log.info(f"{horizon}: zones by {method} (volatility model {vol_model})")
         zones.append(z)
         coverage.append(coverage_report(z))
+        windows.append(horizon_run.window_coverage(z, WINDOWS))
     out = pl.concat(zones, how="vertical_relaxed")
     cov = pl.concat(coverage, how="vertical_relaxed")
+    by_window = pl.concat(windows, how="diagonal_relaxed")
     return dg.Output(
         out,
         metadata={
             "dagster/row_count": out.height,
+            "zone_method": method,
             "coverage": dg.MetadataValue.md(markdown_table(cov)),
+            "scores_by_window": dg.MetadataValue.md(markdown_table(by_window)),
         },
     )

@@ -1,7 +1,5 @@
 """Blocking gates on `features`: the contract and the four leakage gates."""
 
-from functools import partial
-
 import dagster as dg
 import polars as pl
 
@@ -9,7 +7,6 @@ from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource
 from cbi_platform.features import leakage
-from cbi_platform.features.build import build_features
 from cbi_platform.features.contract import HORIZON, META_COLUMNS, feature_columns
 
 _PRICES = {"market_prices": dg.AssetIn("market_prices")}
@@ -26,9 +23,20 @@ def _partition_frames(context, frame: pl.DataFrame):
         yield key, frame.filter(pl.col(HORIZON) == key)
 
 
-def _each_partition(context, features: pl.DataFrame, gate) -> dg.AssetCheckResult:
-    """Run `gate(horizon, frame)` on each partition of this run and combine the results."""
-    return _combine({key: gate(key, frame) for key, frame in _partition_frames(context, features)})
+def _leakage_check(
+    context,
+    features: pl.DataFrame,
+    gate: str,
+    prices: pl.DataFrame | None = None,
+    target: str | None = None,
+) -> dg.AssetCheckResult:
+    """Run one leakage gate (the runner `cbi validate` uses) on each partition of this run."""
+    return _combine(
+        {
+            key: leakage.run_leakage_gates(frame, prices, key, target, gates=[gate])[gate]
+            for key, frame in _partition_frames(context, features)
+        }
+    )
 
 
 def _combine(results: dict[str, leakage.GateResult]) -> dg.AssetCheckResult:
@@ -76,7 +84,7 @@ def features_contract(context: dg.AssetCheckExecutionContext, features: pl.DataF
     partitions_def=horizon_partitions,
     additional_ins=_PRICES,
     description="Leakage (i): features recomputed on history cut at several origins equal "
-    "the full run.",
+    "the materialized table.",
 )
 def features_leakage_truncation(
     context: dg.AssetCheckExecutionContext,
@@ -84,9 +92,8 @@ def features_leakage_truncation(
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
 ):
-    build = partial(build_features, target=market_source.target())
-    return _each_partition(
-        context, features, lambda key, _: leakage.truncation_gate(market_prices, key, build=build)
+    return _leakage_check(
+        context, features, "truncation", market_prices, target=market_source.target()
     )
 
 
@@ -100,9 +107,7 @@ def features_leakage_truncation(
 def features_leakage_forward_shift(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame, market_prices: pl.DataFrame
 ):
-    return _each_partition(
-        context, features, lambda _, frame: leakage.forward_shift_gate(frame, market_prices)
-    )
+    return _leakage_check(context, features, "forward_shift", market_prices)
 
 
 @dg.asset_check(
@@ -115,9 +120,7 @@ def features_leakage_forward_shift(
 def features_leakage_target_correlation(
     context: dg.AssetCheckExecutionContext, features: pl.DataFrame
 ):
-    return _each_partition(
-        context, features, lambda _, frame: leakage.target_correlation_gate(frame)
-    )
+    return _leakage_check(context, features, "target_correlation")
 
 
 @dg.asset_check(
@@ -133,10 +136,7 @@ def features_leakage_asof(
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
 ):
-    target = market_source.target()
-    return _each_partition(
-        context, features, lambda _, frame: leakage.asof_gate(frame, market_prices, target=target)
-    )
+    return _leakage_check(context, features, "asof", market_prices, target=market_source.target())
 
 
 feature_checks = [

@@ -34,7 +34,8 @@ def volatility_forecasts(
     frame = volatility_walk_forward(target["value"].to_numpy(), plan, dict(HORIZONS))
     scores = score_volatility(frame)
     context.log.info(
-        f"volatility: {plan.n_origins} origins x 2 models in {time.perf_counter() - started:.1f}s"
+        f"volatility: {plan.n_origins} origins x {frame['model'].n_unique() - 1} models (+ naive) "
+        f"in {time.perf_counter() - started:.1f}s"
     )
     return dg.Output(
         frame,
@@ -87,7 +88,12 @@ def member_models(
             "dagster.partition": horizon,
             "dagster.asset": "oof_predictions",
         }
+        if plan.notice:
+            context.log.warning(plan.notice)
         with tracker.run(f"oof_predictions[{horizon}]", tags) as run_id:
+            tracker.log_params(
+                run_id, {"protocol_hash": cfg.protocol.hash(), **cfg.protocol.as_dict()}
+            )
             tracker.log_metrics(
                 run_id,
                 {
@@ -126,6 +132,21 @@ def member_models(
         metadata={
             "dagster/row_count": oof_all.height,
             "models": oof_all["model"].n_unique(),
+            "protocol_hash": cfg.protocol.hash(),
+            "protocol": dg.MetadataValue.json(cfg.protocol.as_dict()),
+            "origins_by_window": dg.MetadataValue.json(
+                oof_all.filter(pl.col("model") == "random_walk")
+                .group_by("horizon", "role")
+                .len()
+                .sort("horizon", "role")
+                .to_dicts()
+            ),
+            "fallbacks": dg.MetadataValue.json(
+                oof_all.filter(pl.col("fallback_reason").is_not_null())
+                .group_by("horizon", "model")
+                .len()
+                .to_dicts()
+            ),
             "members_vs_random_walk": dg.MetadataValue.md(markdown_table(board_all)),
             "mlflow_runs": dg.MetadataValue.json(links),
             **{f"mlflow_{h}": dg.MetadataValue.url(u) for h, u in links.items()},

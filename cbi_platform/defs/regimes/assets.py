@@ -19,13 +19,21 @@ from cbi_platform.reporting import markdown_table
 @dg.asset(
     group_name="regimes",
     kinds={"polars", "duckdb", "yaml"},
-    description="The regime calendar (hindsight; sample weights and exports only).",
+    description="The regime calendar: windows with known_from and source (hindsight as "
+    "written; training weights read it point in time).",
 )
 def regime_calendar() -> dg.Output[pl.DataFrame]:
     calendar = load_regime_calendar()
     table = pl.DataFrame(
         [
-            {"regime": w.name, "start": w.start, "end": w.end, "weight": w.weight}
+            {
+                "regime": w.name,
+                "start": w.start,
+                "end": w.end,
+                "weight": w.weight,
+                "known_from": w.known_from,
+                "source": w.source,
+            }
             for w in calendar.windows
         ]
         + [
@@ -34,9 +42,18 @@ def regime_calendar() -> dg.Output[pl.DataFrame]:
                 "start": None,
                 "end": None,
                 "weight": calendar.default_weight,
+                "known_from": None,
+                "source": None,
             }
         ],
-        schema={"regime": pl.Utf8, "start": pl.Date, "end": pl.Date, "weight": pl.Float64},
+        schema={
+            "regime": pl.Utf8,
+            "start": pl.Date,
+            "end": pl.Date,
+            "weight": pl.Float64,
+            "known_from": pl.Date,
+            "source": pl.Utf8,
+        },
     )
     return dg.Output(
         table,
@@ -55,7 +72,8 @@ def regime_calendar() -> dg.Output[pl.DataFrame]:
     backfill_policy=horizon_backfill,
     metadata=PARTITION_EXPR,
     deps=[regime_calendar],
-    description="One Parquet per calendar regime of the horizon's features, with regime weights.",
+    description="One Parquet per calendar regime of the horizon's features, with regime weights "
+    "(HINDSIGHT exports: training weights are read point in time instead).",
 )
 def regime_datasets(
     context: dg.AssetExecutionContext, features: pl.DataFrame, home: PlatformHome
@@ -71,6 +89,11 @@ def regime_datasets(
         table,
         metadata={
             "dagster/row_count": table.height,
+            "hindsight": dg.MetadataValue.md(
+                "These exports label every row with the calendar as written today (hindsight). "
+                "Models never train on these labels: walk-forward weights read the calendar "
+                "point in time (a window counts from its `known_from`, clipped to the origin)."
+            ),
             "datasets": dg.MetadataValue.md(markdown_table(table)),
         },
     )

@@ -1,4 +1,4 @@
-"""Benchmarks every other model must beat: the random walk and the random walk with drift.
+"""Baselines every other model must beat: the random walk and the random walk with drift.
 
 Also home to the helpers every family shares (rows to forecast, training weights, one
 thread), so this light module is the one in-zoo dependency of the heavier ones.

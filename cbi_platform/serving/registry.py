@@ -1,0 +1,197 @@
+"""Load a registered version and forecast today's data with it, without retraining.
+
+A registered version of `cbi-zl-<h>` holds, under its run's `ensemble/` artifacts, everything a
+forecast needs: the fitted members (`members.joblib`, from `fit_final_models`) and
+`served_state.json` (the ensemble state at its live origin, its calibration state, the feature
+names). `load_version` reads them back; `ServedModel.predict` runs the members on the last row
+of today's features, combines them with the version's ensemble state and lays the version's
+calibration around the result. The pipeline, the CLI and the daily refresh share this path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import polars as pl
+
+from cbi_platform.ensemble.combiners import EnsembleState
+from cbi_platform.features.contract import DATE, PRICE
+from cbi_platform.serving.calibration import CalibrationState
+from cbi_platform.tracking import Tracker
+
+ARTIFACT_PATH = "ensemble"
+MEMBERS_FILE = "members.joblib"
+STATE_FILE = "served_state.json"
+
+
+@dataclass
+class ServedForecast:
+    """One forecast of a served version: the zone row (as `assemble_forecast` reads it) and
+    how it was made (member forecasts, effective weights)."""
+
+    zone: dict[str, Any]
+    member_logrets: dict[str, float]
+    weights: dict[str, float]
+    weight_kind: str
+    x_row: np.ndarray  # the features the members saw (1, p)
+
+
+@dataclass
+class ServedModel:
+    horizon: str
+    horizon_days: int
+    members: dict[str, Any]
+    feature_names: list[str]
+    ensemble: EnsembleState
+    calibration: CalibrationState
+    trained_through: dt.date
+    protocol_hash: str | None = None
+    version: str | None = None
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "horizon": self.horizon,
+            "horizon_days": self.horizon_days,
+            "feature_names": list(self.feature_names),
+            "trained_through": self.trained_through.isoformat(),
+            "protocol_hash": self.protocol_hash,
+            "ensemble": self.ensemble.to_dict(),
+            "calibration": self.calibration.to_dict(),
+        }
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the two artifact files into `folder`; returns their paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        missing = [m for m in self.ensemble.members if m not in self.members]
+        if missing:
+            raise ValueError(f"{self.horizon}: the ensemble needs member(s) {missing} not fitted")
+        members = folder / MEMBERS_FILE
+        joblib.dump(self.members, members)
+        state = folder / STATE_FILE
+        state.write_text(json.dumps(self.state_dict(), indent=1))
+        return [members, state]
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, name: str | None = None, version: str | None = None
+    ) -> ServedModel:
+        members_path, state_path = folder / MEMBERS_FILE, folder / STATE_FILE
+        for path in (members_path, state_path):
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{name or folder} v{version}: {path.name} is missing from the version's "
+                    "artifacts (registered before load-and-predict existed?): it cannot serve"
+                )
+        state = json.loads(state_path.read_text())
+        return cls(
+            horizon=state["horizon"],
+            horizon_days=int(state["horizon_days"]),
+            members=joblib.load(members_path),
+            feature_names=list(state["feature_names"]),
+            ensemble=EnsembleState.from_dict(state["ensemble"]),
+            calibration=CalibrationState.from_dict(state["calibration"]),
+            trained_through=dt.date.fromisoformat(state["trained_through"]),
+            protocol_hash=state.get("protocol_hash"),
+            version=version,
+            name=name,
+        )
+
+    # ---- forecasting
+
+    def _last_row(self, features: pl.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
+        if features.height == 0:
+            raise ValueError(f"{self.horizon}: no feature rows to forecast from")
+        missing = [c for c in (DATE, *self.feature_names) if c not in features.columns]
+        if missing:
+            raise ValueError(
+                f"{self.horizon} v{self.version}: today's features lack column(s) {missing[:10]} "
+                f"that the version was trained on ({len(missing)} missing)"
+            )
+        last = features.sort(DATE).tail(1)
+        x = last.select(self.feature_names).cast(pl.Float64).to_numpy().astype(np.float64)
+        return last.row(0, named=True), x
+
+    def predict(
+        self,
+        features: pl.DataFrame,
+        prices: np.ndarray | pl.Series | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> ServedForecast:
+        """Forecast from the last row of `features` (one horizon's frame, at least that row).
+
+        `prices`: the target's closes up to and including that date (statistical members read
+        them); default: the frame's own price column. `context`: regime and vol_forecast at the
+        date (the meta-learner reads them).
+        """
+        row, x = self._last_row(features)
+        if prices is None:
+            if PRICE not in features.columns:
+                raise ValueError(f"{self.horizon}: give `prices` or a `{PRICE}` column")
+            prices = features.sort(DATE)[PRICE]
+        closes = np.asarray(prices.to_numpy() if isinstance(prices, pl.Series) else prices, float)
+        if closes.size == 0 or not np.isfinite(closes[-1]) or closes[-1] <= 0:
+            raise ValueError(f"{self.horizon}: the last close must be a positive number")
+        if (
+            PRICE in row
+            and row[PRICE] is not None
+            and not math.isclose(float(row[PRICE]), float(closes[-1]), rel_tol=1e-12)
+        ):
+            raise ValueError(
+                f"{self.horizon}: the last close {closes[-1]} is not the price {row[PRICE]} of "
+                f"the last feature row ({row[DATE]}): prices must end at that date"
+            )
+        member_logrets = {}
+        for name in self.ensemble.members:
+            try:
+                value = np.asarray(
+                    self.members[name].predict(x.copy(), closes.copy()), float
+                ).reshape(-1)
+            except Exception as exc:
+                raise RuntimeError(f"{self.horizon} v{self.version}: {name} failed") from exc
+            if value.size != 1:
+                raise ValueError(f"{name}: predict returned {value.size} values for one row")
+            member_logrets[name] = float(value[0])
+        logret = self.ensemble.combine(member_logrets, context)
+        weights, kind = self.ensemble.effective_weights(member_logrets, context)
+        price = float(closes[-1])
+        cal = self.calibration
+        zone = {
+            "origin": row[DATE],
+            "target_date": None,
+            "price": price,
+            "forecast_logret": logret,
+            "forecast": price * math.exp(logret),
+            **cal.zone_row(price, logret),
+            "combiner": self.ensemble.combiner,
+            "shrink_weight": self.ensemble.shrink_weight,
+            "calibration": cal.method,
+            "n_calibration": cal.n_calibration,
+            "n_calibration_independent": cal.n_calibration_independent,
+            "vol_forecast": None if context is None else context.get("vol_forecast"),
+        }
+        return ServedForecast(zone, member_logrets, weights, kind, x)
+
+
+def load_version(
+    tracker: Tracker, name: str, version: str, cache: Path | None = None
+) -> ServedModel:
+    """A registered version, ready to forecast (its artifacts downloaded under `cache`)."""
+    run_id = tracker.version_run_id(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        destination = cache or Path(tmp)
+        folder = destination / f"{name}-v{version}"
+        local = tracker.download_artifacts(run_id, ARTIFACT_PATH, folder)
+        return ServedModel.from_folder(local, name=name, version=version)
