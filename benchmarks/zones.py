@@ -38,6 +38,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import machine_stamp  # noqa: E402
 
+from cbi_platform.settings import load_protocol  # noqa: E402
+
+PROTOCOL = load_protocol()
+
 from cbi_platform.ensemble import zone_methods  # noqa: E402
 from cbi_platform.ensemble.combiners import OOF_COLUMNS  # noqa: E402
 from cbi_platform.ensemble.zone_methods import (  # noqa: E402
@@ -248,6 +252,26 @@ def goal_table(scored: pl.DataFrame, chosen: str) -> pl.DataFrame:
     )
 
 
+def miss_lines(goal: pl.DataFrame) -> list[str]:
+    """Plain sentences: where the chosen method meets or misses the goal and the anchor."""
+    lines = []
+    for r in goal.iter_rows(named=True):
+        parts = [
+            f"90% covers {r['coverage90']:.0%} ({'met' if r['goal90'] else 'MISSED'})",
+            f"80% covers {r['coverage80']:.0%} ({'met' if r['goal80'] else 'MISSED'})",
+            "interval score "
+            + ("at least as good as" if r["better_interval_than_rw"] else "WORSE than")
+            + f" rw_normal ({r['interval_mean_pct']:.1f} vs {r['rw_interval']:.1f})",
+            "90% band "
+            + ("no wider than" if r["not_wider_than_rw"] else "WIDER than")
+            + f" rw_normal ({r['width90_pct']:.1f}% vs {r['rw_width90']:.1f}%)",
+        ]
+        lines.append(
+            f"- {r['horizon']} (n {r['n']}, effective {r['n_effective']}): " + "; ".join(parts)
+        )
+    return lines
+
+
 def main() -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser()
@@ -290,21 +314,35 @@ def main() -> int:
     cost_table = pl.DataFrame(
         [{"horizon": h, "method": m, "seconds": round(s, 2)} for (h, m), s in cost.items()]
     ).pivot(on="method", index="horizon", values="seconds")
-    n_members = {h: d["forecasts"]["model"].n_unique() for h, d in data.items()}
+    moved = {
+        h: int(
+            d["forecasts"]
+            .filter((pl.col("model") == "ensemble") & (pl.col("forecast_logret").abs() > 1e-12))
+            .height
+        )
+        for h, d in data.items()
+    }
+    roles_seen = sorted(set().union(*(set(d["forecasts"]["role"].unique()) for d in data.values())))
+    misses = miss_lines(goal)
     md = [
         f"# Target-zone methods: {source}",
         "",
         f"- date: {stamp['date']}; machine: {stamp['machine']} ({stamp['platform']}, "
         f"{stamp['cpus']} CPUs, {stamp['memory_gib']} GiB); python {stamp['python']}",
         f"- command: `.venv/bin/python benchmarks/zones.py --manifest {args.manifest}`",
-        "- forecasts: the platform's walk-forward with the full model zoo, the ensemble step and "
-        "the random walk (cached OOF, models per horizon kept: "
-        f"{n_members}); zones for the ensemble by every method, for the random walk by "
-        "`rw_normal` and `split` (`rw:` prefix).",
-        "- windows: calibration = the first 40 burn-in origins (residuals only); development = "
-        f"the last {N_DEVELOPMENT} burn-in origins; scored = the last 60 origins. The method is "
-        "chosen on development by the pre-registered rule (`choose_zone_method`) before the "
-        "scored table is computed.",
+        f"- protocol hash `{PROTOCOL.hash()}` (the windows and grid the forecasts were made "
+        "on; the zone method it names is the one this benchmark chose)",
+        "- forecasts: the platform's walk-forward with the FULL model zoo (no `specs` limit), "
+        "the ensemble step and the random walk, cached as parquet under --cache; zones for the "
+        "ensemble by every method, for the random walk by `rw_normal` and `split` (`rw:` "
+        f"prefix). Ensemble origins whose forecast differs from the random walk: {moved} "
+        "(all zero: the ensemble is the random walk at every origin here, so ensemble and "
+        "`rw:` rows of the same method coincide).",
+        f"- windows (roles in the OOF: {roles_seen}): calibration = the first 40 burn-in "
+        f"origins (residuals only); development = the last {N_DEVELOPMENT} burn-in origins; "
+        "scored = the last 60 origins. Every candidate is scored on the same origins (those "
+        "where all have a zone). The method is chosen on development by the pre-registered "
+        "rule (`choose_zone_method`) before the scored table is computed.",
         f"- methods: {zone_methods.METHOD_NOTES}",
         "- scores in % of the origin price: interval (Winkler) score of the 80% and 90% bands, "
         "their mean (`interval_mean_pct`), mean pinball loss over P10/P30/P50/P70/P90; widths "
@@ -329,6 +367,8 @@ def main() -> int:
         "",
         markdown_table(goal),
         "",
+        *misses,
+        "",
         f"Same on the development window ({chosen}):",
         "",
         markdown_table(goal_dev),
@@ -343,6 +383,8 @@ def main() -> int:
         json.dumps(
             {
                 "machine": stamp,
+                "protocol_hash": PROTOCOL.hash(),
+                "protocol": PROTOCOL.as_dict(),
                 "manifest": args.manifest,
                 "command": f".venv/bin/python benchmarks/zones.py --manifest {args.manifest}",
                 "chosen": chosen,

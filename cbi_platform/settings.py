@@ -58,7 +58,7 @@ class Protocol:
     n_calibration: int = 40
     min_first_origin_row: int = 756
     min_history: int = 30
-    zone_method: str = "split"
+    zone_method: str = "history_vol"
 
     def __post_init__(self) -> None:
         if self.n_scored < 2 or self.span < self.n_scored:

@@ -193,3 +193,8 @@ def test_refit_phase_shifts_the_schedule_and_nothing_else():
     assert union - {first} == set(plan.dates) - {first}
     for oof in by_phase:
         assert oof["origin"].to_list() == by_phase[0]["origin"].to_list()
+
+
+def test_the_frozen_protocol_file_and_the_defaults_agree():
+    # Protocol() is what code gets without the file; the YAML is the record. They must not drift.
+    assert load_protocol() == Protocol()
