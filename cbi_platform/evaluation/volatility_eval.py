@@ -97,7 +97,7 @@ def volatility_walk_forward(
 def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
     """Per horizon and model on origins of `role`: MAE, QLIKE, MAE relative to the naive vol.
 
-    Scored origins report accuracy; burn-in origins choose which model scales zones, so the
+    Scored origins report accuracy; development origins choose which model scales zones, so the
     choice never looks at the origins it is judged on.
     """
     scored = frame.filter((pl.col("role") == role) & pl.col("realized_vol").is_not_null())
