@@ -97,8 +97,14 @@ def context_frame(
     return ctx
 
 
+def ensemble_config(cfg: ProtocolConfig) -> EnsembleConfig:
+    """The combiner settings the protocol fixes: one place for the ensemble step and for the
+    state a registered version exports, so the two can never disagree."""
+    return EnsembleConfig(min_history=cfg.min_history)
+
+
 def ensemble_step(oof: pl.DataFrame, context: pl.DataFrame, cfg: ProtocolConfig) -> EnsembleResult:
-    return build_ensemble(oof, context, EnsembleConfig(min_history=cfg.min_history))
+    return build_ensemble(oof, context, ensemble_config(cfg))
 
 
 def ensemble_as_oof(ensemble: pl.DataFrame, oof: pl.DataFrame) -> pl.DataFrame:

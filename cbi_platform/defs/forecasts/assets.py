@@ -17,7 +17,6 @@ from cbi_platform.defs.resources import (
     PlatformHome,
     ProtocolResource,
 )
-from cbi_platform.ensemble.combiners import EnsembleConfig
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS
 from cbi_platform.market.schema import target_series
@@ -108,7 +107,7 @@ def forecasts(
                 leaderboard=model_leaderboard.filter(pl.col("horizon") == horizon),
                 regimes=detected_regimes,
                 specs=horizon_run.zoo_specs(horizon, tuple(protocol.model_kinds)),
-                ensemble_config=EnsembleConfig(min_history=config.min_history),
+                ensemble_config=horizon_run.ensemble_config(config),
                 leakage=leakage_check_results(context.instance, horizon),
                 spacing_days=float(frozen.step),
             ),
