@@ -18,20 +18,39 @@ class SourceConfig:
     manifest: str | None = None  # files: path to the YAML manifest
     simulator_seed: int | None = None
     simulator_end: dt.date | None = None
+    simulator_live: bool = False  # end = today: each business day adds one row, earlier unchanged
+    replay_through: dt.date | None = None  # replay: only data published by this day
     bigquery_prices_table: str | None = None
     bigquery_news_table: str | None = None
     bigquery_start: dt.date = dt.date(2000, 1, 1)
 
 
 def load_market(config: SourceConfig, bigquery_client=None) -> MarketBundle:
+    bundle = _load(config, bigquery_client)
+    if config.replay_through is not None:
+        from cbi_platform.market.replay import published_by
+
+        return published_by(bundle, config.replay_through)
+    return bundle
+
+
+def simulator_end(config: SourceConfig) -> dt.date:
+    """The simulator's last day: configured, today in live mode, else its fixed default."""
+    from cbi_platform.market.simulator import SimulatorConfig
+
+    if config.simulator_end is not None:
+        return config.simulator_end
+    return dt.date.today() if config.simulator_live else SimulatorConfig().end
+
+
+def _load(config: SourceConfig, bigquery_client=None) -> MarketBundle:
     if config.kind == "simulated":
         from cbi_platform.market.simulator import SimulatorConfig, simulate_market
 
         overrides = {}
         if config.simulator_seed is not None:
             overrides["seed"] = config.simulator_seed
-        if config.simulator_end is not None:
-            overrides["end"] = config.simulator_end
+        overrides["end"] = simulator_end(config)
         return simulate_market(SimulatorConfig(**overrides))
     if config.kind == "files":
         if not config.manifest:
@@ -84,11 +103,12 @@ def target_symbol(config: SourceConfig) -> str:
 
 
 def reference_date(config: SourceConfig) -> dt.date:
-    """The date staleness is judged against: a snapshot's as_of, the simulator's end, or today."""
+    """The date staleness is judged against: the replayed day, a snapshot's as_of, the
+    simulator's end, or today."""
+    if config.replay_through is not None:
+        return config.replay_through
     if config.kind == "files" and config.manifest:
         return manifest_of(config).as_of or dt.date.today()
     if config.kind == "simulated":
-        from cbi_platform.market.simulator import SimulatorConfig
-
-        return config.simulator_end or SimulatorConfig().end
+        return simulator_end(config)
     return dt.date.today()

@@ -2,8 +2,11 @@
 
 Every forecast ever issued stays, so monitoring can score each one when its target date
 arrives. Re-issuing the same key is a no-op, never an overwrite. `model_version` is the version
-whose numbers the row holds (the one served). Readers open the file read-only (no write lock,
-nothing created); the writer migrates an older table by adding the columns it lacks.
+whose numbers the row holds; `role` says whether the buyer was served it ("served") or it was
+logged beside the champion in shadow mode ("shadow"; never served). Several processes share the
+file (see `cbi_platform.storage`): the writer holds the cross-process write lock for a short
+connection and publishes a Parquet snapshot; readers read the snapshot, never the DuckDB file.
+The writer migrates an older table by adding the columns it lacks.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "cbi.forecast_history"
 DDL = f"""
@@ -41,7 +46,9 @@ ADDED_COLUMNS = (
     ("provisional", "BOOLEAN"),  # no version passed the promotion gates
     ("failed_gates", "VARCHAR"),  # JSON list of the gates the served version failed
     ("protocol_hash", "VARCHAR"),
+    ("role", "VARCHAR"),  # "served" (null in older rows) or "shadow"
 )
+SERVED, SHADOW = "served", "shadow"
 JSON_COLUMNS = ("drivers", "drivers_detail", "failed_gates")
 
 
@@ -68,7 +75,7 @@ class ForecastStore:
             [{k: (json.dumps(v) if k in JSON_COLUMNS else v) for k, v in r.items()} for r in rows],
             infer_schema_length=None,
         )
-        with duckdb.connect(self.database) as con:
+        with write_connection(self.database) as con:
             migrate(con)
             table_columns = {c[0] for c in con.execute(f"DESCRIBE {TABLE}").fetchall()}
             unknown = [c for c in frame.columns if c not in table_columns]
@@ -82,27 +89,31 @@ class ForecastStore:
                 "ON CONFLICT DO NOTHING"
             )
             after = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+            publish_snapshot(con, self.database, TABLE)
         return after - before
 
-    def history(self) -> pl.DataFrame:
-        """Every issued forecast, read-only: no lock taken, nothing created when absent."""
-        if not Path(self.database).exists():
-            return pl.DataFrame()
-        with duckdb.connect(self.database, read_only=True) as con:
-            exists = con.execute(
-                "SELECT count(*) FROM information_schema.tables "
-                "WHERE table_schema = 'cbi' AND table_name = 'forecast_history'"
-            ).fetchone()[0]
-            if not exists:
+    def history(self, role: str | None = None) -> pl.DataFrame:
+        """Every issued forecast (`role`: only "served" or only "shadow" rows), from the last
+        published snapshot: no DuckDB connection, so a reader never blocks the writer."""
+        frame = read_snapshot(self.database, TABLE)
+        if frame is None:
+            if not Path(self.database).exists():
                 return pl.DataFrame()
-            frame = con.sql(f"SELECT * FROM {TABLE} ORDER BY as_of, horizon").pl()
+            with write_connection(self.database) as con:  # a history written before snapshots
+                migrate(con)
+                publish_snapshot(con, self.database, TABLE)
+            frame = read_snapshot(self.database, TABLE)
+            assert frame is not None
+        frame = frame.sort("as_of", "horizon")
         # A history written before a migration reads with the newer columns as nulls.
         absent = [name for name, _ in ADDED_COLUMNS if name not in frame.columns]
-        return frame.with_columns(pl.lit(None).alias(name) for name in absent)
+        frame = frame.with_columns(pl.lit(None).alias(name) for name in absent)
+        frame = frame.with_columns(pl.col("role").fill_null(SERVED))
+        return frame if role is None else frame.filter(pl.col("role") == role)
 
     def latest(self) -> pl.DataFrame:
         """The newest forecast per horizon (latest as_of, then latest creation), JSON decoded."""
-        hist = self.history()
+        hist = self.history(SERVED)
         if hist.height == 0:
             return hist
         latest = hist.sort(["as_of", "created_at"]).group_by("horizon", maintain_order=True).last()

@@ -200,18 +200,19 @@ def test_an_existing_history_is_migrated_and_keeps_its_rows(tmp_path):
     assert latest["band_probability_nominal"] is not None
 
 
-def test_readers_open_the_history_read_only(tmp_path):
+def test_readers_never_open_the_database_file(tmp_path):
     path = tmp_path / "forecasts.duckdb"
     store = ForecastStore(path)
     assert store.history().height == 0 and store.latest().height == 0
     assert not path.exists()  # a reader never creates the file
     store.append([_record()])
+    # Another process holds the DuckDB file for writing: readers still work (snapshot) ...
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import duckdb, sys, time\n"
-            f"con = duckdb.connect({str(path)!r}, read_only=True)\n"
+            f"con = duckdb.connect({str(path)!r})\n"
             "print('open', flush=True)\n"
             "time.sleep(60)",
         ],
@@ -220,11 +221,10 @@ def test_readers_open_the_history_read_only(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "open"
-        # Another process holds the file open read-only: readers still work ...
         assert store.history().height == 1 and store.latest()["horizon"][0] == "1m"
-        # ... while a writer cannot take the lock (so readers must not take one either).
+        # ... which they could not if they opened the file, even read-only.
         with pytest.raises(duckdb.IOException):
-            duckdb.connect(str(path))
+            duckdb.connect(str(path), read_only=True)
     finally:
         holder.kill()
         holder.wait()
