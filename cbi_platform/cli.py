@@ -128,6 +128,101 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _home() -> Path:
+    from cbi_platform.settings import home_path
+
+    return home_path(os.environ)
+
+
+def _control(args: argparse.Namespace, action: str) -> int:
+    from cbi_platform.defs.resources import build_resources
+    from cbi_platform.operations.serving_control import ServingControlError, promote, rollback
+
+    resources = build_resources(dict(os.environ))
+    tracker = resources["mlflow"].tracker()
+    audit = resources["operations"].audit()
+    actor = args.actor or os.environ.get("USER") or "unknown"
+    try:
+        if action == "promote":
+            result = promote(
+                tracker, audit, args.horizon, args.version, actor=actor, reason=args.reason
+            )
+        else:
+            result = rollback(
+                tracker,
+                audit,
+                args.horizon,
+                actor=actor,
+                reason=args.reason,
+                to_version=args.to_version,
+            )
+    except ServingControlError as exc:
+        return _fail(str(exc))
+    print(result.message)
+    if result.changed:
+        print(
+            f"audit: {audit.database if hasattr(audit, 'database') else 'ops.audit'} "
+            f"({action} {result.from_version} -> {result.to_version} by {actor})"
+        )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _control(args, "promote")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _control(args, "rollback")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from cbi_platform.operations.replay import ReplaySettings, format_report, run_replay
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("CBI_", "MLFLOW_"))}
+    if args.manifest:
+        env.update(CBI_MANIFEST=str(Path(args.manifest).resolve()), CBI_SOURCE="files")
+    if args.protocol:
+        env["CBI_PROTOCOL"] = str(Path(args.protocol).resolve())
+    home = (
+        Path(args.home).resolve()
+        if args.home
+        else _home() / "replays" / (f"{args.start}-{args.days}d")
+    )
+    if home.exists() and any(home.iterdir()):
+        return _fail(f"{home} is not empty: a replay starts from nothing (pass --home DIR)")
+    settings = ReplaySettings(
+        start=dt.date.fromisoformat(args.start),
+        days=args.days,
+        home=home,
+        env=env,
+        horizons=tuple(args.horizons),
+        model_kinds=tuple(args.model_kinds) if args.model_kinds else None,
+        planted_bias=args.plant_bias,
+    )
+    server = None
+    if not args.no_smtp:
+        from cbi_platform.operations.mailbox import LocalMailbox
+
+        server = LocalMailbox()
+        settings.smtp = server.start()
+    try:
+        report = run_replay(settings, sys.stdout)
+    except (MarketDataError, ValueError, RuntimeError) as exc:
+        return _fail(str(exc))
+    finally:
+        if server is not None:
+            server.stop()
+    if server is not None:
+        report.mails = len(server.messages)
+        server.write(home / "mails")
+    text = format_report(report)
+    (home / "replay_report.md").write_text(text + "\n")
+    print()
+    print(text)
+    print(f"\nreport: {home / 'replay_report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -148,10 +243,35 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("forecast", help="print the latest forecast per horizon")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_forecast)
+    p = sub.add_parser("promote", help="serve a registered version (writes an audit row)")
+    p.add_argument("horizon", choices=list(HORIZONS))
+    p.add_argument("version", help="version number, e.g. 3 or v3")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who (default: $USER)")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("rollback", help="serve the previous champion (writes an audit row)")
+    p.add_argument("horizon", choices=list(HORIZONS))
+    p.add_argument("--reason", required=True)
+    p.add_argument("--to-version", help="default: the champion before the current one")
+    p.add_argument("--actor", help="who (default: $USER)")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("replay", help="replay the daily loop over history (report + plot)")
+    p.add_argument("--manifest", help="files source (default: the simulator)")
+    p.add_argument("--start", required=True, help="first replayed business day, ISO")
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
+    p.add_argument("--protocol", help="protocol YAML for (re)training")
+    p.add_argument("--model-kinds", nargs="+", help="restrict the zoo (default: all)")
+    p.add_argument(
+        "--plant-bias", help="HORIZON:LOGRET:FROM[:TO]: a planted degradation of the champion"
+    )
+    p.add_argument("--home", help="where the replay's stores go (default under CBI_HOME)")
+    p.add_argument("--no-smtp", action="store_true", help="log alerts without a mail server")
+    p.set_defaults(func=cmd_replay)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)
-    if args.command == "run":
+    if args.command in ("run", "replay"):
         print(f"wall time {time.perf_counter() - started:.1f}s")
     return code
 

@@ -13,10 +13,13 @@ from typing import TextIO
 
 import dagster as dg
 
+from cbi_platform.defs.market.checks import market_checks
+from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
     HORIZON_ASSETS,
     HORIZON_CHECKS,
+    REFRESH_ASSETS,
     SHARED_ASSETS,
     SHARED_CHECKS,
 )
@@ -100,20 +103,33 @@ def run_pipeline(
         f"horizons={','.join(horizons)}\n"
     )
     total_errors = total_warnings = 0
+    operations = resources.get("operations")
+    if operations is not None and list(operations.horizons) != list(horizons):
+        config = {n: getattr(operations, n) for n in type(operations).model_fields}
+        resources = {
+            **resources,
+            "operations": type(operations)(**{**config, "horizons": list(horizons)}),
+        }
     stages = [("market data", None)] + [(f"horizon {h}", h) for h in horizons]
+    if operations is not None:
+        stages.append(("daily refresh (served versions, monitors)", "refresh"))
     for i, (label, horizon) in enumerate(stages, start=1):
         started = time.perf_counter()
         stream.write(f"[{i}/{len(stages)}] {label} ...\n")
         stream.flush()
+        partition = horizon
         if horizon is None:
             selection, checks = SHARED_ASSETS, SHARED_CHECKS
+        elif horizon == "refresh":
+            selection, checks = REFRESH_ASSETS, [*market_checks, *OPERATIONS_CHECKS]
+            partition = None
         else:
             selection, checks = HORIZON_ASSETS, HORIZON_CHECKS
         try:
             result = dg.materialize(
                 [*ALL_ASSETS, *checks],
                 selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
-                partition_key=horizon,
+                partition_key=partition,
                 resources=resources,
                 instance=instance,
                 run_config=_QUIET,
@@ -145,6 +161,8 @@ def run_pipeline(
         f"  checks: {total_errors} blocking failures, {total_warnings} warnings\n"
         f"  warehouse: {os.path.join(home, 'warehouse.duckdb')} (schema cbi)\n"
         f"  exports:   {os.path.join(home, 'regime_datasets')}/<horizon>/<regime>.parquet\n"
+        f"  forecasts: {os.path.join(home, 'forecasts.duckdb')} — `cbi forecast` to print\n"
+        f"  operations: {os.path.join(home, 'operations.duckdb')} (alerts, audit, conditions)\n"
         f"  Dagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}"
         " — `make ui` to browse\n"
     )

@@ -31,6 +31,12 @@ class MarketSourceResource(dg.ConfigurableResource):
     manifest: str | None = Field(default=None, description="files: path to the YAML manifest")
     simulator_seed: int | None = None
     simulator_end: str | None = Field(default=None, description="simulated: last date, ISO")
+    simulator_live: bool = Field(
+        default=False, description="simulated: end today (a new row each business day)"
+    )
+    replay_through: str | None = Field(
+        default=None, description="replay: only data published by this date, ISO"
+    )
     bigquery_project: str | None = None
     bigquery_location: str | None = None
     bigquery_prices_table: str | None = None
@@ -42,6 +48,10 @@ class MarketSourceResource(dg.ConfigurableResource):
             manifest=self.manifest,
             simulator_seed=self.simulator_seed,
             simulator_end=dt.date.fromisoformat(self.simulator_end) if self.simulator_end else None,
+            simulator_live=self.simulator_live,
+            replay_through=(
+                dt.date.fromisoformat(self.replay_through) if self.replay_through else None
+            ),
             bigquery_prices_table=self.bigquery_prices_table,
             bigquery_news_table=self.bigquery_news_table,
         )
@@ -140,6 +150,86 @@ class ForecastStoreResource(dg.ConfigurableResource):
         return ForecastStore(self.database)
 
 
+class OperationsResource(dg.ConfigurableResource):
+    """Operating state (condition log, alert book, audit log: `operations.duckdb` in the home
+    folder), the monitoring thresholds, and where alert mails go (SMTP)."""
+
+    database: str
+    monitoring_file: str | None = Field(default=None, description="default: monitoring.yaml")
+    dagster_url: str = Field(default="http://localhost:3000", description="for run links")
+    smtp_host: str | None = Field(default=None, description="unset: alerts are logged only")
+    smtp_port: int = 587
+    smtp_security: str = Field(default="starttls", description="none | starttls | ssl")
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_sender: str | None = None
+    smtp_recipients: str | None = Field(default=None, description="comma-separated")
+    horizons: list[str] = Field(
+        default=["1w", "1m", "3m", "6m", "12m"], description="horizons the daily loop serves"
+    )
+    planted_bias: str | None = Field(
+        default=None,
+        description="replay only: 'HORIZON:LOGRET:FROM_DATE' shifts the then-champion's "
+        "forecasts from that day (a planted degradation the monitors must catch)",
+    )
+
+    def perturbation(self, tracker):
+        """The planted degradation, bound to the champion at the time it starts (None: off)."""
+        if not self.planted_bias:
+            return None
+        from cbi_platform.operations.refresh import planted_bias
+
+        return planted_bias(self.planted_bias, tracker)
+
+    def config(self):
+        from cbi_platform.operations.config import load_monitoring
+
+        return load_monitoring(self.monitoring_file)
+
+    def conditions(self):
+        from cbi_platform.operations.condition_log import ConditionLog
+
+        return ConditionLog(self.database)
+
+    def alert_book(self):
+        from cbi_platform.operations.alerts import AlertBook
+
+        return AlertBook(self.database)
+
+    def audit(self):
+        from cbi_platform.operations.serving_control import AuditLog
+
+        return AuditLog(self.database)
+
+    def mailer(self):
+        """The SMTP mailer, or None when no SMTP host is configured."""
+        if not self.smtp_host:
+            return None
+        from cbi_platform.operations.alerts import SmtpMailer, SmtpSettings
+
+        return SmtpMailer(
+            SmtpSettings(
+                host=self.smtp_host,
+                port=self.smtp_port,
+                security=self.smtp_security,
+                sender=self.smtp_sender or "",
+                recipients=tuple(
+                    r.strip() for r in (self.smtp_recipients or "").split(",") if r.strip()
+                ),
+                username=self.smtp_username,
+                password=self.smtp_password,
+            )
+        )
+
+    def run_link(self, run_id: str) -> str:
+        return f"{self.dagster_url.rstrip('/')}/runs/{run_id}"
+
+
+def _env_var(env: Mapping[str, str], name: str):
+    """A secret as `dg.EnvVar` (resolved at run time, never stored), when it is set."""
+    return dg.EnvVar(name) if env.get(name) else None
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
     home = home_path(env)
@@ -147,6 +237,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         kind=env.get("CBI_SOURCE", "files" if env.get("CBI_MANIFEST") else "simulated"),
         manifest=env.get("CBI_MANIFEST"),
         simulator_end=env.get("CBI_SIM_END"),
+        simulator_live=env.get("CBI_SIM_LIVE", "0").lower() in ("1", "true", "yes"),
         bigquery_project=env.get("CBI_GCP_PROJECT"),
         bigquery_location=env.get("CBI_GCP_LOCATION"),
         bigquery_prices_table=env.get("CBI_BQ_PRICES_TABLE"),
@@ -182,4 +273,16 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             ui_url=env.get("CBI_MLFLOW_UI", "http://localhost:5000"),
         ),
         "forecast_store": ForecastStoreResource(database=str(home / "forecasts.duckdb")),
+        "operations": OperationsResource(
+            database=str(home / "operations.duckdb"),
+            monitoring_file=env.get("CBI_MONITORING"),
+            dagster_url=env.get("CBI_DAGSTER_URL", "http://localhost:3000"),
+            smtp_host=env.get("CBI_SMTP_HOST"),
+            smtp_port=int(env.get("CBI_SMTP_PORT", "587")),
+            smtp_security=env.get("CBI_SMTP_SECURITY", "starttls"),
+            smtp_username=_env_var(env, "CBI_SMTP_USERNAME"),
+            smtp_password=_env_var(env, "CBI_SMTP_PASSWORD"),
+            smtp_sender=env.get("CBI_SMTP_SENDER"),
+            smtp_recipients=env.get("CBI_SMTP_RECIPIENTS"),
+        ),
     }

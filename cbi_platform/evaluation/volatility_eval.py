@@ -94,6 +94,25 @@ def volatility_walk_forward(
     return frame.with_columns(pl.col("forecast_vol", "realized_vol").fill_nan(None))
 
 
+def live_volatility(prices: np.ndarray, model_name: str | None, horizon_days: int) -> float | None:
+    """The h-day volatility forecast of `model_name` at the last price, as the walk-forward
+    fits it at an origin (its own window of returns up to and including the last day)."""
+    returns = np.diff(np.log(np.asarray(prices, dtype=float)))
+    if model_name is None or returns.size < 2:
+        return None
+    if model_name == NAIVE:
+        return float(np.std(returns[-NAIVE_WINDOW:], ddof=1) * np.sqrt(horizon_days))
+    models = {m.spec.name: m for m in volatility_models()}
+    if model_name not in models:
+        raise ValueError(f"unknown volatility model {model_name!r}; known: {sorted(models)}")
+    model = models[model_name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = fit_volatility(returns[-model.window :], model.vol_kind, model.dist)
+    value = _path_vols(fitted, {"h": horizon_days})["h"]
+    return float(value) if np.isfinite(value) else None
+
+
 def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
     """Per horizon and model on origins of `role`: MAE, QLIKE, MAE relative to the naive vol.
 

@@ -177,6 +177,58 @@ def reproduction_gap(served: Mapping[str, Any], live: Mapping[str, Any]) -> floa
     return max(gaps)
 
 
+def forecast_record(
+    served_model: ServedModel,
+    served: ServedForecast,
+    *,
+    leaderboard: pl.DataFrame,
+    regimes: pl.DataFrame,
+    context_now: Mapping[str, Any],
+    regime_outlook: Mapping[str, float],
+    data_reference_date: dt.date,
+    served_version: str,
+    registered_version: str | None,
+    provisional: bool,
+    failed_gates: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    """One row of the forecast history from a loaded version's forecast: drivers from SHAP of
+    its members at today's row, regime, volatility, the achieved-probability statement. The
+    pipeline's publication and the daily refresh (champion and shadow) both build rows here."""
+    horizon = served_model.horizon
+    origin = served.zone["origin"]
+    shap_now = member_shap(served_model, served, origin)
+    weights = pl.DataFrame(
+        {
+            "horizon": horizon,
+            "origin": origin,
+            "model": [m for m in served.weights if not m.startswith("context:")],
+            "weight": [w for m, w in served.weights.items() if not m.startswith("context:")],
+            "weight_kind": served.weight_kind,
+        }
+    )
+    lines, numbers, note = explain_forecast(shap_now, weights, leaderboard, horizon)
+    regime = regimes.filter(pl.col("date") == origin)["regime"]
+    return assemble_forecast(
+        {**served.zone, "combiner": served_model.ensemble.combiner},
+        horizon=horizon,
+        horizon_days=HORIZONS[horizon],
+        model_version=f"{registered_model_name(horizon)}/v{served_version}",
+        regime=regime[0] if regime.len() else None,
+        regime_outlook=regime_outlook,
+        drivers=lines,
+        volatility=_finite(context_now.get("vol_forecast")),
+        data_reference_date=data_reference_date,
+        past_pit=served_model.calibration.past_pit,
+        vol_model=served_model.calibration.vol_model,
+        drivers_detail=numbers,
+        driver_note=note,
+        registered_version=registered_version,
+        provisional=provisional,
+        failed_gates=failed_gates,
+        protocol_hash=served_model.protocol_hash,
+    )
+
+
 def publish_horizon(
     tracker: Tracker,
     inputs: HorizonInputs,
@@ -276,36 +328,18 @@ def publish_horizon(
     context_now = _context_at(inputs.context, bundle.trained_through)
     served = served_model.predict(features, None, context_now)
     gap = reproduction_gap(served.zone, live) if served_version == version else None
-    shap_now = member_shap(served_model, served, bundle.trained_through)
-    weights = pl.DataFrame(
-        {
-            "horizon": horizon,
-            "origin": bundle.trained_through,
-            "model": [m for m in served.weights if not m.startswith("context:")],
-            "weight": [w for m, w in served.weights.items() if not m.startswith("context:")],
-            "weight_kind": served.weight_kind,
-        }
-    )
-    lines, numbers, note = explain_forecast(shap_now, weights, inputs.leaderboard, horizon)
-    regime = inputs.regimes.filter(pl.col("date") == bundle.trained_through)["regime"]
-    record = assemble_forecast(
-        {**served.zone, "combiner": served_model.ensemble.combiner},
-        horizon=horizon,
-        horizon_days=HORIZONS[horizon],
-        model_version=f"{name}/v{served_version}",
-        regime=regime[0] if regime.len() else None,
+    record = forecast_record(
+        served_model,
+        served,
+        leaderboard=inputs.leaderboard,
+        regimes=inputs.regimes,
+        context_now=context_now,
         regime_outlook=regime_outlook,
-        drivers=lines,
-        volatility=_finite(context_now.get("vol_forecast")),
         data_reference_date=data_reference_date,
-        past_pit=served_model.calibration.past_pit,
-        vol_model=served_model.calibration.vol_model,
-        drivers_detail=numbers,
-        driver_note=note,
+        served_version=served_version,
         registered_version=f"{name}/v{version}",
         provisional=provisional,
         failed_gates=failed,
-        protocol_hash=served_model.protocol_hash,
     )
     promotion = {
         "version": version,

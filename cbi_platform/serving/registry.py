@@ -31,6 +31,7 @@ from cbi_platform.tracking import Tracker
 ARTIFACT_PATH = "ensemble"
 MEMBERS_FILE = "members.joblib"
 STATE_FILE = "served_state.json"
+CARD_FILE = "ensemble.json"  # the model card: combiner, members, leaderboard
 
 
 @dataclass
@@ -96,6 +97,8 @@ class ServedModel:
                     "artifacts (registered before load-and-predict existed?): it cannot serve"
                 )
         state = json.loads(state_path.read_text())
+        card_path = folder / CARD_FILE
+        card = json.loads(card_path.read_text()) if card_path.exists() else {}
         return cls(
             horizon=state["horizon"],
             horizon_days=int(state["horizon_days"]),
@@ -107,7 +110,15 @@ class ServedModel:
             protocol_hash=state.get("protocol_hash"),
             version=version,
             name=name,
+            extra={"card": card},
         )
+
+    def leaderboard(self) -> pl.DataFrame:
+        """The walk-forward leaderboard the version was registered with (its model card)."""
+        rows = self.extra.get("card", {}).get("leaderboard") or []
+        schema = {"model": pl.Utf8, "mase": pl.Float64, "rel_mae": pl.Float64}
+        schema["dm_pvalue"] = pl.Float64
+        return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
     # ---- forecasting
 
@@ -188,7 +199,12 @@ class ServedModel:
 def load_version(
     tracker: Tracker, name: str, version: str, cache: Path | None = None
 ) -> ServedModel:
-    """A registered version, ready to forecast (its artifacts downloaded under `cache`)."""
+    """A registered version, ready to forecast (its artifacts downloaded under `cache`; a
+    version already downloaded there is read from it: versions never change)."""
+    if cache is not None:
+        kept = cache / f"{name}-v{version}" / ARTIFACT_PATH
+        if (kept / MEMBERS_FILE).exists() and (kept / STATE_FILE).exists():
+            return ServedModel.from_folder(kept, name=name, version=version)
     run_id = tracker.version_run_id(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         destination = cache or Path(tmp)

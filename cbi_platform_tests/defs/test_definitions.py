@@ -72,3 +72,21 @@ def test_resources_switch_warehouse_by_configuration():
     assert isinstance(prod["io_manager"], PolarsBigQueryIOManager)
     assert local["market_source"].kind == "simulated"
     assert isinstance(dg.Definitions(resources=prod), dg.Definitions)
+
+
+def test_the_daily_loop_is_scheduled_and_watched_by_sensors():
+    defs, graph = _graph()
+    schedule = defs.resolve_schedule_def("daily_refresh_schedule")
+    assert schedule.job_name == "daily_refresh_job"
+    assert schedule.execution_timezone == "America/Chicago"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    sensors = {s.name: s for s in defs.sensors}
+    assert {"alert_sensor", "retraining_sensor", "failed_run_alert_sensor"} <= set(sensors)
+    assert sensors["retraining_sensor"].job_name == "retrain_job"
+    refresh = defs.resolve_job_def("daily_refresh_job")
+    nodes = {n.name for n in refresh.graph.nodes}
+    # The refresh never retrains: no walk-forward step in it.
+    assert "member_models" not in nodes and "live_forecasts" in nodes
+    checks = {spec.name: spec for c in ALL_CHECKS for spec in c.check_specs}
+    assert checks["live_features_leakage"].blocking
+    assert not checks["correlation_break"].blocking

@@ -1,0 +1,350 @@
+"""Operations assets: the daily refresh and the monitors that watch it.
+
+Thin wrappers around `cbi_platform.operations.daily`. Each monitor records its conditions in
+the condition log; the alert and retraining sensors act on them.
+"""
+
+import dagster as dg
+import polars as pl
+
+from cbi_platform.defs.resources import (
+    ForecastStoreResource,
+    MarketSourceResource,
+    MlflowResource,
+    OperationsResource,
+    PlatformHome,
+)
+from cbi_platform.market.schema import target_series
+from cbi_platform.operations import daily
+from cbi_platform.operations.validation import validation_plot
+from cbi_platform.reporting import markdown_table
+from cbi_platform.serving.publish import CHAMPION
+from cbi_platform.tracking import registered_model_name
+
+GROUP = "operations"
+LIVE_SCHEMA = {
+    "as_of": pl.Date,
+    "horizon": pl.Utf8,
+    "role": pl.Utf8,
+    "model_version": pl.Utf8,
+    "price": pl.Float64,
+    "forecast": pl.Float64,
+    "p10": pl.Float64,
+    "p50": pl.Float64,
+    "p90": pl.Float64,
+    "regime": pl.Utf8,
+    "provisional": pl.Boolean,
+}
+SHADOW_SCHEMA = {
+    "horizon": pl.Utf8,
+    "champion": pl.Utf8,
+    "challenger": pl.Utf8,
+    "shadow_outcomes": pl.Int64,
+    "mae_champion": pl.Float64,
+    "mae_challenger": pl.Float64,
+    "mae_random_walk": pl.Float64,
+    "dm_pvalue": pl.Float64,
+    "promoted": pl.Boolean,
+    "reason": pl.Utf8,
+}
+
+
+def _md(frame: pl.DataFrame, empty: str = "none yet") -> dg.MetadataValue:
+    return dg.MetadataValue.md(markdown_table(frame) if frame.height else empty)
+
+
+def _round(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col(pl.Float64).round(4)) if frame.height else frame
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"polars", "duckdb"},
+    description="Today's features for every horizon (the same point-in-time builder as the "
+    "`features` partitions, which only retraining rebuilds); leakage-gated by a blocking check.",
+)
+def live_features(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    operations: OperationsResource,
+) -> dg.Output[pl.DataFrame]:
+    from cbi_platform.features.build import build_features
+
+    target = market_source.target()
+    horizons = operations.horizons
+    frames = [build_features(market_prices, h, target=target).frame for h in horizons]
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": frame.height,
+            "last_date": str(frame["date"].max()),
+            "horizons": dg.MetadataValue.json(horizons),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"mlflow", "duckdb"},
+    description="Today's forecast per horizon from the served version (champion, or provisional) "
+    "through the registry's load-and-predict path, with no retraining; the challenger's "
+    "forecast is logged beside it in shadow mode. Appended to the forecast history.",
+)
+def live_forecasts(
+    context: dg.AssetExecutionContext,
+    live_features: pl.DataFrame,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    mlflow: MlflowResource,
+    forecast_store: ForecastStoreResource,
+    operations: OperationsResource,
+    home: PlatformHome,
+) -> dg.Output[pl.DataFrame]:
+    tracker = mlflow.tracker()
+    result = daily.refresh(
+        tracker,
+        market_prices,
+        live_features,
+        target_symbol=market_source.target(),
+        data_reference_date=market_source.reference_date(),
+        cache=home.folder("model_cache"),
+        horizons=operations.horizons,
+        perturb=operations.perturbation(tracker),
+    )
+    inserted = forecast_store.store().append(result.rows)
+    for h in result.horizons:
+        context.log.info(
+            f"{h.horizon}: v{h.serving.served}{' (provisional)' if h.serving.provisional else ''}"
+            f"{f', shadow v{h.serving.challenger}' if h.serving.challenger else ''} "
+            f"in {h.seconds:.1f}s: {h.rows[0]['statement']}"
+        )
+    table = pl.DataFrame(
+        [{k: r.get(k) for k in LIVE_SCHEMA} for r in result.rows], schema=LIVE_SCHEMA
+    )
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": table.height,
+            "as_of": str(result.as_of),
+            "history_rows_inserted": inserted,
+            "forecasts": _md(_round(table)),
+            "seconds_per_horizon": dg.MetadataValue.json(
+                {h.horizon: round(h.seconds, 2) for h in result.horizons}
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["live_forecasts"],
+    kinds={"polars", "duckdb"},
+    description="Every matured served forecast scored against the actual price: rolling MAPE, "
+    "MASE, MAE relative to the random walk and 80/90% coverage per horizon, decomposed by "
+    "regime, size of move and top driver; coverage monitored in the current regime; stale data.",
+)
+def forecast_validation(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    mlflow: MlflowResource,
+    forecast_store: ForecastStoreResource,
+    operations: OperationsResource,
+    home: PlatformHome,
+) -> dg.Output[pl.DataFrame]:
+    config = operations.config()
+    target = target_series(market_prices, market_source.target())
+    reference = market_source.reference_date()
+    link = operations.run_link(context.run.run_id)
+    report = daily.validate(
+        forecast_store.store().history(),
+        target,
+        as_of=reference,
+        achieved=daily.achieved_coverage(mlflow.tracker(), operations.horizons),
+        config=config,
+        link=link,
+    )
+    stale = daily.stale_condition(target, reference, config.refresh.max_business_days_behind, link)
+    conditions = [*report.conditions, stale]
+    operations.conditions().record(conditions, context.run.run_id)
+    plot = validation_plot(
+        report.scored,
+        report.rolling,
+        home.folder("reports") / "forecast_validation.png",
+        config.validation,
+    )
+    firing = [c for c in conditions if c.firing]
+    return dg.Output(
+        report.scored.drop("drivers_detail", strict=False),
+        metadata={
+            "dagster/row_count": report.scored.height,
+            "matured_forecasts": report.scored.height,
+            "summary_vs_random_walk": _md(_round(report.summary)),
+            "by_regime": _md(_round(report.by_regime)),
+            "by_move_size": _md(_round(report.by_move)),
+            "by_top_driver": _md(_round(report.by_driver)),
+            "regime_coverage_monitor": _md(_round(report.regime_monitor)),
+            "firing": dg.MetadataValue.json({c.key: c.title for c in firing}),
+            "plot": dg.MetadataValue.path(str(plot)),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["live_forecasts"],
+    kinds={"polars", "scipy"},
+    description="Input drift per feature (PSI and KS against the rows the served version "
+    "trained on), prediction drift (served forecasts against its walk-forward forecasts) and "
+    "SHAP-driver rank drift over rolling windows; thresholds in monitoring.yaml.",
+)
+def drift_metrics(
+    context: dg.AssetExecutionContext,
+    live_features: pl.DataFrame,
+    ensemble_predictions: pl.DataFrame,
+    market_source: MarketSourceResource,
+    mlflow: MlflowResource,
+    forecast_store: ForecastStoreResource,
+    operations: OperationsResource,
+) -> dg.Output[pl.DataFrame]:
+    import datetime as dt
+
+    tracker = mlflow.tracker()
+    trained_through = {}
+    for h in operations.horizons:
+        name = registered_model_name(h)
+        version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
+        value = daily.version_tags(tracker, h, version).get("trained_through")
+        if value:
+            trained_through[h] = dt.date.fromisoformat(value)
+    report = daily.drift_report(
+        live_features,
+        forecast_store.store().history(),
+        ensemble_predictions,
+        trained_through,
+        as_of=market_source.reference_date(),
+        config=operations.config(),
+        link=operations.run_link(context.run.run_id),
+    )
+    operations.conditions().record(report.conditions, context.run.run_id)
+    table = report.features
+    drifted = table.filter(pl.col("drifted")) if table.height else table
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": table.height,
+            "trained_through": dg.MetadataValue.json(
+                {h: str(d) for h, d in trained_through.items()}
+            ),
+            "drifted_features": _md(_round(drifted.head(30)), "none"),
+            "prediction_drift": _md(_round(report.predictions)),
+            "driver_ranks": _md(_round(report.drivers.tail(15))),
+            "firing": dg.MetadataValue.json(
+                {c.key: c.title for c in report.conditions if c.firing}
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"polars"},
+    description="Rolling soy-palm and soy-crude return correlations against their own "
+    "point-in-time history (percentile band, N consecutive days outside = a break).",
+)
+def correlation_monitor(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    operations: OperationsResource,
+) -> dg.Output[pl.DataFrame]:
+    results, conditions = daily.correlation_report(
+        market_prices,
+        market_source.target(),
+        as_of=market_source.reference_date(),
+        config=operations.config(),
+        link=operations.run_link(context.run.run_id),
+    )
+    operations.conditions().record(conditions, context.run.run_id)
+    frames = [
+        r.frame.tail(260).with_columns(pair=pl.lit(name), partner=pl.lit(r.partner))
+        for name, r in results.items()
+        if r.frame is not None
+    ]
+    out = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    state = {
+        name: (
+            {"skipped": r.reason}
+            if r.skipped
+            else {k: (str(v) if k == "date" else v) for k, v in (r.latest() or {}).items()}
+        )
+        for name, r in results.items()
+    }
+    return dg.Output(
+        out,
+        metadata={
+            "dagster/row_count": out.height,
+            "pairs": dg.MetadataValue.json(state),
+            "breaking": dg.MetadataValue.json([c.key for c in conditions if c.firing]),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["forecast_validation"],
+    kinds={"mlflow", "polars"},
+    description="Champion against challenger on the same matured targets (shadow mode); the "
+    "combined walk-forward + shadow rule may promote the challenger (an audit row says why).",
+)
+def shadow_comparison(
+    context: dg.AssetExecutionContext,
+    market_prices: pl.DataFrame,
+    market_source: MarketSourceResource,
+    mlflow: MlflowResource,
+    forecast_store: ForecastStoreResource,
+    operations: OperationsResource,
+) -> dg.Output[pl.DataFrame]:
+    outcomes = daily.shadow_report(
+        mlflow.tracker(),
+        forecast_store.store().history(),
+        target_series(market_prices, market_source.target()),
+        operations.audit(),
+        horizons=operations.horizons,
+        config=operations.config(),
+    )
+    rows = [
+        {
+            "horizon": o.horizon,
+            "champion": o.champion,
+            "challenger": o.challenger,
+            "shadow_outcomes": (o.comparison or {}).get("n"),
+            "mae_champion": (o.comparison or {}).get("mae_champion"),
+            "mae_challenger": (o.comparison or {}).get("mae_challenger"),
+            "mae_random_walk": (o.comparison or {}).get("mae_random_walk"),
+            "dm_pvalue": (o.comparison or {}).get("dm_pvalue"),
+            "promoted": o.promoted,
+            "reason": "; ".join((o.decision or {}).get("reasons", [])) or None,
+        }
+        for o in outcomes
+    ]
+    out = pl.DataFrame(rows, schema=SHADOW_SCHEMA)
+    for o in outcomes:
+        if o.promoted:
+            context.log.info(f"{o.horizon}: challenger v{o.challenger} promoted on shadow record")
+    return dg.Output(
+        out,
+        metadata={"dagster/row_count": out.height, "comparison": _md(_round(out))},
+    )
+
+
+OPERATIONS_ASSETS = [
+    live_features,
+    live_forecasts,
+    forecast_validation,
+    drift_metrics,
+    correlation_monitor,
+    shadow_comparison,
+]

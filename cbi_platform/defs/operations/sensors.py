@@ -1,0 +1,199 @@
+"""Sensors: alerts by email, failed runs, sensor-driven retraining; and the daily schedule."""
+
+import json
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from cbi_platform.defs.partitions import HORIZON_KEYS
+from cbi_platform.defs.resources import ForecastStoreResource, OperationsResource
+from cbi_platform.operations.alerting import alert_tick
+from cbi_platform.operations.conditions import FAILED_CHECK, FAILED_RUN, Condition
+from cbi_platform.operations.retraining import plan_retraining
+from cbi_platform.operations.serving_control import RETRAIN_REQUESTED
+
+
+def failed_check_conditions(
+    instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], link_base: str
+) -> list[Condition]:
+    """A condition per blocking check: firing while its latest evaluation failed."""
+    import datetime as dt
+
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    out = []
+    for key, record in latest.items():
+        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            continue
+        event = record.event.dagster_event if record.event else None
+        evaluation = getattr(event, "event_specific_data", None)
+        day = (
+            dt.datetime.fromtimestamp(record.event.timestamp).date()
+            if record.event
+            else dt.date.today()
+        )
+        out.append(
+            Condition(
+                key=f"failed_check/{key.asset_key.to_user_string()}/{key.name}",
+                kind=FAILED_CHECK,
+                firing=record.status == AssetCheckExecutionRecordStatus.FAILED,
+                title=f"blocking check {key.name} on {key.asset_key.to_user_string()} failed",
+                as_of=day,
+                evidence={
+                    "description": getattr(evaluation, "description", None),
+                    "run_id": record.run_id,
+                },
+                link=f"{link_base.rstrip('/')}/runs/{record.run_id}",
+            )
+        )
+    return out
+
+
+def blocking_check_keys(checks) -> list[dg.AssetCheckKey]:
+    keys = []
+    for check in checks:
+        for spec in check.check_specs:
+            if spec.blocking:
+                keys.append(spec.key)
+    return keys
+
+
+def build_sensors(retrain_job, checks) -> list:
+    check_keys = blocking_check_keys(checks)
+
+    @dg.sensor(
+        name="alert_sensor",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reads the monitors' condition log and the blocking checks; mails each "
+        "alert once when it fires and once when it clears (SMTP).",
+    )
+    def alert_sensor(context: dg.SensorEvaluationContext, operations: OperationsResource):
+        conditions = [
+            *operations.conditions().latest(),
+            *failed_check_conditions(context.instance, check_keys, operations.dagster_url),
+        ]
+        tick = alert_tick(operations.alert_book(), operations.mailer(), conditions)
+        return dg.SkipReason(tick.summary())
+
+    @dg.run_failure_sensor(
+        name="failed_run_alert_sensor",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=False,
+        description="A failed run raises an alert (resolved by the next successful run of the "
+        "same job).",
+    )
+    def failed_run_alert_sensor(
+        context: dg.RunFailureSensorContext, operations: OperationsResource
+    ):
+        _run_condition(context, operations, firing=True)
+
+    @dg.run_status_sensor(
+        name="succeeded_run_alert_sensor",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Resolves a failed-run alert when the same job succeeds.",
+    )
+    def succeeded_run_alert_sensor(
+        context: dg.RunStatusSensorContext, operations: OperationsResource
+    ):
+        _run_condition(context, operations, firing=False)
+
+    @dg.sensor(
+        name="retraining_sensor",
+        job=retrain_job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Degradation, drift or a correlation break -> a retraining run for the "
+        "affected horizon partitions only (run_key per condition, horizon and episode; JSON "
+        "cursor; cooldown).",
+    )
+    def retraining_sensor(
+        context: dg.SensorEvaluationContext,
+        operations: OperationsResource,
+        forecast_store: ForecastStoreResource,
+    ):
+        config = operations.config().retraining
+        plan = plan_retraining(
+            operations.conditions().latest(),
+            context.cursor,
+            horizons=HORIZON_KEYS,
+            kinds=config.kinds,
+            cooldown_business_days=config.cooldown_business_days,
+            served_drivers=served_drivers(forecast_store),
+            run_exists=lambda key: _run_exists(context.instance, key),
+        )
+        audit = operations.audit()
+        for r in plan.requests:
+            audit.record(
+                r.horizon,
+                RETRAIN_REQUESTED,
+                actor="retraining_sensor",
+                reason=r.reason,
+                evidence={"run_key": r.run_key, "condition": r.condition_key},
+            )
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=r.run_key,
+                    partition_key=r.horizon,
+                    tags={"cbi/retrain_reason": r.reason[:200], "cbi/condition": r.condition_key},
+                )
+                for r in plan.requests
+            ],
+            cursor=plan.cursor,
+            skip_reason=None
+            if plan.requests
+            else ("; ".join(plan.deferred) or "nothing to retrain"),
+        )
+
+    return [alert_sensor, failed_run_alert_sensor, succeeded_run_alert_sensor, retraining_sensor]
+
+
+def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """Whether a run was launched for this key: by the daemon (dagster/run_key) or by an
+    in-process replay (cbi/run_key)."""
+    return any(
+        instance.get_run_records(dg.RunsFilter(tags={tag: run_key}), limit=1)
+        for tag in ("dagster/run_key", "cbi/run_key")
+    )
+
+
+def served_drivers(forecast_store: ForecastStoreResource) -> dict[str, list[str]]:
+    """The features behind each horizon's latest served forecast (its used drivers)."""
+    latest = forecast_store.store().latest()
+    out: dict[str, list[str]] = {}
+    for row in latest.iter_rows(named=True) if latest.height else []:
+        detail = row.get("drivers_detail") or []
+        if isinstance(detail, str):
+            detail = json.loads(detail)
+        out[row["horizon"]] = [d["feature"] for d in detail if d.get("used", True)]
+    return out
+
+
+def _run_condition(context, operations: OperationsResource, firing: bool) -> None:
+    import datetime as dt
+
+    run = context.dagster_run
+    cond = Condition(
+        key=f"failed_run/{run.job_name}",
+        kind=FAILED_RUN,
+        firing=firing,
+        title=f"run of {run.job_name} {'failed' if firing else 'succeeded'}",
+        as_of=dt.date.today(),
+        evidence={"run_id": run.run_id, "job": run.job_name},
+        link=operations.run_link(run.run_id),
+    )
+    if firing or cond.key in set(operations.alert_book().open_alerts()["key"].to_list()):
+        alert_tick(operations.alert_book(), operations.mailer(), [cond])
+
+
+def build_schedule(job, cron: str, timezone: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="daily_refresh_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Each business day after the CBOT close: ingest, features, forecasts from "
+        "the served versions (no retraining), validation, drift, correlation, shadow.",
+    )

@@ -1,0 +1,1 @@
+"""Operating the platform: daily refresh, validation, monitors, alerts, retraining, replay."""

@@ -1,0 +1,193 @@
+"""The daily refresh: today's data through the registered versions, with no retraining.
+
+For each horizon: the served version (the champion; with no champion, the newest version,
+flagged provisional with the gates it failed) is loaded from the registry and forecasts from the
+last row of today's features through `ServedModel.predict` (issue 4's load-and-predict path),
+with today's regime and its volatility model's forecast as context. The challenger (the newest
+version above the champion, see `operations.shadow`) forecasts beside it through the same path;
+its row is logged with role "shadow" and never served. Rows are built by
+`serving.publish.forecast_record`, exactly as the pipeline's publication builds them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cbi_platform.evaluation.volatility_eval import live_volatility
+from cbi_platform.features.contract import DATE, HORIZONS
+from cbi_platform.operations.shadow import challenger_version
+from cbi_platform.serving.publish import CHAMPION, forecast_record
+from cbi_platform.serving.registry import ServedModel, load_version
+from cbi_platform.serving.store import SERVED, SHADOW
+from cbi_platform.tracking import Tracker, registered_model_name
+
+# A replay may plant a degradation: a function (horizon, version, as_of, logret) -> logret.
+Perturbation = Callable[[str, str, dt.date, float], float]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Which versions forecast a horizon today."""
+
+    served: str
+    provisional: bool
+    failed_gates: tuple[str, ...]
+    challenger: str | None
+
+
+def serving_versions(tracker: Tracker, horizon: str) -> Serving:
+    name = registered_model_name(horizon)
+    champion = tracker.alias_version(name, CHAMPION)
+    if champion is not None:
+        return Serving(champion, False, (), challenger_version(tracker, horizon))
+    newest = tracker.latest_version(name)
+    if newest is None:
+        raise LookupError(
+            f"{name}: no registered version to serve; train first (`make run` or `cbi run`)"
+        )
+    failed = tuple(json.loads(tracker.version_tags(name, newest).get("failed_gates", "[]")))
+    return Serving(newest, True, failed, None)
+
+
+@dataclass
+class HorizonRefresh:
+    horizon: str
+    rows: list[dict[str, Any]]  # the served row first, then the shadow row (if any)
+    seconds: float
+    serving: Serving
+
+
+@dataclass
+class RefreshResult:
+    as_of: dt.date
+    horizons: list[HorizonRefresh] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [r for h in self.horizons for r in h.rows]
+
+
+def _forecast_with(
+    model: ServedModel,
+    *,
+    features: pl.DataFrame,
+    closes: pl.Series,
+    regimes: pl.DataFrame,
+    regime_outlook: Mapping[str, float],
+    data_reference_date: dt.date,
+    role: str,
+    serving: Serving,
+    perturb: Perturbation | None,
+) -> dict[str, Any]:
+    as_of = features[DATE][-1]
+    regime = regimes.filter(pl.col("date") == as_of)["regime"]
+    context = {
+        "regime": regime[0] if regime.len() else None,
+        "vol_forecast": live_volatility(
+            closes.to_numpy(), model.calibration.vol_model, HORIZONS[model.horizon]
+        ),
+    }
+    forecast = model.predict(features, closes, context)
+    if perturb is not None:
+        shifted = perturb(
+            model.horizon, str(model.version), as_of, forecast.zone["forecast_logret"]
+        )
+        if shifted != forecast.zone["forecast_logret"]:
+            forecast.zone.update(
+                {
+                    "forecast_logret": shifted,
+                    "forecast": forecast.zone["price"] * math.exp(shifted),
+                    **model.calibration.zone_row(forecast.zone["price"], shifted),
+                }
+            )
+    record = forecast_record(
+        model,
+        forecast,
+        leaderboard=model.leaderboard(),
+        regimes=regimes,
+        context_now=context,
+        regime_outlook=regime_outlook,
+        data_reference_date=data_reference_date,
+        served_version=str(model.version),
+        registered_version=None,
+        provisional=serving.provisional if role == SERVED else False,
+        failed_gates=serving.failed_gates if role == SERVED else (),
+    )
+    return {**record, "role": role}
+
+
+def refresh_horizon(
+    tracker: Tracker,
+    horizon: str,
+    features: pl.DataFrame,
+    target: pl.DataFrame,
+    regimes: pl.DataFrame,
+    *,
+    regime_outlook: Mapping[str, float],
+    data_reference_date: dt.date,
+    cache: Path,
+    perturb: Perturbation | None = None,
+) -> HorizonRefresh:
+    """Today's served forecast (and the challenger's shadow forecast) for one horizon.
+
+    `features`: the horizon's feature frame (its last row is today); `target`: the target's
+    closes (date, value); `regimes`: detected regime per date.
+    """
+    started = time.perf_counter()
+    features = features.sort(DATE)
+    as_of = features[DATE][-1]
+    closes = target.filter(pl.col("date") <= as_of).sort("date")["value"]
+    serving = serving_versions(tracker, horizon)
+    name = registered_model_name(horizon)
+    common = {
+        "features": features,
+        "closes": closes,
+        "regimes": regimes,
+        "regime_outlook": regime_outlook,
+        "data_reference_date": data_reference_date,
+        "serving": serving,
+        "perturb": perturb,
+    }
+    rows = [
+        _forecast_with(load_version(tracker, name, serving.served, cache), role=SERVED, **common)
+    ]
+    if serving.challenger is not None:
+        challenger = load_version(tracker, name, serving.challenger, cache)
+        rows.append(_forecast_with(challenger, role=SHADOW, **common))
+    return HorizonRefresh(horizon, rows, time.perf_counter() - started, serving)
+
+
+def planted_bias(spec: str, tracker: Tracker) -> Perturbation:
+    """A planted degradation for replays: "HORIZON:LOGRET:FROM[:TO]" adds LOGRET to the
+    forecasts of the version that is champion when the first affected day is refreshed (a
+    retrained challenger does not inherit it), from FROM to TO (inclusive; open-ended without
+    TO), so the monitors must catch it and, after TO, see it clear."""
+    try:
+        horizon, shift, start, *end = spec.split(":")
+        shift_value, first = float(shift), dt.date.fromisoformat(start)
+        last = dt.date.fromisoformat(end[0]) if end else dt.date.max
+        if len(end) > 1:
+            raise ValueError(spec)
+    except ValueError as exc:
+        raise ValueError(
+            f"planted bias {spec!r}: expected HORIZON:LOGRET:FROM[:TO], dates YYYY-MM-DD"
+        ) from exc
+    marker = Path(tracker.tracking_uri.removeprefix("sqlite:///") + f".planted-{horizon}")
+
+    def perturb(h: str, version: str, as_of: dt.date, logret: float) -> float:
+        if h != horizon or not first <= as_of <= last:
+            return logret
+        if not marker.exists():
+            marker.write_text(version)  # the version that degrades, fixed once
+        return logret + shift_value if marker.read_text() == version else logret
+
+    return perturb
