@@ -122,6 +122,7 @@ def main() -> int:
         "peak_rss_mib_main_plus_workers": round(peak_total),
         "stages": stages,
         "per_asset_seconds": per_asset,
+        "home": str(home),  # kept: benchmarks/refresh.py --home reuses the trained versions
     }
     (out / f"speed_{source}.json").write_text(json.dumps(result, indent=1))
     manifest_arg = f" --manifest {args.manifest}" if args.manifest else ""

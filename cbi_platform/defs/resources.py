@@ -37,6 +37,9 @@ class MarketSourceResource(dg.ConfigurableResource):
     replay_through: str | None = Field(
         default=None, description="replay: only data published by this date, ISO"
     )
+    cache_dir: str | None = Field(
+        default=None, description="bigquery: cache of earlier loads (incremental reads)"
+    )
     bigquery_project: str | None = None
     bigquery_location: str | None = None
     bigquery_prices_table: str | None = None
@@ -52,6 +55,7 @@ class MarketSourceResource(dg.ConfigurableResource):
             replay_through=(
                 dt.date.fromisoformat(self.replay_through) if self.replay_through else None
             ),
+            cache_dir=self.cache_dir,
             bigquery_prices_table=self.bigquery_prices_table,
             bigquery_news_table=self.bigquery_news_table,
         )
@@ -242,6 +246,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         bigquery_location=env.get("CBI_GCP_LOCATION"),
         bigquery_prices_table=env.get("CBI_BQ_PRICES_TABLE"),
         bigquery_news_table=env.get("CBI_BQ_NEWS_TABLE"),
+        cache_dir=str(home / "source_cache"),
     )
     warehouse = env.get("CBI_WAREHOUSE", "duckdb")
     if warehouse == "bigquery":

@@ -7,7 +7,9 @@ Dagster); only `client.query(...).to_arrow()` is used, which is the boundary tes
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+from pathlib import Path
 
 import polars as pl
 from google.cloud import bigquery
@@ -94,4 +96,72 @@ def load_bigquery_source(
         target=target,
         notices=tuple(notices),
         as_of=None,
+    )
+
+
+# Rows of the last days before the cached end are read again: a late correction replaces them.
+REVISION_DAYS = 7
+
+
+def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def load_bigquery_incremental(
+    client,
+    prices_table: str,
+    news_table: str | None,
+    cache_dir: Path,
+    start: dt.date = dt.date(2000, 1, 1),
+    end: dt.date | None = None,
+    target: str = TARGET_SYMBOL,
+) -> MarketBundle:
+    """The daily refresh's BigQuery read: only rows after the last loaded date (less a
+    `REVISION_DAYS` overlap) are queried; earlier rows come from the local cache of previous
+    loads (Parquet in `cache_dir`, replaced atomically). The first load reads everything."""
+    prices_cache = cache_dir / "bigquery_prices.parquet"
+    if not prices_cache.exists():
+        bundle = load_bigquery_source(client, prices_table, news_table, start, end, target)
+        _write_atomic(bundle.prices, prices_cache)
+        _write_atomic(bundle.news, cache_dir / "bigquery_news.parquet")
+        return bundle
+    end = end or dt.date.today()
+    cached = pl.read_parquet(prices_cache)
+    since = cached["date"].max() - dt.timedelta(days=REVISION_DAYS)
+    fresh = pl.from_arrow(
+        client.query(prices_query(prices_table), job_config=_params(since, end)).to_arrow()
+    )
+    prices = conform_prices(
+        pl.concat(
+            [cached.filter(pl.col("date") < since), conform_prices(fresh)]
+            if fresh.height
+            else [cached],
+            how="vertical_relaxed",
+        )
+    )
+    news_cache = cache_dir / "bigquery_news.parquet"
+    news = pl.read_parquet(news_cache) if news_cache.exists() else pl.DataFrame(schema=NEWS_SCHEMA)
+    notices = [
+        f"BigQuery {prices_table}: read {fresh.height} rows dated {since} or later; "
+        f"{prices.height - fresh.height} earlier rows from the local cache"
+    ]
+    if news_table:
+        fresh_news = pl.from_arrow(
+            client.query(news_query(news_table), job_config=_params(since, end)).to_arrow()
+        )
+        news = conform_news(
+            pl.concat(
+                [news.filter(pl.col("published_at") < since), conform_news(fresh_news)],
+                how="vertical_relaxed",
+            )
+        )
+    else:
+        notices.append("no BigQuery news table configured: news features are dropped")
+    _write_atomic(prices, prices_cache)
+    _write_atomic(news, news_cache)
+    return MarketBundle(
+        prices=prices, news=conform_news(news), target=target, notices=tuple(notices), as_of=None
     )

@@ -20,6 +20,7 @@ class SourceConfig:
     simulator_end: dt.date | None = None
     simulator_live: bool = False  # end = today: each business day adds one row, earlier unchanged
     replay_through: dt.date | None = None  # replay: only data published by this day
+    cache_dir: str | None = None  # bigquery: earlier loads, so a refresh reads only new rows
     bigquery_prices_table: str | None = None
     bigquery_news_table: str | None = None
     bigquery_start: dt.date = dt.date(2000, 1, 1)
@@ -65,8 +66,16 @@ def _load(config: SourceConfig, bigquery_client=None) -> MarketBundle:
             raise MarketDataError(
                 "source 'bigquery' needs a client and CBI_BQ_PRICES_TABLE (project.dataset.table)"
             )
-        from cbi_platform.market.bigquery import load_bigquery_source
+        from cbi_platform.market.bigquery import load_bigquery_incremental, load_bigquery_source
 
+        if config.cache_dir:
+            return load_bigquery_incremental(
+                bigquery_client,
+                config.bigquery_prices_table,
+                config.bigquery_news_table,
+                Path(config.cache_dir),
+                start=config.bigquery_start,
+            )
         return load_bigquery_source(
             bigquery_client,
             config.bigquery_prices_table,

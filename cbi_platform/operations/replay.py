@@ -132,7 +132,14 @@ def _failure(result) -> str:
     return "unknown failure"
 
 
-def train(settings: ReplaySettings, through: dt.date, instance, horizons: Sequence[str], tags=None):
+def train(
+    settings: ReplaySettings,
+    through: dt.date,
+    instance,
+    horizons: Sequence[str],
+    tags=None,
+    say: Callable[[str], None] | None = None,
+):
     """Market data and the horizon pipeline on data published by `through` (registers a
     version per horizon and runs the promotion gates)."""
     from cbi_platform.defs.pipeline import (
@@ -147,9 +154,12 @@ def train(settings: ReplaySettings, through: dt.date, instance, horizons: Sequen
     if not result.success:
         raise RuntimeError(f"replay: market data through {through} failed: {_failure(result)}")
     for horizon in horizons:
+        started = time.perf_counter()
         result = _materialize(
             HORIZON_ASSETS, HORIZON_CHECKS, resources, instance, partition=horizon, tags=tags
         )
+        if say is not None:
+            say(f"    trained {horizon} through {through} in {time.perf_counter() - started:.0f}s")
         if not result.success:
             raise RuntimeError(
                 f"replay: training {horizon} through {through} failed: {_failure(result)}"
@@ -191,7 +201,7 @@ def run_replay(
         f"replay: training the starting champion on data published by {before} "
         f"({', '.join(settings.horizons)})"
     )
-    resources = train(settings, before, instance, settings.horizons)
+    resources = train(settings, before, instance, settings.horizons, say=say)
     tracker = resources["mlflow"].tracker()
     audit = resources["operations"].audit()
     for horizon in settings.horizons:
@@ -266,6 +276,7 @@ def run_replay(
                     instance,
                     [horizon],
                     tags={"cbi/run_key": request.run_key, **request.tags},
+                    say=say,
                 )
                 outcome = "ok"
             except RuntimeError as exc:

@@ -23,9 +23,7 @@ def test_live_simulator_ends_today_and_a_new_day_never_changes_earlier_days():
     new = tomorrow.filter(pl.col("date") > monday)
     assert new.height > 0 and new["date"].unique().to_list() == [monday + dt.timedelta(days=1)]
     kept = tomorrow.filter(pl.col("published_at") <= monday)
-    assert_frame_equal(
-        kept.filter(pl.col("date") >= start), today.filter(pl.col("date") >= start)
-    )
+    assert_frame_equal(kept.filter(pl.col("date") >= start), today.filter(pl.col("date") >= start))
 
 
 def test_the_replay_wrapper_withholds_everything_published_after_the_day():
