@@ -12,6 +12,9 @@ feature of that market). Idempotent by construction:
   for one condition even across a daemon restart (the cursor is stored by Dagster).
 - A cooldown: a horizon retrained within `cooldown_business_days` is not retrained again, for
   any condition; the request is deferred (and made later if the condition still fires).
+- Nothing to learn, no retrain: when the served version was trained on data through a day on
+  or after the condition began (a correlation break that started before its training end, or
+  a condition that fired before it was trained), a retrain would see nothing new.
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ def affected_horizons(
     return []
 
 
+def _began(condition: Condition, episode_start: dt.date) -> dt.date:
+    """When the condition's cause began: a break's first day outside its band, else the day
+    the condition started firing."""
+    run_start = condition.evidence.get("run_start")
+    if condition.kind == CORRELATION_BREAK and run_start:
+        return min(dt.date.fromisoformat(str(run_start)), episode_start)
+    return episode_start
+
+
 def plan_retraining(
     conditions: Sequence[Condition],
     cursor: str | None,
@@ -80,6 +92,7 @@ def plan_retraining(
     cooldown_business_days: int,
     served_drivers: Mapping[str, Sequence[str]] | None = None,
     run_exists: Callable[[str], bool] | None = None,
+    trained_through: Mapping[str, dt.date] | None = None,
 ) -> RetrainPlan:
     """Run requests for the firing conditions of `kinds` (see the module docstring).
 
@@ -100,7 +113,15 @@ def plan_retraining(
         targets = affected_horizons(condition, horizons, served_drivers)
         if not targets:
             deferred.append(f"{condition.key}: affects no served horizon (no retrain)")
+        began = _began(condition, start)
         for horizon in targets:
+            seen = (trained_through or {}).get(horizon)
+            if seen is not None and seen >= began:
+                deferred.append(
+                    f"{condition.key} -> {horizon}: the served version was trained through "
+                    f"{seen}, after the condition began ({began}): nothing new to learn"
+                )
+                continue
             episode = f"{condition.key}|{horizon}|{start.isoformat()}"
             if episode in state["requested"]:
                 continue

@@ -12,7 +12,11 @@ import pytest
 
 from cbi_platform.defs.operations.sensors import build_sensors
 from cbi_platform.defs.pipeline import ALL_CHECKS, retrain_job
-from cbi_platform.defs.resources import ForecastStoreResource, OperationsResource
+from cbi_platform.defs.resources import (
+    ForecastStoreResource,
+    MlflowResource,
+    OperationsResource,
+)
 from cbi_platform.operations.condition_log import ConditionLog
 from cbi_platform.operations.conditions import ACCURACY, CORRELATION_BREAK, COVERAGE, Condition
 from cbi_platform.operations.retraining import plan_retraining
@@ -85,6 +89,26 @@ def test_a_correlation_break_retrains_only_the_horizons_that_lean_on_the_partner
     assert none.requests == [] and "affects no served horizon" in none.deferred[0]
 
 
+def test_no_retrain_when_the_served_version_already_saw_the_cause():
+    old_break = _cond(
+        "correlation_break/soy_crude",
+        CORRELATION_BREAK,
+        True,
+        D,
+        partner="WTI",
+        run_start="2024-02-12",
+    )
+    drivers = {"1w": ["f_wti_ret5"], "1m": ["f_wti_ret21"]}
+    plan = _plan(
+        [old_break],
+        served_drivers=drivers,
+        trained_through={"1w": dt.date(2024, 3, 1), "1m": dt.date(2024, 2, 9)},
+    )
+    # 1w was trained after the break began (nothing new to learn); 1m before it.
+    assert [r.horizon for r in plan.requests] == ["1m"]
+    assert "nothing new to learn" in plan.deferred[0]
+
+
 def test_a_run_already_launched_for_the_key_is_not_requested_again():
     plan = _plan(
         [_cond("drift/3m", "drift", True, D, "3m")],
@@ -98,6 +122,10 @@ def ops_resources(tmp_path):
     return {
         "operations": OperationsResource(database=str(tmp_path / "operations.duckdb")),
         "forecast_store": ForecastStoreResource(database=str(tmp_path / "forecasts.duckdb")),
+        "mlflow": MlflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            artifact_root=str(tmp_path / "mlartifacts"),
+        ),
     }
 
 

@@ -14,6 +14,7 @@ from cbi_platform.defs.resources import (
     ForecastStoreResource,
     MarketSourceResource,
     MlflowResource,
+    OperationsResource,
     PlatformHome,
     ProtocolResource,
 )
@@ -85,6 +86,7 @@ def forecasts(
     protocol: ProtocolResource,
     mlflow: MlflowResource,
     forecast_store: ForecastStoreResource,
+    operations: OperationsResource,
     home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     tracker = mlflow.tracker()
@@ -123,6 +125,16 @@ def forecasts(
         )
         rows.append(published.record)
         promotions[horizon] = published.promotion
+        if published.promotion["promoted"]:  # the audit trail also covers the gates' decisions
+            operations.audit().record(
+                horizon,
+                "auto_promote",
+                actor="promotion gates (forecasts asset)",
+                reason="; ".join(published.promotion["reasons"]),
+                from_version=published.promotion["champion_before"],
+                to_version=published.promotion["version"],
+                evidence={"run_id": context.run.run_id},
+            )
         context.log.info(f"{horizon}: {published.record['statement']}")
     inserted = forecast_store.store().append(rows)
     json_columns = ("drivers", "drivers_detail", "failed_gates")

@@ -6,7 +6,11 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from cbi_platform.defs.partitions import HORIZON_KEYS
-from cbi_platform.defs.resources import ForecastStoreResource, OperationsResource
+from cbi_platform.defs.resources import (
+    ForecastStoreResource,
+    MlflowResource,
+    OperationsResource,
+)
 from cbi_platform.operations.alerting import alert_tick
 from cbi_platform.operations.conditions import FAILED_CHECK, FAILED_RUN, Condition
 from cbi_platform.operations.retraining import plan_retraining
@@ -111,6 +115,7 @@ def build_sensors(retrain_job, checks) -> list:
         context: dg.SensorEvaluationContext,
         operations: OperationsResource,
         forecast_store: ForecastStoreResource,
+        mlflow: MlflowResource,
     ):
         config = operations.config().retraining
         plan = plan_retraining(
@@ -121,6 +126,7 @@ def build_sensors(retrain_job, checks) -> list:
             cooldown_business_days=config.cooldown_business_days,
             served_drivers=served_drivers(forecast_store),
             run_exists=lambda key: _run_exists(context.instance, key),
+            trained_through=served_trained_through(mlflow, operations.horizons),
         )
         audit = operations.audit()
         for r in plan.requests:
@@ -147,6 +153,24 @@ def build_sensors(retrain_job, checks) -> list:
         )
 
     return [alert_sensor, failed_run_alert_sensor, succeeded_run_alert_sensor, retraining_sensor]
+
+
+def served_trained_through(mlflow: MlflowResource, horizons) -> dict:
+    """The last training date of each horizon's served version (its registry tag)."""
+    import datetime as dt
+
+    from cbi_platform.serving.publish import CHAMPION
+    from cbi_platform.tracking import registered_model_name
+
+    tracker = mlflow.tracker()
+    out = {}
+    for h in horizons:
+        name = registered_model_name(h)
+        version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
+        value = tracker.version_tags(name, version).get("trained_through") if version else None
+        if value:
+            out[h] = dt.date.fromisoformat(value)
+    return out
 
 
 def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
