@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", help="protocol YAML for (re)training")
     p.add_argument("--model-kinds", nargs="+", help="restrict the zoo (default: all)")
     p.add_argument(
-        "--plant-bias", help="HORIZON:LOGRET:FROM[:TO]: a planted degradation of the champion"
+        "--plant-bias",
+        help="HORIZON:[pm]LOGRET:FROM[:TO]: a planted degradation of the champion "
+        "(pm: alternating sign)",
     )
     p.add_argument("--home", help="where the replay's stores go (default under CBI_HOME)")
     p.add_argument("--no-smtp", action="store_true", help="log alerts without a mail server")

@@ -170,10 +170,13 @@ def planted_bias(spec: str, tracker: Tracker) -> Perturbation:
     """A planted degradation for replays: "HORIZON:LOGRET:FROM[:TO]" adds LOGRET to the
     forecasts of the version that is champion when the first affected day is refreshed (a
     retrained challenger does not inherit it), from FROM to TO (inclusive; open-ended without
-    TO), so the monitors must catch it and, after TO, see it clear."""
+    TO), so the monitors must catch it and, after TO, see it clear. "pm" before LOGRET (e.g.
+    "1w:pm0.06:...") alternates its sign day by day: a constant bias can happen to point the
+    way the market went and look like skill; an alternating one degrades in any market."""
     try:
         horizon, shift, start, *end = spec.split(":")
-        shift_value, first = float(shift), dt.date.fromisoformat(start)
+        alternate = shift.startswith("pm")
+        shift_value, first = float(shift.removeprefix("pm")), dt.date.fromisoformat(start)
         last = dt.date.fromisoformat(end[0]) if end else dt.date.max
         if len(end) > 1:
             raise ValueError(spec)
@@ -188,6 +191,9 @@ def planted_bias(spec: str, tracker: Tracker) -> Perturbation:
             return logret
         if not marker.exists():
             marker.write_text(version)  # the version that degrades, fixed once
-        return logret + shift_value if marker.read_text() == version else logret
+        if marker.read_text() != version:
+            return logret
+        sign = -1.0 if alternate and as_of.toordinal() % 2 else 1.0
+        return logret + sign * shift_value
 
     return perturb

@@ -628,8 +628,10 @@ def regime_conditions(
     link: str | None = None,
 ) -> list[Condition]:
     """One REGIME_FAILURE condition per horizon whose current regime has >= regime_min_n
-    matured forecasts with zones (target_date <= as_of), key "regime_failure/{h}": firing when
-    the zones undercover in that regime. Horizons with too few emit nothing."""
+    matured forecasts with zones (target_date <= as_of), key "regime_failure/{h}/{regime}":
+    firing when the zones undercover in that regime. Keyed by regime, so a switch of the current
+    regime neither resolves nor re-fires an alert about another regime (it stays open until that
+    regime is current and covered again). Horizons with too few emit nothing."""
     settings = settings or ValidationSettings()
     if scored.is_empty():
         return []
@@ -658,7 +660,7 @@ def regime_conditions(
         }
         out.append(
             Condition(
-                f"regime_failure/{h}",
+                f"regime_failure/{h}/{current_regime}",
                 REGIME_FAILURE,
                 bool(row["undercovering"]),
                 title,

@@ -446,7 +446,7 @@ def test_regime_monitor_flags_only_the_undercovering_regime():
     assert table.filter(pl.col("undercovering"))["regime"].to_list() == ["crisis"]
 
     (fired,) = regime_conditions(scored, as_of, "crisis", {"1w": 0.9}, link="r")
-    assert fired.firing and fired.kind == REGIME_FAILURE and fired.key == "regime_failure/1w"
+    assert fired.firing and fired.kind == REGIME_FAILURE and fired.key == "regime_failure/1w/crisis"
     assert fired.evidence["regime"] == "crisis" and fired.evidence["n"] == 12
     (calm,) = regime_conditions(scored, as_of, "normal", {"1w": 0.9})
     assert not calm.firing
