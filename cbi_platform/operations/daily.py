@@ -87,16 +87,24 @@ def version_tags(tracker: Tracker, horizon: str, version: str | None) -> dict[st
     return tracker.version_tags(registered_model_name(horizon), version)
 
 
+def served_tag(tracker: Tracker, horizon: str, tag: str) -> str | None:
+    """A registry tag of the version that serves the horizon (the champion, else the newest)."""
+    name = registered_model_name(horizon)
+    version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
+    value = version_tags(tracker, horizon, version).get(tag)
+    return value if value not in (None, "", "nan") else None
+
+
 def achieved_coverage(tracker: Tracker, horizons: Sequence[str]) -> dict[str, float]:
     """90% coverage each served version achieved in validation (its walk-forward tag)."""
-    out = {}
-    for h in horizons:
-        name = registered_model_name(h)
-        version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
-        value = version_tags(tracker, h, version).get("coverage90")
-        if value not in (None, "", "nan"):
-            out[h] = float(value)
-    return out
+    values = {h: served_tag(tracker, h, "coverage90") for h in horizons}
+    return {h: float(v) for h, v in values.items() if v is not None}
+
+
+def trained_through(tracker: Tracker, horizons: Sequence[str]) -> dict[str, dt.date]:
+    """The last training date of each horizon's served version (its registry tag)."""
+    values = {h: served_tag(tracker, h, "trained_through") for h in horizons}
+    return {h: dt.date.fromisoformat(v) for h, v in values.items() if v is not None}
 
 
 def stale_condition(

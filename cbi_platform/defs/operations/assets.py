@@ -18,8 +18,6 @@ from cbi_platform.market.schema import target_series
 from cbi_platform.operations import daily
 from cbi_platform.operations.validation import validation_plot
 from cbi_platform.reporting import markdown_table
-from cbi_platform.serving.publish import CHAMPION
-from cbi_platform.tracking import registered_model_name
 
 GROUP = "operations"
 LIVE_SCHEMA = {
@@ -209,16 +207,7 @@ def drift_metrics(
     forecast_store: ForecastStoreResource,
     operations: OperationsResource,
 ) -> dg.Output[pl.DataFrame]:
-    import datetime as dt
-
-    tracker = mlflow.tracker()
-    trained_through = {}
-    for h in operations.horizons:
-        name = registered_model_name(h)
-        version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
-        value = daily.version_tags(tracker, h, version).get("trained_through")
-        if value:
-            trained_through[h] = dt.date.fromisoformat(value)
+    trained_through = daily.trained_through(mlflow.tracker(), operations.horizons)
     report = daily.drift_report(
         live_features,
         forecast_store.store().history(),

@@ -157,20 +157,9 @@ def build_sensors(retrain_job, checks) -> list:
 
 def served_trained_through(mlflow: MlflowResource, horizons) -> dict:
     """The last training date of each horizon's served version (its registry tag)."""
-    import datetime as dt
+    from cbi_platform.operations.daily import trained_through
 
-    from cbi_platform.serving.publish import CHAMPION
-    from cbi_platform.tracking import registered_model_name
-
-    tracker = mlflow.tracker()
-    out = {}
-    for h in horizons:
-        name = registered_model_name(h)
-        version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
-        value = tracker.version_tags(name, version).get("trained_through") if version else None
-        if value:
-            out[h] = dt.date.fromisoformat(value)
-    return out
+    return trained_through(mlflow.tracker(), horizons)
 
 
 def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
