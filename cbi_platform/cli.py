@@ -223,6 +223,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Today's procurement recommendation, its reason and its backtested record."""
+    import json as _json
+
+    from cbi_platform.defs.resources import DEFAULT_HOME
+    from cbi_platform.procurement.live import RecommendationLog
+
+    home = Path(os.environ.get("CBI_HOME", str(DEFAULT_HOME)))
+    log = RecommendationLog(home / "operations.duckdb").frame()
+    if log.height == 0:
+        return _fail(
+            f"no recommendation in {home / 'operations.duckdb'}: run `make run` (or the daily "
+            "refresh) first"
+        )
+    latest = log.sort("as_of", "logged_at").tail(1).to_dicts()[0]
+    if args.json:
+        print(_json.dumps(latest, default=str, indent=1))
+        return 0
+    print(
+        f"Procurement recommendation for {latest['as_of']} — window {latest['window_start']} .. "
+        f"{latest['window_end']} ({latest['days_left']} business days left, "
+        f"{latest['remaining_lb']:,.0f} of {latest['total_lb']:,.0f} lb to buy)"
+    )
+    print(f"  {latest['action'].upper()}: {latest['buy_lb']:,.0f} lb at {latest['price']:.2f} c/lb")
+    print(f"  {latest['text']}")
+    versions = _json.loads(latest.get("forecast_versions") or "{}")
+    if versions:
+        print("  forecasts from: " + ", ".join(f"{h} {v}" for h, v in versions.items()))
+    report = home / "procurement" / "backtest.md"
+    if report.exists():
+        print(f"  backtest: {report} (plot: {report.with_name('cumulative_savings.png')})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -243,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("forecast", help="print the latest forecast per horizon")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_forecast)
+    p = sub.add_parser("recommend", help="today's buy/wait recommendation and its record")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_recommend)
     p = sub.add_parser("promote", help="serve a registered version (writes an audit row)")
     p.add_argument("horizon", choices=list(HORIZONS))
     p.add_argument("version", help="version number, e.g. 3 or v3")

@@ -17,6 +17,8 @@ from cbi_platform.defs.market.checks import market_checks
 from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
+    BACKTEST_ASSETS,
+    DECISION_ASSETS,
     HORIZON_ASSETS,
     HORIZON_CHECKS,
     REFRESH_ASSETS,
@@ -24,6 +26,7 @@ from cbi_platform.defs.pipeline import (
     SHARED_CHECKS,
 )
 from cbi_platform.defs.resources import build_resources
+from cbi_platform.procurement.programme import load_config as load_procurement
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Bump when a warehouse table changes its columns: an older warehouse is moved aside, not lost.
@@ -110,7 +113,12 @@ def run_pipeline(
             **resources,
             "operations": type(operations)(**{**config, "horizons": list(horizons)}),
         }
-    stages = [("market data", None)] + [(f"horizon {h}", h) for h in horizons]
+    stages: list[tuple[str, str | tuple[str, str] | None]] = [("market data", None)]
+    stages += [(f"horizon {h}", h) for h in horizons]
+    decision = [h for h in load_procurement().pipeline.horizons if h in horizons]
+    stages += [(f"decision forecasts {h}", ("decision", h)) for h in decision]
+    if decision:
+        stages.append(("procurement backtest", ("backtest", "")))
     if operations is not None:
         stages.append(("daily refresh (served versions, monitors)", "refresh"))
     for i, (label, horizon) in enumerate(stages, start=1):
@@ -118,7 +126,11 @@ def run_pipeline(
         stream.write(f"[{i}/{len(stages)}] {label} ...\n")
         stream.flush()
         partition = horizon
-        if horizon is None:
+        if isinstance(horizon, tuple):
+            step, partition = horizon
+            selection, checks = (DECISION_ASSETS if step == "decision" else BACKTEST_ASSETS), []
+            partition = partition or None
+        elif horizon is None:
             selection, checks = SHARED_ASSETS, SHARED_CHECKS
         elif horizon == "refresh":
             selection, checks = REFRESH_ASSETS, [*market_checks, *OPERATIONS_CHECKS]
@@ -162,7 +174,10 @@ def run_pipeline(
         f"  warehouse: {os.path.join(home, 'warehouse.duckdb')} (schema cbi)\n"
         f"  exports:   {os.path.join(home, 'regime_datasets')}/<horizon>/<regime>.parquet\n"
         f"  forecasts: {os.path.join(home, 'forecasts.duckdb')} — `cbi forecast` to print\n"
-        f"  operations: {os.path.join(home, 'operations.duckdb')} (alerts, audit, conditions)\n"
+        f"  operations: {os.path.join(home, 'operations.duckdb')} (alerts, audit, conditions,"
+        " recommendations)\n"
+        f"  procurement: {os.path.join(home, 'procurement')}/backtest.md, cumulative_savings.png"
+        " — `cbi recommend` for today's\n"
         f"  Dagster instance: {os.environ.get('DAGSTER_HOME', '(ephemeral)')}"
         " — `make ui` to browse\n"
     )

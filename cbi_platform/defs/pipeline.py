@@ -14,13 +14,26 @@ from cbi_platform.defs.models.checks import model_checks
 from cbi_platform.defs.operations.assets import OPERATIONS_ASSETS
 from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
 from cbi_platform.defs.partitions import horizon_partitions
+from cbi_platform.defs.procurement.assets import (
+    decision_forecasts,
+    procurement_backtest,
+    procurement_recommendation,
+)
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
 from cbi_platform.defs.regimes.checks import regime_checks
+from cbi_platform.defs.sentiment.assets import SENTIMENT_IN_FEATURES, news_sentiment
+
+# News scoring runs in the pipeline (once per run, and in the daily refresh) only when
+# sentiment.yaml puts news in some horizon's features; otherwise news_sentiment is defined (UI,
+# `dg.materialize`) but nothing waits on it.
+SENTIMENT_ASSETS = [news_sentiment]
+SENTIMENT_RUN_ASSETS = SENTIMENT_ASSETS if SENTIMENT_IN_FEATURES else []
 
 # Unpartitioned assets, materialized once per run of the pipeline.
 SHARED_ASSETS = [
     raw_market_data,
     market_prices,
+    *SENTIMENT_RUN_ASSETS,
     regime_calendar,
     detected_regimes,
     volatility_forecasts,
@@ -38,10 +51,30 @@ HORIZON_ASSETS = [
 ]
 HORIZON_CHECKS = [*feature_checks, *model_checks]
 
-# The daily loop (no retraining): unpartitioned, every horizon in one run.
-REFRESH_ASSETS = [raw_market_data, market_prices, *OPERATIONS_ASSETS]
+# Procurement: the daily decision forecasts of the policies' horizons (partitioned), then the
+# backtest of every policy over the buying windows (unpartitioned).
+DECISION_ASSETS = [decision_forecasts]
+BACKTEST_ASSETS = [procurement_backtest]
 
-ALL_ASSETS = [*SHARED_ASSETS, *HORIZON_ASSETS, *OPERATIONS_ASSETS]
+# The daily loop (no retraining): unpartitioned, every horizon in one run; it ends with today's
+# procurement recommendation from the forecasts it served.
+REFRESH_ASSETS = [
+    raw_market_data,
+    market_prices,
+    *SENTIMENT_RUN_ASSETS,
+    *OPERATIONS_ASSETS,
+    procurement_recommendation,
+]
+
+ALL_ASSETS = [
+    *SHARED_ASSETS,
+    *HORIZON_ASSETS,
+    *OPERATIONS_ASSETS,
+    *DECISION_ASSETS,
+    *BACKTEST_ASSETS,
+    procurement_recommendation,
+    *[a for a in SENTIMENT_ASSETS if a not in SENTIMENT_RUN_ASSETS],
+]
 ALL_CHECKS = [*SHARED_CHECKS, *HORIZON_CHECKS, *OPERATIONS_CHECKS]
 
 market_data_job = dg.define_asset_job(

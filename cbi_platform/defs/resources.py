@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
-from dagster_duckdb_polars import DuckDBPolarsIOManager
+from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 from dagster_gcp import BigQueryResource
 from pydantic import Field
 
@@ -22,6 +22,28 @@ from cbi_platform.market.sources import SourceConfig, load_market, reference_dat
 from cbi_platform.settings import DEFAULT_HOME, home_path
 
 WAREHOUSE_SCHEMA = "cbi"
+
+
+class _KeepEmptyTablesHandler(DuckDBPolarsTypeHandler):
+    """Writes an empty frame as an empty table with its columns. The stock handler skips it,
+    so a downstream asset could not load, e.g., the news of a source that has none."""
+
+    def handle_output(self, context, table_slice, obj, connection):
+        if not (obj.is_empty() and obj.width):
+            return super().handle_output(context, table_slice, obj, connection)
+        empty_arrow = obj.to_arrow()  # noqa: F841  (read by name in the SQL below)
+        table = f"{table_slice.schema}.{table_slice.table}"
+        connection.execute(f"create schema if not exists {table_slice.schema};")
+        connection.execute(f"create table if not exists {table} as select * from empty_arrow;")
+        context.add_output_metadata({"row_count": 0})
+
+
+class WarehouseIOManager(DuckDBPolarsIOManager):
+    """The local warehouse: DuckDB + polars, keeping empty tables (see the handler)."""
+
+    @staticmethod
+    def type_handlers():
+        return [_KeepEmptyTablesHandler()]
 
 
 class MarketSourceResource(dg.ConfigurableResource):
@@ -73,6 +95,15 @@ class MarketSourceResource(dg.ConfigurableResource):
 
     def reference_date(self) -> dt.date:
         return reference_date(self.source_config())
+
+
+class SentimentResource(dg.ConfigurableResource):
+    """News scoring: FinBERT from a local folder, or the Hugging Face cache when unset (offline
+    either way); without weights the scoring process falls back to the VADER lexicon."""
+
+    finbert_path: str | None = Field(
+        default=None, description="FinBERT weights folder (CBI_FINBERT_PATH); unset: HF cache"
+    )
 
 
 class PlatformHome(dg.ConfigurableResource):
@@ -259,7 +290,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         )
     elif warehouse == "duckdb":
         home.mkdir(parents=True, exist_ok=True)
-        io_manager = DuckDBPolarsIOManager(
+        io_manager = WarehouseIOManager(
             database=str(home / "warehouse.duckdb"), schema=WAREHOUSE_SCHEMA
         )
     else:
@@ -278,6 +309,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             ui_url=env.get("CBI_MLFLOW_UI", "http://localhost:5000"),
         ),
         "forecast_store": ForecastStoreResource(database=str(home / "forecasts.duckdb")),
+        "sentiment": SentimentResource(finbert_path=env.get("CBI_FINBERT_PATH")),
         "operations": OperationsResource(
             database=str(home / "operations.duckdb"),
             monitoring_file=env.get("CBI_MONITORING"),

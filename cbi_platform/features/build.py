@@ -26,6 +26,7 @@ from cbi_platform.features.contract import (
     TARGET_PRICE,
 )
 from cbi_platform.market.schema import TARGET_SYMBOL, MarketDataError
+from cbi_platform.sentiment.features import NEWS_SERIES, SENTIMENT_FEATURES
 
 # Log returns of drivers use prices clipped to this floor (WTI printed -36.98 on 2020-04-20) and
 # are winsorised to +-RETURN_CLIP_PER_SQRT_DAY * sqrt(k) over k rows, so one bad print can't flood.
@@ -281,10 +282,45 @@ def _series_expr(spec: SeriesFeature) -> pl.Expr:
     return expr.alias(spec.column)
 
 
+def _absent_notice(symbol: str, columns: Sequence[str]) -> str:
+    where = (
+        "news_sentiment (no scored articles)"
+        if symbol == NEWS_SERIES
+        else "market_prices (no usable rows)"
+    )
+    return f"{symbol} absent from {where}: dropped {', '.join(columns)}"
+
+
+def sentiment_rows(news_sentiment: pl.DataFrame) -> pl.DataFrame:
+    """The daily sentiment frame (`sentiment.features.daily_sentiment`) as a joinable series:
+    date, published_at and the sentiment features as floats (nulls kept: they mean no news)."""
+    wanted = (DATE, "published_at", *SENTIMENT_FEATURES)
+    missing = [c for c in wanted if c not in news_sentiment.columns]
+    if missing:
+        raise ValueError(
+            f"news_sentiment is missing column(s) {missing}; build it with "
+            "cbi_platform.sentiment.features.daily_sentiment"
+        )
+    return news_sentiment.select(
+        pl.col(DATE).cast(pl.Date),
+        pl.col("published_at").cast(pl.Date),
+        *[pl.col(c).cast(pl.Float64) for c in SENTIMENT_FEATURES],
+    ).filter(pl.col(DATE).is_not_null() & pl.col("published_at").is_not_null())
+
+
 def build_features(
-    prices: pl.DataFrame, horizon: str, target: str = TARGET_SYMBOL
+    prices: pl.DataFrame,
+    horizon: str,
+    target: str = TARGET_SYMBOL,
+    *,
+    news_sentiment: pl.DataFrame | None = None,
 ) -> FeatureResult:
-    """The feature frame for one horizon (contract.py); absent drivers drop out with a notice."""
+    """The feature frame for one horizon (contract.py); absent drivers drop out with a notice.
+
+    `news_sentiment` (daily sentiment with `published_at`) adds the f_news_* features, joined
+    as of publication like every other series; None (the default) leaves them out entirely.
+    Whether a horizon passes it is sentiment.yaml's decision, taken by the caller.
+    """
     h = horizon_days(horizon)
     data = _prepare(prices)
     target_rows = data.filter(pl.col("symbol") == target)
@@ -338,15 +374,25 @@ def build_features(
         composite_exprs += exprs
     frame = frame.with_columns(composite_exprs)
 
+    if news_sentiment is not None:
+        news = sentiment_rows(news_sentiment)
+        if news.height:
+            joined = asof_join(
+                frame[DATE],
+                news,
+                SENTIMENT_FEATURES,
+                max_staleness_days=staleness_days(NEWS_SERIES),
+            )
+            frame = frame.hstack(joined.drop(DATE).get_columns())
+        else:
+            missing_features[NEWS_SERIES] = list(SENTIMENT_FEATURES)
+
     features = [c for c in frame.columns if c.startswith(FEATURE_PREFIX)]
     finite_only = [
         pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None).alias(c) for c in features
     ]
     frame = frame.select(*META_COLUMNS, *finite_only)
 
-    notices = tuple(
-        f"{symbol} absent from market_prices (no usable rows): dropped {', '.join(columns)}"
-        for symbol, columns in missing_features.items()
-    )
+    notices = tuple(_absent_notice(symbol, columns) for symbol, columns in missing_features.items())
     dropped = tuple(dict.fromkeys(c for columns in missing_features.values() for c in columns))
     return FeatureResult(frame=frame, notices=notices, dropped=dropped)

@@ -3,6 +3,9 @@
 Four independent angles on "a feature at origin t uses only what was published by t":
 recomputation on truncated data, equality with forward-shifted inputs, correlation with the
 future return, and a direct recomputation of every as-of joined value from `market_prices`.
+When the frame carries news-sentiment features, the daily `news_sentiment` frame is an input
+like `market_prices`: truncation cuts it by `published_at` too, and the as-of gate recomputes
+the f_news_* columns from it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cbi_platform.features.build import (
     SeriesFeature,
     build_features,
     return_clip,
+    sentiment_rows,
     series_feature_specs,
     staleness_days,
 )
@@ -32,6 +36,7 @@ from cbi_platform.features.contract import (
     feature_columns,
 )
 from cbi_platform.market.schema import TARGET_SYMBOL
+from cbi_platform.sentiment.features import NEWS_SERIES, SENTIMENT_FEATURES
 
 MAX_EVIDENCE_ROWS = 20
 
@@ -80,6 +85,7 @@ def truncation_gate(
     n_cuts: int = 4,
     tolerance: float = 1e-9,
     frame: pl.DataFrame | None = None,
+    news_sentiment: pl.DataFrame | None = None,
 ) -> GateResult:
     """Features rebuilt from data published by a cut equal the full frame on every row <= cut.
 
@@ -87,14 +93,24 @@ def truncation_gate(
     when the future is removed. `frame` is the frame under test (the materialized `features`
     table); without it, the full build. Compares all its f_ columns; nulls must match nulls. A
     column the rebuilds lack (a series with no rows yet, or a column the builder never makes)
-    must be null on every row <= cut.
+    must be null on every row <= cut. With `news_sentiment`, it is cut by `published_at` too
+    and passed to `build` as the keyword `news_sentiment`.
     """
-    full = (_frame_of(build(prices, horizon)) if frame is None else frame).sort(DATE)
+
+    def inputs(cut=None) -> dict[str, pl.DataFrame]:
+        if news_sentiment is None:
+            return {}
+        if cut is None:
+            return {"news_sentiment": news_sentiment}
+        return {"news_sentiment": news_sentiment.filter(pl.col("published_at") <= cut)}
+
+    full = (_frame_of(build(prices, horizon, **inputs())) if frame is None else frame).sort(DATE)
     features = feature_columns(full)
     cuts = list(cut_dates) if cut_dates is not None else _default_cuts(full[DATE], n_cuts)
     offenders: list[dict[str, Any]] = []
     for cut in cuts:
-        truncated = _frame_of(build(prices.filter(pl.col("published_at") <= cut), horizon))
+        cut_prices = prices.filter(pl.col("published_at") <= cut)
+        truncated = _frame_of(build(cut_prices, horizon, **inputs(cut)))
         head = full.filter(pl.col(DATE) <= cut)
         compared = head.select(DATE, *features).join(
             truncated.select(DATE, *[c for c in features if c in truncated.columns]),
@@ -361,18 +377,27 @@ def _expected_asof(spec: SeriesFeature, series: pl.DataFrame, dates: np.ndarray)
     return expected
 
 
+def _sentiment_specs(frame: pl.DataFrame) -> list[SeriesFeature]:
+    return [
+        SeriesFeature(c, NEWS_SERIES, "level", 0) for c in SENTIMENT_FEATURES if c in frame.columns
+    ]
+
+
 def asof_gate(
     frame: pl.DataFrame,
     prices: pl.DataFrame,
     target: str = TARGET_SYMBOL,
     tolerance: float = 1e-9,
+    news_sentiment: pl.DataFrame | None = None,
 ) -> GateResult:
     """Every joined series' value in the frame was published by the row's date.
 
     For each single-series feature (`build.series_feature_specs`) present in the frame, every
     row is recomputed directly from `prices`: the latest observation among rows with
     max(published_at, date) <= t (and within the series' staleness), and the one `lag` rows
-    before it. A join on `date` instead of `published_at` shows up as rows that differ.
+    before it. A join on `date` instead of `published_at` shows up as rows that differ. The
+    f_news_* columns are recomputed the same way from `news_sentiment` (a null there is "no
+    news" and must stay null); present without `news_sentiment`, they cannot be checked and fail.
     """
     frame = frame.sort(DATE)
     dates = frame[DATE].cast(pl.Int32).to_numpy()
@@ -408,6 +433,34 @@ def asof_gate(
                         "actual": _json_float(actual[i]),
                     }
                 )
+    for spec in _sentiment_specs(frame):
+        checked.append(spec.column)
+        if news_sentiment is None:
+            per_column[spec.column] = frame.height
+            offenders.append(
+                {"column": spec.column, "reason": "no news_sentiment given to recompute it from"}
+            )
+            continue
+        series = sentiment_rows(news_sentiment).select(
+            DATE, "published_at", pl.col(spec.column).alias("value")
+        )
+        expected = _expected_asof(spec, series, dates)
+        actual = _as_float_matrix(frame, [spec.column])[:, 0]
+        both_nan = np.isnan(expected) & np.isnan(actual)
+        close = np.abs(expected - actual) <= tolerance * (1.0 + np.abs(expected))
+        bad = np.flatnonzero(~(both_nan | close))
+        if bad.size:
+            per_column[spec.column] = int(bad.size)
+            offenders += [
+                {
+                    "date": str(frame[DATE][int(i)]),
+                    "column": spec.column,
+                    "symbol": spec.symbol,
+                    "expected": _json_float(expected[i]),
+                    "actual": _json_float(actual[i]),
+                }
+                for i in bad[:MAX_EVIDENCE_ROWS]
+            ]
     summary = (
         f"{len(checked)} joined column(s) match values published by each row's date"
         if not per_column
@@ -438,6 +491,7 @@ def run_leakage_gates(
     target: str | None,
     gates: Iterable[str] = LEAKAGE_GATES,
     build: Callable[..., FeatureResult | pl.DataFrame] = build_features,
+    news_sentiment: pl.DataFrame | None = None,
 ) -> dict[str, GateResult]:
     """Run the leakage gates on one horizon's feature frame: {gate: result}, in `gates` order.
 
@@ -445,6 +499,8 @@ def run_leakage_gates(
     the frame under test (the materialized table) against `prices` for the `target` symbol.
     Truncation rebuilds with `build(prices, horizon, target=target)` and compares the rebuilds
     to `features_frame`. `prices` and `target` may be None only for gates that do not read them.
+    `news_sentiment` is the daily sentiment the frame was built with (None: built without);
+    truncation cuts it and passes it to `build`, the as-of gate recomputes f_news_* from it.
     """
     wanted = list(gates)
     unknown = sorted(set(wanted) - set(LEAKAGE_GATES))
@@ -457,7 +513,9 @@ def run_leakage_gates(
     results: dict[str, GateResult] = {}
     for gate in wanted:
         if gate == "asof":
-            results[gate] = asof_gate(features_frame, prices, target=target)
+            results[gate] = asof_gate(
+                features_frame, prices, target=target, news_sentiment=news_sentiment
+            )
         elif gate == "forward_shift":
             results[gate] = forward_shift_gate(features_frame, prices)
         elif gate == "target_correlation":
@@ -466,7 +524,8 @@ def run_leakage_gates(
             results[gate] = truncation_gate(
                 prices,
                 horizon,
-                build=lambda p, h: build(p, h, target=target),
+                build=lambda p, h, **inputs: build(p, h, target=target, **inputs),
                 frame=features_frame,
+                news_sentiment=news_sentiment,
             )
     return results

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import polars as pl
 
-from cbi_platform.market.manifest import Manifest, SeriesSpec, load_manifest
+from cbi_platform.market.manifest import Manifest, NewsSpec, SeriesSpec, load_manifest
 from cbi_platform.market.release_calendar import cftc_weekly_release
 from cbi_platform.market.schema import (
     SYMBOLS,
     MarketBundle,
     MarketDataError,
+    conform_news,
     conform_prices,
     empty_news,
 )
@@ -37,7 +38,8 @@ _ROW = "__row"
 
 
 def load_files_source(manifest_path: str | Path) -> MarketBundle:
-    """Read every series a manifest describes into one canonical bundle (news empty)."""
+    """Read every series a manifest describes, and its news file if it names one, into one
+    canonical bundle (news empty without a `news` key)."""
     manifest = load_manifest(manifest_path)
     frames: list[pl.DataFrame] = []
     notices: list[str] = []
@@ -56,12 +58,20 @@ def load_files_source(manifest_path: str | Path) -> MarketBundle:
     missing = [s for s in SYMBOLS if s != manifest.target and s not in manifest.symbols]
     if missing:
         notices.append(f"{', '.join(missing)} not in manifest: features that need them are dropped")
-    notices.append(f"manifest {manifest.path.name} has no news: news is empty")
+    if manifest.news is None:
+        news = empty_news()
+        notices.append(f"manifest {manifest.path.name} has no news: news is empty")
+    else:
+        try:
+            news, news_notices = read_news(manifest.news, manifest.directory, manifest.source_name)
+        except MarketDataError as error:
+            raise MarketDataError(f"manifest {manifest.path}: {error}") from error
+        notices.extend(news_notices)
     if manifest.as_of is not None:
         notices.extend(_after_as_of_notices(prices, manifest))
     return MarketBundle(
         prices=prices,
-        news=empty_news(),
+        news=news,
         target=manifest.target,
         notices=tuple(notices),
         as_of=manifest.as_of,
@@ -143,6 +153,59 @@ def _read_series(
                 f"set session_offset_hours"
             )
     return conform_prices(frame.drop(_ROW)), notices
+
+
+def read_news(
+    spec: NewsSpec, manifest_dir: str | Path, source: str
+) -> tuple[pl.DataFrame, list[str]]:
+    """Dated articles in the canonical news schema, and notices.
+
+    published_at = the timestamp's date (after session_offset_hours), rolled from a weekend to
+    Monday, plus publication_lag business days. Rows without a headline or body are dropped with
+    a notice; a missing date, column or file is a MarketDataError naming the file and rows.
+    """
+    manifest_dir = Path(manifest_dir)
+    file = spec.resolve(manifest_dir)
+    where = f"{file} (news)"
+    is_csv = spec.format == "csv"
+    table = _read_table(file, spec, where, manifest_dir)
+    if table.height == 0:
+        return empty_news(), [f"news: {file.name} has no rows: news is empty"]
+    named = {"date_column": spec.date_column, "headline_column": spec.headline_column}
+    if spec.body_column:
+        named["body_column"] = spec.body_column
+    if spec.source_column:
+        named["source_column"] = spec.source_column
+    for key, column in named.items():
+        _require_column(table, column, key, where)
+    stamps = _parse_timestamps(table, spec.date_column, where, is_csv)
+    if spec.session_offset_hours:
+        stamps = stamps + dt.timedelta(milliseconds=round(spec.session_offset_hours * 3_600_000))
+
+    def text_or(column: str | None, default: str | None) -> pl.Series:
+        if column:
+            return _as_text(table[column])
+        return pl.Series([default] * table.height, dtype=pl.Utf8)
+
+    frame = pl.DataFrame(
+        {
+            "date": stamps.dt.date(),
+            "headline": text_or(spec.headline_column, None),
+            "body": text_or(spec.body_column, None),
+            "source": text_or(spec.source_column, source),
+        }
+    ).with_columns(published_at=_published_at(pl.col("date"), spec.publication_lag))
+    empty = frame["headline"].is_null() & frame["body"].is_null()
+    notices = [
+        f"news: {frame.height - int(empty.sum())} article(s) from {file.name}, published "
+        f"{frame['published_at'].min()}..{frame['published_at'].max()}"
+    ]
+    if empty.any():
+        notices.append(
+            f"news: {int(empty.sum())} row(s) with neither headline nor body dropped "
+            f"({_rows_phrase(table[_ROW].filter(empty), is_csv)})"
+        )
+    return conform_news(frame.filter(~empty)), notices
 
 
 def _published_at(period_end: pl.Expr, lag: int) -> pl.Expr:

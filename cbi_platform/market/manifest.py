@@ -23,7 +23,7 @@ LAYOUTS = ("single", "wide", "long")
 FREQUENCIES = ("daily", "weekly", "monthly")
 EXTENSION_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
-TOP_LEVEL_KEYS = ("version", "name", "target", "as_of", "series")
+TOP_LEVEL_KEYS = ("version", "name", "target", "as_of", "series", "news")
 SERIES_KEYS = (
     "symbol",
     "path",
@@ -45,6 +45,16 @@ SERIES_KEYS = (
     "max_nan_run",
 )
 DEFAULT_MAX_NAN_RUN = 5
+NEWS_KEYS = (
+    "path",
+    "format",
+    "date_column",
+    "headline_column",
+    "body_column",
+    "source_column",
+    "publication_lag",
+    "session_offset_hours",
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,23 @@ class SeriesSpec:
 
 
 @dataclass(frozen=True)
+class NewsSpec:
+    """How to read dated news articles from one file (optional; docs/manifest.md, "News")."""
+
+    path: str
+    format: str = "csv"
+    date_column: str = "published_at"
+    headline_column: str = "headline"
+    body_column: str | None = None
+    source_column: str | None = None
+    publication_lag: int = 0
+    session_offset_hours: float = 0.0
+
+    def resolve(self, manifest_dir: str | Path) -> Path:
+        return (Path(manifest_dir) / self.path).resolve()
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A parsed, validated manifest (contract version 1)."""
 
@@ -96,6 +123,7 @@ class Manifest:
     series: tuple[SeriesSpec, ...]
     name: str | None = None
     as_of: dt.date | None = None
+    news: NewsSpec | None = None
 
     @property
     def directory(self) -> Path:
@@ -179,8 +207,53 @@ def parse_manifest(raw: Any, manifest_path: str | Path) -> Manifest:
             f"{where}: target {target!r} must be the symbol of one of the series "
             f"({', '.join(spec.symbol for spec in specs)}); add that series or fix 'target'"
         )
+    news = _parse_news(raw["news"], manifest_path) if raw.get("news") is not None else None
     return Manifest(
-        path=manifest_path, version=version, target=target, series=specs, name=name, as_of=as_of
+        path=manifest_path,
+        version=version,
+        target=target,
+        series=specs,
+        name=name,
+        as_of=as_of,
+        news=news,
+    )
+
+
+def _parse_news(raw: Any, manifest_path: Path) -> NewsSpec:
+    where = f"manifest {manifest_path}: news"
+    if not isinstance(raw, dict):
+        raise MarketDataError(f"{where}: expected a mapping (path, date_column, ...), got {raw!r}")
+    _reject_unknown_keys(raw, NEWS_KEYS, where, "key")
+    path = _optional_str(raw, "path", where)
+    if not path:
+        raise MarketDataError(
+            f"{where}: 'path' is required (the news file, relative to the manifest)"
+        )
+    file_format = _optional_str(raw, "format", where)
+    if file_format is None:
+        suffix = Path(path).suffix.lower()
+        file_format = EXTENSION_FORMATS.get(suffix)
+        if file_format is None:
+            raise MarketDataError(
+                f"{where}: cannot infer the format of '{path}' from its extension '{suffix}'; "
+                f"set format: csv or format: parquet"
+            )
+    _require_choice(file_format, FORMATS, "format", where)
+    offset = raw.get("session_offset_hours", 0.0)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not -24 < offset < 24:
+        raise MarketDataError(
+            f"{where}: session_offset_hours must be a number of hours between -24 and 24 "
+            f"(got {offset!r})"
+        )
+    return NewsSpec(
+        path=path,
+        format=file_format,
+        date_column=_optional_str(raw, "date_column", where) or "published_at",
+        headline_column=_optional_str(raw, "headline_column", where) or "headline",
+        body_column=_optional_str(raw, "body_column", where),
+        source_column=_optional_str(raw, "source_column", where),
+        publication_lag=_non_negative_int(raw.get("publication_lag", 0), "publication_lag", where),
+        session_offset_hours=float(offset),
     )
 
 

@@ -21,6 +21,7 @@ REGIME_FAILURE = "regime_failure"  # zones undercover in the current regime
 STALE_DATA = "stale_data"
 FAILED_CHECK = "failed_check"  # a blocking asset check failed
 FAILED_RUN = "failed_run"
+DECISION_QUALITY = "decision_quality"  # recommended purchases cost more than even buying
 KINDS = (
     ACCURACY,
     DRIFT,
@@ -30,6 +31,7 @@ KINDS = (
     STALE_DATA,
     FAILED_CHECK,
     FAILED_RUN,
+    DECISION_QUALITY,
 )
 RETRAIN_KINDS = (ACCURACY, DRIFT, CORRELATION_BREAK)
 

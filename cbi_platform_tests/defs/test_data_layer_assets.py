@@ -6,11 +6,16 @@ import polars as pl
 
 from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
-from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_CHECKS, SHARED_CHECKS
+from cbi_platform.defs.pipeline import (
+    ALL_ASSETS,
+    HORIZON_CHECKS,
+    SENTIMENT_RUN_ASSETS,
+    SHARED_CHECKS,
+)
 from cbi_platform.defs.regimes.assets import regime_calendar, regime_datasets
 from cbi_platform_tests.conftest import file_resources
 
-DATA_ASSETS = [raw_market_data, market_prices, regime_calendar]
+DATA_ASSETS = [raw_market_data, market_prices, *SENTIMENT_RUN_ASSETS, regime_calendar]
 FEATURE_ASSETS = [features, regime_datasets]
 
 
@@ -72,8 +77,8 @@ def test_planted_look_ahead_feature_is_blocked(small_manifest, tmp_path, monkeyp
     import cbi_platform.defs.features.assets as feature_assets
     from cbi_platform.features.build import FeatureResult, build_features
 
-    def leaky(prices, horizon, target="ZL"):
-        honest = build_features(prices, horizon, target=target)
+    def leaky(prices, horizon, target="ZL", **inputs):  # inputs: news_sentiment if enabled
+        honest = build_features(prices, horizon, target=target, **inputs)
         frame = honest.frame.with_columns(f_leak=pl.col("target_logret") + 0.0)
         return FeatureResult(frame, honest.notices, honest.dropped)
 

@@ -6,10 +6,13 @@ import polars as pl
 from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource
+from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS
 from cbi_platform.features import leakage
 from cbi_platform.features.contract import HORIZON, META_COLUMNS, feature_columns
+from cbi_platform.sentiment.config import SentimentSettings
 
 _PRICES = {"market_prices": dg.AssetIn("market_prices")}
+_NEWS = {"news_sentiment": dg.AssetIn("news_sentiment")}
 
 
 def _partition_frames(context, frame: pl.DataFrame):
@@ -29,11 +32,16 @@ def _leakage_check(
     gate: str,
     prices: pl.DataFrame | None = None,
     target: str | None = None,
+    news_by_horizon: dict[str, pl.DataFrame] | None = None,
 ) -> dg.AssetCheckResult:
-    """Run one leakage gate (the runner `cbi validate` uses) on each partition of this run."""
+    """Run one leakage gate (the runner `cbi validate` uses) on each partition of this run,
+    with the news sentiment the partition was built with (sentiment.yaml), if any."""
+    news = news_by_horizon or {}
     return _combine(
         {
-            key: leakage.run_leakage_gates(frame, prices, key, target, gates=[gate])[gate]
+            key: leakage.run_leakage_gates(
+                frame, prices, key, target, gates=[gate], news_sentiment=news.get(key)
+            )[gate]
             for key, frame in _partition_frames(context, features)
         }
     )
@@ -78,23 +86,55 @@ def features_contract(context: dg.AssetCheckExecutionContext, features: pl.DataF
     return _combine(results)
 
 
-@dg.asset_check(
-    asset=features,
-    blocking=True,
-    partitions_def=horizon_partitions,
-    additional_ins=_PRICES,
-    description="Leakage (i): features recomputed on history cut at several origins equal "
-    "the materialized table.",
-)
-def features_leakage_truncation(
-    context: dg.AssetCheckExecutionContext,
-    features: pl.DataFrame,
-    market_prices: pl.DataFrame,
-    market_source: MarketSourceResource,
-):
-    return _leakage_check(
-        context, features, "truncation", market_prices, target=market_source.target()
+def news_aware_leakage_check(
+    gate: str, name: str, description: str, settings: SentimentSettings = SENTIMENT_SETTINGS
+) -> dg.AssetChecksDefinition:
+    """A gate that recomputes features from their inputs: it also reads `news_sentiment` when
+    sentiment.yaml puts news in some horizon's features (the asset read it too)."""
+    spec = dict(
+        name=name,
+        asset=features,
+        blocking=True,
+        partitions_def=horizon_partitions,
+        description=description,
     )
+    if not settings.enabled_horizons:
+
+        @dg.asset_check(**spec, additional_ins=_PRICES)
+        def check(
+            context: dg.AssetCheckExecutionContext,
+            features: pl.DataFrame,
+            market_prices: pl.DataFrame,
+            market_source: MarketSourceResource,
+        ):
+            return _leakage_check(context, features, gate, market_prices, market_source.target())
+
+        return check
+
+    @dg.asset_check(**spec, additional_ins={**_PRICES, **_NEWS})
+    def check_with_news(
+        context: dg.AssetCheckExecutionContext,
+        features: pl.DataFrame,
+        market_prices: pl.DataFrame,
+        news_sentiment: pl.DataFrame,
+        market_source: MarketSourceResource,
+    ):
+        news = dict.fromkeys(settings.enabled_horizons, news_sentiment)
+        return _leakage_check(
+            context, features, gate, market_prices, market_source.target(), news_by_horizon=news
+        )
+
+    return check_with_news
+
+
+TRUNCATION_DESCRIPTION = (
+    "Leakage (i): features recomputed on history cut at several origins equal the "
+    "materialized table."
+)
+ASOF_DESCRIPTION = "Leakage (iii): every as-of joined value was published by the row's date."
+features_leakage_truncation = news_aware_leakage_check(
+    "truncation", "features_leakage_truncation", TRUNCATION_DESCRIPTION
+)
 
 
 @dg.asset_check(
@@ -123,20 +163,7 @@ def features_leakage_target_correlation(
     return _leakage_check(context, features, "target_correlation")
 
 
-@dg.asset_check(
-    asset=features,
-    blocking=True,
-    partitions_def=horizon_partitions,
-    additional_ins=_PRICES,
-    description="Leakage (iii): every as-of joined value was published by the row's date.",
-)
-def features_leakage_asof(
-    context: dg.AssetCheckExecutionContext,
-    features: pl.DataFrame,
-    market_prices: pl.DataFrame,
-    market_source: MarketSourceResource,
-):
-    return _leakage_check(context, features, "asof", market_prices, target=market_source.target())
+features_leakage_asof = news_aware_leakage_check("asof", "features_leakage_asof", ASOF_DESCRIPTION)
 
 
 feature_checks = [

@@ -14,6 +14,7 @@ from cbi_platform.defs.resources import (
     OperationsResource,
     PlatformHome,
 )
+from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS, news_input
 from cbi_platform.market.schema import target_series
 from cbi_platform.operations import daily
 from cbi_platform.operations.validation import validation_plot
@@ -60,18 +61,24 @@ def _round(frame: pl.DataFrame) -> pl.DataFrame:
     kinds={"polars", "duckdb"},
     description="Today's features for every horizon (the same point-in-time builder as the "
     "`features` partitions, which only retraining rebuilds); leakage-gated by a blocking check.",
+    ins=news_input(),
 )
 def live_features(
     context: dg.AssetExecutionContext,
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
     operations: OperationsResource,
+    **news_sentiment: pl.DataFrame,
 ) -> dg.Output[pl.DataFrame]:
     from cbi_platform.features.build import build_features
 
     target = market_source.target()
     horizons = operations.horizons
-    frames = [build_features(market_prices, h, target=target).frame for h in horizons]
+    news = {h: news_sentiment["news_sentiment"] for h in SENTIMENT_SETTINGS.enabled_horizons}
+    frames = [
+        build_features(market_prices, h, target=target, news_sentiment=news.get(h)).frame
+        for h in horizons
+    ]
     frame = pl.concat(frames, how="diagonal_relaxed")
     return dg.Output(
         frame,

@@ -6,6 +6,7 @@ import polars as pl
 
 from cbi_platform.defs.operations.assets import correlation_monitor, live_features
 from cbi_platform.defs.resources import MarketSourceResource, OperationsResource
+from cbi_platform.defs.sentiment.assets import SENTIMENT_IN_FEATURES, SENTIMENT_SETTINGS
 from cbi_platform.market.schema import target_series
 from cbi_platform.operations.daily import stale_condition
 
@@ -56,25 +57,32 @@ def correlation_break(correlation_monitor: pl.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
+_LIVE_LEAKAGE = dict(
+    name="live_features_leakage",
     asset=live_features,
     blocking=True,
-    additional_ins={"market_prices": dg.AssetIn("market_prices")},
     description="The leakage gates of the `features` partitions (truncation, forward shift, "
     "target correlation, as-of) on today's features, per horizon: nothing is forecast from "
     "features that fail them.",
 )
-def live_features_leakage(
+_PRICES = {"market_prices": dg.AssetIn("market_prices")}
+
+
+def _live_features_leakage(
     live_features: pl.DataFrame,
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
+    news_sentiment: pl.DataFrame | None = None,
 ) -> dg.AssetCheckResult:
     from cbi_platform.features.leakage import run_leakage_gates
 
     failures, summary = [], {}
     for horizon in live_features["horizon"].unique(maintain_order=True).to_list():
         frame = live_features.filter(pl.col("horizon") == horizon)
-        gates = run_leakage_gates(frame, market_prices, horizon, market_source.target())
+        news = news_sentiment if SENTIMENT_SETTINGS.uses(horizon) else None
+        gates = run_leakage_gates(
+            frame, market_prices, horizon, market_source.target(), news_sentiment=news
+        )
         for name, gate in gates.items():
             summary[f"{horizon}/{name}"] = gate.summary
             if not gate.passed:
@@ -84,6 +92,32 @@ def live_features_leakage(
         description="; ".join(failures) or f"all gates passed on {len(summary)} horizon-gates",
         metadata={"gates": dg.MetadataValue.json(summary)},
     )
+
+
+# The gates rebuild what live_features built: with news when sentiment.yaml says so.
+if SENTIMENT_IN_FEATURES:
+
+    @dg.asset_check(
+        **_LIVE_LEAKAGE,
+        additional_ins={**_PRICES, "news_sentiment": dg.AssetIn("news_sentiment")},
+    )
+    def live_features_leakage(
+        live_features: pl.DataFrame,
+        market_prices: pl.DataFrame,
+        news_sentiment: pl.DataFrame,
+        market_source: MarketSourceResource,
+    ) -> dg.AssetCheckResult:
+        return _live_features_leakage(live_features, market_prices, market_source, news_sentiment)
+
+else:
+
+    @dg.asset_check(**_LIVE_LEAKAGE, additional_ins=_PRICES)
+    def live_features_leakage(
+        live_features: pl.DataFrame,
+        market_prices: pl.DataFrame,
+        market_source: MarketSourceResource,
+    ) -> dg.AssetCheckResult:
+        return _live_features_leakage(live_features, market_prices, market_source)
 
 
 OPERATIONS_CHECKS = [market_prices_fresh, correlation_break, live_features_leakage]
