@@ -88,6 +88,21 @@ def prob_up_from_zones(row: Mapping[str, Any]) -> float | None:
     return 1.0 - cdf
 
 
+def forecast_context(served: pl.DataFrame) -> str:
+    """What the served forecasts say about buying later, in words, per horizon."""
+    parts = []
+    for r in served.sort("horizon_days").iter_rows(named=True):
+        up = r.get("prob_up")
+        if up is None or r.get("p10") is None:
+            continue
+        share = f"{up:.0%}" if 0.1 < up < 0.9 else ("over 90%" if up >= 0.9 else "under 10%")
+        parts.append(
+            f"{r['horizon']}: {share} probability ZL is higher in {r['horizon_days']} trading "
+            f"days (P10-P90 {r['p10']:.2f}-{r['p90']:.2f}, P50 {r['p50']:.2f} c/lb)"
+        )
+    return ("What the forecasts say: " + "; ".join(parts) + ".") if parts else ""
+
+
 def served_decision_rows(latest: pl.DataFrame) -> pl.DataFrame:
     """The forecast store's latest served rows as decision forecasts (known_at = as_of)."""
     rows = []

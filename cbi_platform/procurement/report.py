@@ -170,6 +170,12 @@ def recommendation_text(
         f"{when} the {policy_name} policy says {decision.action.upper()} "
         f"{decision.buy_lb:,.0f} lb. {decision.reason}"
     )
+    if policy_name == "even":
+        return (
+            f"{head} Even buying is shown because no forecast-driven policy saved money on "
+            "average over the development period's windows (pre-registered rule); their "
+            "backtest is in procurement/backtest.md."
+        )
     if not record:
         return f"{head} It has no backtested record yet."
     conf = record.get("confidence", 0.9)

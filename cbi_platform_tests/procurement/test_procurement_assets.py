@@ -271,7 +271,11 @@ def test_recommendation_is_logged_once_a_day_and_printed_by_the_cli(trained, cap
     policy = load_config().pipeline.recommend
     assert row["policy"] == policy and 0 <= row["buy_lb"] <= row["remaining_lb"]
     assert row["text"].startswith(f"Today ({row['as_of']}) the {policy} policy says")
-    assert "Backtested over" in row["text"]
+    if policy == "even":
+        assert "Even buying is shown because no forecast-driven policy saved" in row["text"]
+    else:
+        assert "Backtested over" in row["text"]
+    assert f"{H}: " in row["text"] and "probability ZL is higher in 21 trading days" in row["text"]
     conditions = json.loads(
         pl.read_parquet(home / "operations.snapshots" / "ops.condition_log.parquet").filter(
             pl.col("kind") == "decision_quality"

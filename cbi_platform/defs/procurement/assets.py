@@ -268,6 +268,9 @@ def procurement_recommendation(
     record_rows = procurement_policy_record.filter(pl.col("policy") == config.pipeline.recommend)
     record = record_rows.to_dicts()[0] if record_rows.height else None
     text = recommendation_text(decision, config.pipeline.recommend, record, day)
+    context_words = live.forecast_context(served)
+    if context_words:
+        text = f"{text} {context_words}"
     versions = {r["horizon"]: r["model_version"] for r in latest.iter_rows(named=True)}
     row = {**info, "record": record, "text": text, "forecast_versions": versions}
     inserted = log.append(row)
