@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.cbi_home
 export OMP_NUM_THREADS ?= 1
 STAMP := $(VENV)/.installed
 
-.PHONY: run test ui install lint clean home
+.PHONY: run test ui serve install lint clean home
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -32,6 +32,9 @@ test: $(STAMP)
 
 ui: home
 	$(BIN)/dagster dev -w workspace.yaml
+
+serve: $(STAMP)
+	$(BIN)/cbi serve --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
 	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks

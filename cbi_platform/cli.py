@@ -257,6 +257,49 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys: create (printed once), revoke, list. Only SHA-256 hashes are stored."""
+    from cbi_platform.api.keys import ApiKeyError, create_key, keys_path, read_keys, revoke_key
+
+    home = Path(args.home).resolve() if args.home else _home()
+    try:
+        if args.keys_command == "create":
+            key, record = create_key(home, args.name)
+            print(key)
+            print(
+                f"created API key {record.name!r} (prefix {record.prefix}) in {keys_path(home)}; "
+                "it is shown only now: store it safely",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "revoke":
+            record = revoke_key(home, args.name_or_prefix)
+            print(
+                f"revoked API key {record.name!r} (prefix {record.prefix}) at {record.revoked_at}"
+            )
+        else:
+            keys = read_keys(home)
+            if not keys:
+                print(f"no API keys in {keys_path(home)}: `cbi keys create --name NAME`")
+            for k in keys:
+                status = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+                print(f"{k.name:24} {k.prefix}...  created {k.created_at}  {status}")
+    except ApiKeyError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The forecast API and the buyer's page (uvicorn) over the home's snapshots."""
+    import uvicorn
+
+    from cbi_platform.api import create_app
+
+    home = Path(args.home).resolve() if args.home else _home()
+    print(f"serving {home} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+    uvicorn.run(create_app(home), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -307,6 +350,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", help="where the replay's stores go (default under CBI_HOME)")
     p.add_argument("--no-smtp", action="store_true", help="log alerts without a mail server")
     p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("keys", help="API keys: create (shown once), revoke, list")
+    p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="print a new key once (only its hash is stored)")
+    k.add_argument("--name", required=True, help="who or what the key is for")
+    k = keys.add_parser("revoke", help="revoke a key by name or prefix")
+    k.add_argument("name_or_prefix")
+    keys.add_parser("list", help="names, prefixes, dates and status (never the keys)")
+    p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("serve", help="the forecast API and the buyer's page (uvicorn)")
+    p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)

@@ -122,7 +122,10 @@ def test_engine_always_buys_exactly_the_programme_inside_the_window(
     sched = result.schedules
     assert sched["buy_lb"].min() >= 0
     invalid = sched.filter(pl.col("requested_lb").is_nan() | (pl.col("requested_lb") < 0))
-    assert invalid.height and (invalid["engine_note"] != "").all()  # every fix is on record
+    # Every fix is on record; with 30+ chaotic days, (2/3)^30 < 1e-5 of none being invalid.
+    assert (invalid["engine_note"] != "").all()
+    asked = sched.filter(pl.col("policy") == "chaotic").height
+    assert invalid.height or asked < 30
     total = programme.total_lb
     for w in ws:
         for name in result.policies:

@@ -1,0 +1,256 @@
+"""The buyer-facing forecast API and the buyer's page (FastAPI).
+
+A reader: every answer comes from the published snapshots under the home (`HomeReader`),
+held in memory until a file changes; nothing here opens a DuckDB file or builds SQL. Data
+endpoints need an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health,
+/docs and the page's static files are open, and the page itself holds no data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cbi_platform.api import schemas
+from cbi_platform.api.cache import SnapshotReadError
+from cbi_platform.api.data import HomeReader
+from cbi_platform.api.keys import ApiKey, verify_key
+from cbi_platform.api.views import NotPublished
+
+STATIC_DIR = Path(__file__).with_name("static")
+log = logging.getLogger("cbi_platform.api")
+
+# The page loads only its own files; no inline script, so a stored key cannot be read by
+# injected markup. /docs (Swagger UI, loaded by FastAPI from a CDN) is left out of it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+OPEN_DOCS = ("/docs", "/redoc")
+ERROR_RESPONSES = {
+    401: {"model": schemas.ErrorOut, "description": "no API key"},
+    403: {"model": schemas.ErrorOut, "description": "unknown or revoked API key"},
+    404: {"model": schemas.ErrorOut, "description": "nothing published yet"},
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (no per-request task overhead): adds the headers above."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(COMMON_HEADERS)
+        if not scope["path"].startswith(OPEN_DOCS):
+            extra.append((b"content-security-policy", PAGE_CSP.encode()))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "message": message, "status": status},
+        status_code=status,
+        headers={"cache-control": "no-store", **(headers or {})},
+    )
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+BEARER = HTTPBearer(auto_error=False)
+
+
+async def require_key(
+    request: Request,
+    key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> ApiKey:
+    """The caller's key record: 401 without a key, 403 for an unknown or revoked one."""
+    presented = key or (credentials.credentials if credentials else None)
+    if not presented:
+        raise ApiError(
+            401,
+            "missing_key",
+            "an API key is required: send it as the X-API-Key header (or Authorization: "
+            "Bearer); create one with `cbi keys create --name NAME`",
+            headers={"www-authenticate": "Bearer"},
+        )
+    reader: HomeReader = request.app.state.reader
+    record = verify_key(reader.keys.get() or (), presented)
+    if record is None:
+        raise ApiError(403, "unknown_key", "unknown API key")
+    if not record.active:
+        raise ApiError(403, "revoked_key", "this API key was revoked")
+    return record
+
+
+def _max_business_days_behind() -> int:
+    from cbi_platform.operations.config import load_monitoring
+
+    return load_monitoring(os.environ.get("CBI_MONITORING")).refresh.max_business_days_behind
+
+
+def create_app(home: Path | str, max_business_days_behind: int | None = None) -> FastAPI:
+    """The API and the page over the platform home `home` (the folder `make run` writes)."""
+    if max_business_days_behind is None:
+        max_business_days_behind = _max_business_days_behind()
+    reader = HomeReader(Path(home), max_business_days_behind)
+    app = FastAPI(
+        title="CBI ZL forecast API",
+        version="1",
+        description=(
+            "Forecasts of the CBOT soybean-oil (ZL) price level at 1w, 1m, 3m, 6m and 12m with "
+            "target zones (P10-P90), probability statements, drivers, the detected regime, "
+            "accuracy next to the random walk and the procurement recommendation. Data "
+            "endpoints need an API key (`X-API-Key` header or `Authorization: Bearer`); "
+            "create one with `cbi keys create --name NAME`."
+        ),
+    )
+    app.state.reader = reader
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(NotPublished)
+    async def _not_published(request: Request, exc: NotPublished):
+        return _error(404, "not_published", str(exc))
+
+    @app.exception_handler(SnapshotReadError)
+    async def _unreadable(request: Request, exc: SnapshotReadError):
+        log.error("snapshot unreadable: %s", exc)
+        return _error(503, "snapshot_unreadable", f"{exc}; retry shortly")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _error(404, "not_found", "no such endpoint or file: see /docs")
+        if exc.status_code == 405:
+            return _error(405, "method_not_allowed", "method not allowed: the API is read-only")
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        details = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{d['where']}: {d['problem']}" for d in details) or "invalid request"
+        return JSONResponse(
+            {"error": "invalid_request", "message": message, "status": 422, "details": details},
+            status_code=422,
+            headers={"cache-control": "no-store"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, "internal", "internal error; the server log has the details")
+
+    keyed = {"dependencies": [Depends(require_key)], "responses": ERROR_RESPONSES}
+
+    @app.get("/forecast/{horizon}", response_model=schemas.ForecastOut, tags=["forecasts"], **keyed)
+    async def forecast(horizon: schemas.Horizon):
+        """The served forecast at one horizon: price level, target zones, the statement."""
+        view = reader.view()
+        view.require(horizon.value)
+        return _json(view.forecast_json[horizon.value])
+
+    @app.get("/predictions", response_model=schemas.PredictionsOut, tags=["forecasts"], **keyed)
+    async def predictions():
+        """The served forecast at every horizon."""
+        return _json(reader.view().predictions_json)
+
+    @app.get("/regime/current", response_model=schemas.RegimeOut, tags=["forecasts"], **keyed)
+    async def regime():
+        """The detected market regime (trailing data only) and the one-month outlook."""
+        return _json(reader.view().regime_json)
+
+    @app.get("/explain/{horizon}", response_model=schemas.ExplainOut, tags=["forecasts"], **keyed)
+    async def explain(horizon: schemas.Horizon):
+        """The drivers of the served forecast in words, largest % contribution first."""
+        view = reader.view()
+        view.require(horizon.value)
+        return _json(view.explain_json[horizon.value])
+
+    @app.get("/history", response_model=schemas.HistoryOut, tags=["forecasts"], **keyed)
+    def history(
+        limit: Annotated[int, Query(ge=1, le=5000, description="the last N closes")] = 260,
+    ):
+        """Recent closes: the price at each as-of date of the served history."""
+        return _json(reader.view().history_json(limit))
+
+    @app.get(
+        "/monitoring/performance",
+        response_model=schemas.PerformanceOut,
+        tags=["monitoring"],
+        **keyed,
+    )
+    def performance():
+        """Matured served forecasts against the actual price, next to the random walk."""
+        return _json(reader.view().performance_json)
+
+    @app.get(
+        "/recommendation", response_model=schemas.RecommendationOut, tags=["procurement"], **keyed
+    )
+    async def recommendation():
+        """Today's procurement recommendation (the latest row of the recommendation log)."""
+        return _json(reader.recommendation())
+
+    @app.get("/backtest", response_model=schemas.BacktestOut, tags=["procurement"], **keyed)
+    async def backtest():
+        """Every policy's backtested record, and where the report and plot are."""
+        return _json(reader.backtest())
+
+    @app.get("/health", response_model=schemas.HealthOut, tags=["health"])
+    async def health():
+        """Data freshness (open, 200 even when stale: read `status`)."""
+        return _json(reader.health())
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """`uvicorn --factory cbi_platform.api.app:app_from_env`: the home of $CBI_HOME."""
+    from cbi_platform.settings import home_path
+
+    return create_app(home_path(os.environ))

@@ -1,0 +1,99 @@
+"""The API's view of a platform home: published snapshots and files only, never a DuckDB
+connection (see `cbi_platform.storage`), each held in memory until its file changes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cbi_platform.api import keys as api_keys
+from cbi_platform.api.cache import CachedFile
+from cbi_platform.api.views import (
+    NO_FORECASTS,
+    ForecastView,
+    NotPublished,
+    backtest_json,
+    health_json,
+    recommendation_json,
+)
+from cbi_platform.storage import snapshot_path
+
+FORECASTS_DB = "forecasts.duckdb"
+OPERATIONS_DB = "operations.duckdb"
+FORECAST_TABLE = "cbi.forecast_history"  # cbi_platform.serving.store.TABLE
+RECOMMENDATIONS_TABLE = "ops.recommendations"  # cbi_platform.procurement.live.TABLE
+CONDITIONS_TABLE = "ops.condition_log"  # cbi_platform.operations.condition_log.TABLE
+
+
+def _parquet(data: bytes) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(data))
+
+
+def _json_list(data: bytes) -> list[dict[str, Any]]:
+    decoded = json.loads(data)  # Python's reader takes the NaN the writer may leave
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+class HomeReader:
+    """Everything the API serves, read from `home`'s snapshots."""
+
+    def __init__(self, home: Path, max_business_days_behind: int):
+        self.home = Path(home)
+        self.max_business_days_behind = max_business_days_behind
+        self.procurement = self.home / "procurement"
+        self.forecasts = CachedFile(
+            snapshot_path(self.home / FORECASTS_DB, FORECAST_TABLE), ForecastView.from_parquet
+        )
+        ops = self.home / OPERATIONS_DB
+        self.recommendations = CachedFile(snapshot_path(ops, RECOMMENDATIONS_TABLE), _parquet)
+        self.conditions = CachedFile(snapshot_path(ops, CONDITIONS_TABLE), _parquet)
+        self.policy_record = CachedFile(self.procurement / "policy_record.json", _json_list)
+        self.keys = CachedFile(api_keys.keys_path(self.home), api_keys.parse_keys)
+        self._derived: dict[str, tuple[tuple[object, ...], bytes]] = {}
+
+    def view(self) -> ForecastView:
+        """The forecast history's view; raises NotPublished when nothing was published."""
+        view = self.forecasts.get()
+        if view is None:
+            raise NotPublished(NO_FORECASTS)
+        view.require()
+        return view
+
+    def _memo(self, name: str, sources: tuple[object, ...], build) -> bytes:
+        """`build()` once per combination of source versions: the memo holds the source objects
+        themselves and compares them by identity (a new file version is a new object)."""
+        cached = self._derived.get(name)
+        if (
+            cached is not None
+            and len(cached[0]) == len(sources)
+            and all(a is b for a, b in zip(cached[0], sources, strict=True))
+        ):
+            return cached[1]
+        value = build()
+        self._derived[name] = (sources, value)
+        return value
+
+    def recommendation(self) -> bytes:
+        log = self.recommendations.get()
+        return self._memo("recommendation", (log,), lambda: recommendation_json(log))
+
+    def backtest(self) -> bytes:
+        records, log = self.policy_record.get(), self.recommendations.get()
+        policy = None
+        if log is not None and log.height:
+            policy = log.sort("as_of", "logged_at")["policy"][-1]
+        return self._memo(
+            "backtest", (records, log), lambda: backtest_json(records, policy, self.procurement)
+        )
+
+    def health(self) -> bytes:
+        view, conditions = self.forecasts.get(), self.conditions.get()
+        return self._memo(
+            "health",
+            (view, conditions),
+            lambda: health_json(view, conditions, self.max_business_days_behind),
+        )
