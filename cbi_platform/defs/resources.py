@@ -25,17 +25,43 @@ WAREHOUSE_SCHEMA = "cbi"
 
 
 class _KeepEmptyTablesHandler(DuckDBPolarsTypeHandler):
-    """Writes an empty frame as an empty table with its columns. The stock handler skips it,
-    so a downstream asset could not load, e.g., the news of a source that has none."""
+    """Writes an empty frame as an empty table with its columns (the stock handler skips it, so
+    a downstream asset could not load, e.g., the news of a source that has none), and lets
+    partitions of one table carry different columns: new ones are added, rows inserted by name
+    (the stock handler inserts by position and fails when a partition has more columns)."""
 
     def handle_output(self, context, table_slice, obj, connection):
-        if not (obj.is_empty() and obj.width):
+        if not obj.width:
             return super().handle_output(context, table_slice, obj, connection)
-        empty_arrow = obj.to_arrow()  # noqa: F841  (read by name in the SQL below)
-        table = f"{table_slice.schema}.{table_slice.table}"
-        connection.execute(f"create schema if not exists {table_slice.schema};")
-        connection.execute(f"create table if not exists {table} as select * from empty_arrow;")
-        context.add_output_metadata({"row_count": 0})
+        data_arrow = obj.to_arrow()  # noqa: F841  (read by name in the SQL below)
+        schema, name = table_slice.schema, table_slice.table
+        table = f"{schema}.{name}"
+        connection.execute(f"create schema if not exists {schema};")
+        exists = connection.execute(
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
+            [schema, name],
+        ).fetchone()[0]
+        if not exists:
+            connection.execute(f"create table {table} as select * from data_arrow;")
+        elif obj.height:
+            # Partitions may differ in columns (a horizon's own features): add the new ones,
+            # insert by name; rows of other partitions read null there (see horizon_frame).
+            have = {
+                row[0]
+                for row in connection.execute(
+                    "select column_name from information_schema.columns "
+                    "where table_schema = ? and table_name = ?",
+                    [schema, name],
+                ).fetchall()
+            }
+            for column, kind, *_ in connection.execute(
+                "describe select * from data_arrow"
+            ).fetchall():
+                if column not in have:
+                    connection.execute(f'alter table {table} add column "{column}" {kind};')
+            connection.execute(f"insert into {table} by name select * from data_arrow;")
+        context.add_output_metadata({"row_count": obj.height})
 
 
 class WarehouseIOManager(DuckDBPolarsIOManager):

@@ -58,7 +58,7 @@ from cbi_platform.ensemble.conformal import (
     conformal_zones,
 )
 from cbi_platform.evaluation.metrics import interval_score, pinball_loss
-from cbi_platform.features.contract import HORIZONS
+from cbi_platform.features.contract import HORIZONS, horizon_frame
 
 SPLIT, SPLIT_VOL, ACI = "split", "split_vol", "aci"
 HISTORY, HISTORY_VOL, RW_NORMAL, CQR = "history", "history_vol", "rw_normal", "cqr"
@@ -334,7 +334,7 @@ def _features_for(features, horizon: str) -> pl.DataFrame:
     if isinstance(features, dict):
         features = features[horizon]
     if "horizon" in features.columns and features["horizon"].n_unique() > 1:
-        features = features.filter(pl.col("horizon") == horizon)
+        features = horizon_frame(features, horizon)
     return features.sort("date")
 
 

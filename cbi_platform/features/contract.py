@@ -23,3 +23,17 @@ META_COLUMNS = (DATE, HORIZON, HORIZON_DAYS, PRICE, TARGET_DATE, TARGET_PRICE, T
 
 def feature_columns(df: pl.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(FEATURE_PREFIX)]
+
+
+def horizon_frame(frame: pl.DataFrame, horizon: str) -> pl.DataFrame:
+    """One horizon's rows of a features table, without the feature columns it does not have.
+
+    Horizons may carry different features (e.g. news sentiment only where walk-forward showed
+    it helps); the warehouse keeps one table, so another horizon's columns are null in these
+    rows. A feature column that is null in every row of this horizon is not one of its
+    features, and is dropped here before any model or gate sees it."""
+    rows = frame.filter(pl.col(HORIZON) == horizon)
+    if rows.height == 0:
+        return rows
+    empty = [c for c in feature_columns(rows) if rows[c].null_count() == rows.height]
+    return rows.drop(empty)

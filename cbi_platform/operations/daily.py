@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cbi_platform.features.contract import DATE, HORIZONS, feature_columns
+from cbi_platform.features.contract import DATE, HORIZONS, feature_columns, horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.operations import correlation, drift, validation
 from cbi_platform.operations.conditions import STALE_DATA, Condition
@@ -59,7 +59,7 @@ def refresh(
     regimes, outlook = detected_regimes_now(target)
     result = RefreshResult(as_of=target["date"][-1])
     for horizon in horizons:
-        frame = features.filter(pl.col("horizon") == horizon)
+        frame = horizon_frame(features, horizon)
         if frame.height == 0:
             raise ValueError(f"refresh: no feature rows for horizon {horizon}")
         result.horizons.append(
@@ -218,7 +218,7 @@ def drift_report(
     settings = config.drift
     tables, preds, drivers, conditions = [], [], [], []
     for horizon, end in trained_through.items():
-        frame = features.filter(pl.col("horizon") == horizon).sort(DATE)
+        frame = horizon_frame(features, horizon).sort(DATE)
         names = feature_columns(frame)
         reference = frame.filter(pl.col(DATE) <= end).tail(settings.reference_rows)
         current = frame.filter(pl.col(DATE) > end).tail(settings.current_rows)

@@ -39,6 +39,7 @@ from cbi_platform.features.contract import (
     TARGET_DATE,
     TARGET_LOGRET,
     feature_columns,
+    horizon_frame,
 )
 from cbi_platform.models.registry import build_model, load_specs
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
@@ -169,7 +170,7 @@ def build_decision_series(
     """The daily decision forecasts (schema `DECISION_SCHEMA`) of one horizon from `start`
     (default: the first origin of `start_window`) to the last feature date."""
     stats = SeriesStats()
-    frame = features.filter(pl.col("horizon") == horizon).sort(DATE)
+    frame = horizon_frame(features, horizon).sort(DATE)
     ens = ensemble_forecasts.filter(pl.col("horizon") == horizon).sort("origin")
     if ens.height == 0:
         raise ValueError(f"{horizon}: no ensemble forecasts to build a decision series from")

@@ -9,6 +9,7 @@ from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.origins import DEVELOPMENT, SCORED
 from cbi_platform.evaluation.volatility_eval import best_volatility_model, score_volatility
+from cbi_platform.features.contract import horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.reporting import markdown_table
 
@@ -109,7 +110,7 @@ def target_zones(
             ctx,
             method,
             history=history,
-            features=features.filter(pl.col("horizon") == horizon),
+            features=horizon_frame(features, horizon),
         ).with_columns(vol_model=pl.lit(vol_model))
         context.log.info(f"{horizon}: zones by {method} (volatility model {vol_model})")
         zones.append(z)

@@ -8,7 +8,7 @@ from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource
 from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS
 from cbi_platform.features import leakage
-from cbi_platform.features.contract import HORIZON, META_COLUMNS, feature_columns
+from cbi_platform.features.contract import HORIZON, META_COLUMNS, feature_columns, horizon_frame
 from cbi_platform.sentiment.config import SentimentSettings
 
 _PRICES = {"market_prices": dg.AssetIn("market_prices")}
@@ -23,7 +23,7 @@ def _partition_frames(context, frame: pl.DataFrame):
         else None
     )
     for key in keys or sorted(frame[HORIZON].unique().to_list()):
-        yield key, frame.filter(pl.col(HORIZON) == key)
+        yield key, horizon_frame(frame, key)
 
 
 def _leakage_check(

@@ -20,6 +20,7 @@ from cbi_platform.defs.resources import (
 )
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS
+from cbi_platform.features.contract import horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.detected import regime_outlook
 from cbi_platform.reporting import markdown_table
@@ -101,7 +102,7 @@ def forecasts(
             tracker,
             HorizonInputs(
                 horizon=horizon,
-                features=features.filter(pl.col("horizon") == horizon),
+                features=horizon_frame(features, horizon),
                 oof=oof_predictions.filter(pl.col("horizon") == horizon),
                 zones=target_zones.filter(pl.col("horizon") == horizon),
                 context=ctx,

@@ -11,7 +11,7 @@ from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.metrics import leaderboard
 from cbi_platform.evaluation.volatility_eval import score_volatility, volatility_walk_forward
 from cbi_platform.explain.shap_tables import coverage_table
-from cbi_platform.features.contract import HORIZONS
+from cbi_platform.features.contract import HORIZONS, horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.reporting import markdown_table
 
@@ -75,7 +75,7 @@ def member_models(
     tracker = mlflow.tracker()
     oofs, shaps, boards, links = [], [], [], {}
     for horizon in context.partition_keys:
-        frame = features.filter(pl.col("horizon") == horizon)
+        frame = horizon_frame(features, horizon)
         specs = horizon_run.zoo_specs(horizon, tuple(protocol.model_kinds))
         context.log.info(f"{horizon}: walk-forward of {len(specs)} models on {frame.height} rows")
         started = time.perf_counter()

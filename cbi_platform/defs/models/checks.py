@@ -5,6 +5,7 @@ import polars as pl
 
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.evaluation.horizon_run import zoo_specs
+from cbi_platform.features.contract import horizon_frame
 from cbi_platform.models.monotone import verify_monotone_specs
 
 
@@ -26,7 +27,7 @@ def oof_predictions_monotone(
     )
     results = []
     for horizon in keys or sorted(features["horizon"].unique().to_list()):
-        frame = features.filter(pl.col("horizon") == horizon)
+        frame = horizon_frame(features, horizon)
         for r in verify_monotone_specs(frame, zoo_specs(horizon)):
             results.append(
                 {

@@ -7,6 +7,7 @@ import polars as pl
 from cbi_platform.defs.operations.assets import correlation_monitor, live_features
 from cbi_platform.defs.resources import MarketSourceResource, OperationsResource
 from cbi_platform.defs.sentiment.assets import SENTIMENT_IN_FEATURES, SENTIMENT_SETTINGS
+from cbi_platform.features.contract import horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.operations.daily import stale_condition
 
@@ -78,7 +79,7 @@ def _live_features_leakage(
 
     failures, summary = [], {}
     for horizon in live_features["horizon"].unique(maintain_order=True).to_list():
-        frame = live_features.filter(pl.col("horizon") == horizon)
+        frame = horizon_frame(live_features, horizon)
         news = news_sentiment if SENTIMENT_SETTINGS.uses(horizon) else None
         gates = run_leakage_gates(
             frame, market_prices, horizon, market_source.target(), news_sentiment=news

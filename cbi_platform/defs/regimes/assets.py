@@ -5,6 +5,7 @@ import polars as pl
 
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource, PlatformHome, ProtocolResource
+from cbi_platform.features.contract import horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.calendar import DEFAULT_CALENDAR_PATH, load_regime_calendar
 from cbi_platform.regimes.datasets import write_regime_datasets
@@ -81,7 +82,7 @@ def regime_datasets(
     calendar = load_regime_calendar()
     summaries = []
     for horizon in context.partition_keys:
-        frame = features.filter(pl.col("horizon") == horizon)
+        frame = horizon_frame(features, horizon)
         summary = write_regime_datasets(frame, calendar, home.folder("regime_datasets", horizon))
         summaries.append(summary.with_columns(horizon=pl.lit(horizon)))
     table = pl.concat(summaries)
