@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from cbi_platform.defs.deploy.assets import vertex_deployment
 from cbi_platform.defs.ensemble.assets import ensemble, target_zones
 from cbi_platform.defs.evaluation.assets import model_leaderboard
 from cbi_platform.defs.features.assets import features
@@ -74,6 +75,9 @@ ALL_ASSETS = [
     *BACKTEST_ASSETS,
     procurement_recommendation,
     *[a for a in SENTIMENT_ASSETS if a not in SENTIMENT_RUN_ASSETS],
+    # Deploys the champions to Vertex AI when configured; in no job (materialize it by hand or
+    # from a schedule of your own after promotions).
+    vertex_deployment,
 ]
 ALL_CHECKS = [*SHARED_CHECKS, *HORIZON_CHECKS, *OPERATIONS_CHECKS]
 

@@ -2,7 +2,10 @@
 
 Local (default): DuckDB warehouse under the home folder, the embedded simulator as source.
 Production: CBI_WAREHOUSE=bigquery switches the IO manager to BigQuery (dagster-gcp), and
-CBI_SOURCE=bigquery reads the canonical tables from BigQuery.
+CBI_SOURCE=bigquery reads the canonical tables from BigQuery. CBI_RESULTS=bigquery (the default
+with a BigQuery warehouse) mirrors the platform's own results there too (`results_sink`).
+CBI_VERTEX_PROJECT (with the other CBI_VERTEX_* variables) enables the Vertex AI deployment of
+the champions (`vertex_deployment`); unset, it is disabled.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 from dagster_gcp import BigQueryResource
 from pydantic import Field
 
+from cbi_platform.defs.deploy.resources import VertexDeployResource
 from cbi_platform.market.schema import MarketBundle
 from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
 from cbi_platform.settings import DEFAULT_HOME, home_path
@@ -200,15 +204,38 @@ class MlflowResource(dg.ConfigurableResource):
         return Tracker(self.tracking_uri, Path(self.artifact_root), self.experiment)
 
 
+class ResultsConfig(dg.Config):
+    """Where the platform's own results (forecast history, operations logs, validation) are
+    mirrored after each local write: `none` (local only) or `bigquery` (`project.dataset`).
+    The spool of rows not yet mirrored lives in `results_sink/` beside the store's file."""
+
+    kind: str = Field(default="none", description="none | bigquery")
+    project: str | None = None
+    dataset: str = "cbi_results"
+    location: str | None = None
+
+    def sink(self, database: str):
+        from cbi_platform.results_sink import build_sink
+
+        return build_sink(
+            self.kind,
+            project=self.project,
+            dataset=self.dataset,
+            location=self.location,
+            state_dir=Path(database).parent / "results_sink",
+        )
+
+
 class ForecastStoreResource(dg.ConfigurableResource):
     """The append-only forecast history (DuckDB file in the home folder)."""
 
     database: str
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
 
     def store(self):
         from cbi_platform.serving.store import ForecastStore
 
-        return ForecastStore(self.database)
+        return ForecastStore(self.database, sink=self.results.sink(self.database))
 
 
 class OperationsResource(dg.ConfigurableResource):
@@ -233,6 +260,11 @@ class OperationsResource(dg.ConfigurableResource):
         description="replay only: 'HORIZON:LOGRET:FROM_DATE' shifts the then-champion's "
         "forecasts from that day (a planted degradation the monitors must catch)",
     )
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+
+    def results_sink(self):
+        """Where the operations tables are mirrored (a `NullSink` by default)."""
+        return self.results.sink(self.database)
 
     def perturbation(self, tracker):
         """The planted degradation, bound to the champion at the time it starts (None: off)."""
@@ -250,17 +282,17 @@ class OperationsResource(dg.ConfigurableResource):
     def conditions(self):
         from cbi_platform.operations.condition_log import ConditionLog
 
-        return ConditionLog(self.database)
+        return ConditionLog(self.database, sink=self.results_sink())
 
     def alert_book(self):
         from cbi_platform.operations.alerts import AlertBook
 
-        return AlertBook(self.database)
+        return AlertBook(self.database, sink=self.results_sink())
 
     def audit(self):
         from cbi_platform.operations.serving_control import AuditLog
 
-        return AuditLog(self.database)
+        return AuditLog(self.database, sink=self.results_sink())
 
     def mailer(self):
         """The SMTP mailer, or None when no SMTP host is configured."""
@@ -289,6 +321,27 @@ class OperationsResource(dg.ConfigurableResource):
 def _env_var(env: Mapping[str, str], name: str):
     """A secret as `dg.EnvVar` (resolved at run time, never stored), when it is set."""
     return dg.EnvVar(name) if env.get(name) else None
+
+
+def _results_config(env: Mapping[str, str], warehouse: str) -> ResultsConfig:
+    """CBI_RESULTS: none or bigquery (default: bigquery when the warehouse is, else none)."""
+    kind = env.get("CBI_RESULTS", "bigquery" if warehouse == "bigquery" else "none")
+    if kind == "none":
+        return ResultsConfig()
+    if kind != "bigquery":
+        raise ValueError(f"CBI_RESULTS must be none or bigquery, not {kind!r}")
+    project = env.get("CBI_GCP_PROJECT")
+    if not project:
+        raise ValueError("CBI_RESULTS=bigquery: set CBI_GCP_PROJECT (the results' project)")
+    dataset = env.get("CBI_BQ_RESULTS_DATASET", "cbi_results")
+    if warehouse == "bigquery" and dataset == env.get("CBI_BQ_DATASET", WAREHOUSE_SCHEMA):
+        raise ValueError(
+            f"CBI_BQ_RESULTS_DATASET: {dataset!r} is also the warehouse dataset, whose asset "
+            "tables (e.g. forecast_validation) the IO manager replaces; use another dataset"
+        )
+    return ResultsConfig(
+        kind="bigquery", project=project, dataset=dataset, location=env.get("CBI_GCP_LOCATION")
+    )
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict:
@@ -322,6 +375,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
     else:
         raise ValueError(f"CBI_WAREHOUSE must be duckdb or bigquery, not {warehouse!r}")
     home.mkdir(parents=True, exist_ok=True)
+    results = _results_config(env, warehouse)
     return {
         "io_manager": io_manager,
         "market_source": source,
@@ -334,7 +388,9 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             artifact_root=str(home / "mlartifacts"),
             ui_url=env.get("CBI_MLFLOW_UI", "http://localhost:5000"),
         ),
-        "forecast_store": ForecastStoreResource(database=str(home / "forecasts.duckdb")),
+        "forecast_store": ForecastStoreResource(
+            database=str(home / "forecasts.duckdb"), results=results
+        ),
         "sentiment": SentimentResource(finbert_path=env.get("CBI_FINBERT_PATH")),
         "operations": OperationsResource(
             database=str(home / "operations.duckdb"),
@@ -347,5 +403,15 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             smtp_password=_env_var(env, "CBI_SMTP_PASSWORD"),
             smtp_sender=env.get("CBI_SMTP_SENDER"),
             smtp_recipients=env.get("CBI_SMTP_RECIPIENTS"),
+            results=results,
+        ),
+        "vertex": VertexDeployResource(
+            project=env.get("CBI_VERTEX_PROJECT"),
+            location=env.get("CBI_VERTEX_LOCATION", "us-central1"),
+            image_uri=env.get("CBI_VERTEX_IMAGE_URI"),
+            staging_bucket=env.get("CBI_VERTEX_STAGING_BUCKET"),
+            shadow_traffic=int(env.get("CBI_VERTEX_SHADOW_TRAFFIC", "0")),
+            machine_type=env.get("CBI_VERTEX_MACHINE_TYPE", "n1-standard-2"),
+            service_account=env.get("CBI_VERTEX_SERVICE_ACCOUNT"),
         ),
     }

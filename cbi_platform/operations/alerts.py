@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 import polars as pl
 
 from cbi_platform.operations.conditions import Condition
+from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 FIRED = "fired"
@@ -117,8 +118,9 @@ class AlertBook:
     Constructing one touches no file: readers can build a book and read snapshots without ever
     contending for the store."""
 
-    def __init__(self, database: str | Path) -> None:
+    def __init__(self, database: str | Path, sink: ResultsSink | None = None) -> None:
         self.database = Path(database)
+        self.sink = sink or NullSink()  # mirrors state and events (after the local write)
         if self.database.stem.lower() == "ops":  # DuckDB names the catalog after the file
             raise ValueError(
                 f"AlertBook: {self.database.name}: a DuckDB file named 'ops' makes the catalog "
@@ -134,6 +136,7 @@ class AlertBook:
         with write_connection(self.database) as con:
             for statement in _DDL:
                 con.execute(statement)
+            state_before = con.sql(f"SELECT * FROM {STATE_TABLE} ORDER BY key").pl()
             con.begin()
             try:
                 open_rows = con.execute(
@@ -147,6 +150,7 @@ class AlertBook:
                 next_seq = con.execute(
                     f"SELECT coalesce(max(seq), 0) + 1 FROM {LOG_TABLE}"
                 ).fetchone()[0]
+                first_seq = next_seq
 
                 for condition in _latest_per_key(conditions):
                     key = condition.key
@@ -223,6 +227,11 @@ class AlertBook:
                 raise
             publish_snapshot(con, self.database, STATE_TABLE)
             publish_snapshot(con, self.database, LOG_TABLE)
+            state = con.sql(f"SELECT * FROM {STATE_TABLE} ORDER BY key").pl()
+            logged = con.sql(f"SELECT * FROM {LOG_TABLE} WHERE seq >= {int(first_seq)}").pl()
+        if not state.equals(state_before):  # a sensor tick that changed nothing sends nothing
+            self.sink.write("alert_state", state, ["key"], complete=True)
+        self.sink.write("alert_log", logged, ["seq"])
         return events
 
     def mark_delivered(self, seq_list: Iterable[int], error: str | None = None) -> None:
@@ -240,6 +249,10 @@ class AlertBook:
                 [error is None, error, seqs],
             )
             publish_snapshot(con, self.database, LOG_TABLE)
+            marked = con.execute(
+                f"SELECT * FROM {LOG_TABLE} WHERE list_contains(?, seq)", [seqs]
+            ).pl()
+        self.sink.write("alert_log", marked, ["seq"])
 
     # -- readers (snapshots only) -------------------------------------------------------------
     def open_alerts(self) -> pl.DataFrame:

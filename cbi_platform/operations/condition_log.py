@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from cbi_platform.operations.conditions import Condition
+from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "ops.condition_log"
@@ -28,8 +29,9 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 
 
 class ConditionLog:
-    def __init__(self, database: str | Path):
+    def __init__(self, database: str | Path, sink: ResultsSink | None = None):
         self.database = Path(database)
+        self.sink = sink or NullSink()  # mirrors the recorded rows (after the local write)
 
     def record(self, conditions: Sequence[Condition], run_id: str | None = None) -> int:
         if not conditions:
@@ -56,6 +58,8 @@ class ConditionLog:
             ]
             con.executemany(f"INSERT INTO {TABLE} VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             publish_snapshot(con, self.database, TABLE)
+            recorded = con.sql(f"SELECT * FROM {TABLE} WHERE seq > {int(seq)}").pl()
+        self.sink.write("condition_log", recorded, ["seq"])
         return len(rows)
 
     def frame(self) -> pl.DataFrame:

@@ -73,7 +73,8 @@ def _business_days(start: dt.date, n: int) -> list[dt.date]:
 def _resources(settings: ReplaySettings, through: dt.date) -> dict:
     from cbi_platform.defs.resources import build_resources
 
-    env = {**settings.env, "CBI_HOME": str(settings.home)}
+    # A replay is a rehearsal: its results never go to the production results dataset.
+    env = {**settings.env, "CBI_HOME": str(settings.home), "CBI_RESULTS": "none"}
     if settings.smtp:
         env.update(
             CBI_SMTP_HOST=settings.smtp[0],

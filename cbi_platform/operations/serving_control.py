@@ -29,6 +29,7 @@ import duckdb
 import polars as pl
 
 from cbi_platform.operations.shadow import CHAMPION, ROLLED_BACK_TAG, registered_versions
+from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 from cbi_platform.tracking import Tracker, registered_model_name
 
@@ -73,6 +74,7 @@ class AuditSession:
     def __init__(self, con: duckdb.DuckDBPyConnection, database: str):
         self.con = con
         self.database = database
+        self.appended: list[dict[str, Any]] = []  # mirrored when the session closes
 
     def rows(self, horizon: str | None = None) -> pl.DataFrame:
         frame = self.con.sql(f"SELECT * FROM {TABLE} ORDER BY seq").pl()
@@ -108,22 +110,36 @@ class AuditSession:
             f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row.values())
         )
         publish_snapshot(self.con, self.database, TABLE)
+        self.appended.append(row)
         return row
 
 
 class AuditLog:
     """The append-only audit trail of serving changes (and other operator-visible actions)."""
 
-    def __init__(self, database: str | Path, timeout: float = 120.0):
+    def __init__(
+        self, database: str | Path, timeout: float = 120.0, sink: ResultsSink | None = None
+    ):
         self.database = str(database)
         self.timeout = timeout
+        self.sink = sink or NullSink()  # mirrors the appended rows (after the lock is released)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[AuditSession]:
         """Hold the log's write lock; read and append consistently inside."""
-        with write_connection(self.database, self.timeout) as con:
-            con.execute(DDL)
-            yield AuditSession(con, self.database)
+        session = None
+        try:
+            with write_connection(self.database, self.timeout) as con:
+                con.execute(DDL)
+                session = AuditSession(con, self.database)
+                yield session
+        finally:  # an appended row is committed (autocommit) even if the block raised later
+            if session is not None and session.appended:
+                self.sink.write(
+                    TABLE.split(".")[-1],
+                    pl.DataFrame(session.appended, schema=AUDIT_SCHEMA),
+                    ["seq"],
+                )
 
     def record(
         self,

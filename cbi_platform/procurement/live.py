@@ -25,6 +25,7 @@ from cbi_platform.procurement.backtest import context_for_day, decision_quality
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
 from cbi_platform.procurement.policies import Decision, build_policy
 from cbi_platform.procurement.programme import ProcurementConfig, Programme
+from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "ops.recommendations"
@@ -136,8 +137,9 @@ def _horizon_days(horizon: str) -> int:
 class RecommendationLog:
     """Every day's recommendation, append-only per (as_of, policy), in operations.duckdb."""
 
-    def __init__(self, database: str | Path):
+    def __init__(self, database: str | Path, sink: ResultsSink | None = None):
         self.database = Path(database)
+        self.sink = sink or NullSink()  # mirrors the logged row (after the local write)
 
     def append(self, row: Mapping[str, Any]) -> int:
         with write_connection(self.database) as con:
@@ -165,6 +167,11 @@ class RecommendationLog:
             )
             after = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
             publish_snapshot(con, self.database, TABLE)
+            stored = con.execute(
+                f"SELECT * FROM {TABLE} WHERE as_of = CAST(? AS DATE) AND policy = ?",
+                [row["as_of"], row["policy"]],
+            ).pl()
+        self.sink.write("recommendations", stored, ["as_of", "policy"])
         return int(after - before)
 
     def frame(self) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "cbi.forecast_history"
@@ -59,9 +60,13 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
 
 
+KEY = ("as_of", "horizon", "model_version")
+
+
 class ForecastStore:
-    def __init__(self, database: str | Path):
+    def __init__(self, database: str | Path, sink: ResultsSink | None = None):
         self.database = str(database)
+        self.sink = sink or NullSink()  # mirrors the appended rows (after the local write)
 
     def append(self, rows: Sequence[dict]) -> int:
         """Insert new keys; existing keys are kept as issued. Returns the rows inserted."""
@@ -90,6 +95,13 @@ class ForecastStore:
             )
             after = con.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
             publish_snapshot(con, self.database, TABLE)
+            on_key = "t.as_of = CAST(i.as_of AS DATE) AND " + " AND ".join(
+                f"t.{k} = CAST(i.{k} AS VARCHAR)" for k in KEY[1:]
+            )
+            stored = con.sql(  # the appended keys as stored (an existing key keeps its values)
+                f"SELECT * FROM {TABLE} t WHERE EXISTS (SELECT 1 FROM incoming i WHERE {on_key})"
+            ).pl()
+        self.sink.write(TABLE.split(".")[-1], stored, list(KEY))
         return after - before
 
     def history(self, role: str | None = None) -> pl.DataFrame:

@@ -19,6 +19,7 @@ from cbi_platform.market.schema import target_series
 from cbi_platform.operations import daily
 from cbi_platform.operations.validation import validation_plot
 from cbi_platform.reporting import markdown_table
+from cbi_platform.results_sink import mirror_validation
 
 GROUP = "operations"
 LIVE_SCHEMA = {
@@ -171,6 +172,8 @@ def forecast_validation(
         config=config,
         link=link,
     )
+    scored = report.scored.drop("drivers_detail", strict=False)
+    mirror_validation(operations.results_sink(), scored, report.summary, reference)
     stale = daily.stale_condition(target, reference, config.refresh.max_business_days_behind, link)
     conditions = [*report.conditions, stale]
     operations.conditions().record(conditions, context.run.run_id)
@@ -182,7 +185,7 @@ def forecast_validation(
     )
     firing = [c for c in conditions if c.firing]
     return dg.Output(
-        report.scored.drop("drivers_detail", strict=False),
+        scored,
         metadata={
             "dagster/row_count": report.scored.height,
             "matured_forecasts": report.scored.height,

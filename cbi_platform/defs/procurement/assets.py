@@ -261,7 +261,7 @@ def procurement_recommendation(
             f"{list(config.pipeline.horizons)}; materialize `forecasts` or run the daily refresh"
         )
     day = min(served["date"].max(), prices["date"].max())
-    log = live.RecommendationLog(operations.database)
+    log = live.RecommendationLog(operations.database, sink=operations.results_sink())
     start, _ = live.month_window(day)
     bought = live.bought_in_window(log.frame(), config.pipeline.recommend, start, day)
     decision, info = live.recommend(config, served, prices, day, bought)

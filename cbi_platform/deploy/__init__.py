@@ -1,0 +1,1 @@
+"""Deployment of served versions outside the platform (Vertex AI endpoints)."""

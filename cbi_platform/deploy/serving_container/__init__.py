@@ -1,0 +1,1 @@
+"""The Vertex AI custom serving container: an HTTP app over `ServedModel.predict`."""
