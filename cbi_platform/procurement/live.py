@@ -180,6 +180,16 @@ class RecommendationLog:
         return frame if frame is not None else pl.DataFrame(schema=LOG_SCHEMA)
 
 
+def policy_record(folder: Path, policy: str) -> dict[str, Any] | None:
+    """The policy's backtested record (`policy_record.json`, written by the backtest), or None
+    when no backtest has run in this home."""
+    path = folder / "policy_record.json"
+    if not path.exists():
+        return None
+    rows = [r for r in json.loads(path.read_text()) if r.get("policy") == policy]
+    return rows[0] if rows else None
+
+
 def bought_in_window(log: pl.DataFrame, policy: str, start: dt.date, day: dt.date) -> float:
     """What the logged recommendations of this window bought before `day`."""
     if log.height == 0:

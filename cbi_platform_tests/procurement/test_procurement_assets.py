@@ -348,3 +348,14 @@ def test_probability_up_from_zones_reads_the_quantiles_in_log_price():
     assert prob_up_from_zones({**row, "price": 48.0}) == pytest.approx(0.7)
     assert prob_up_from_zones({**row, "price": 40.0}) == pytest.approx(0.9)
     assert prob_up_from_zones({**row, "p90": None}) is None
+
+
+def test_policy_record_is_read_from_the_backtest_file_and_absent_without_one(tmp_path):
+    from cbi_platform.procurement.live import policy_record
+
+    assert policy_record(tmp_path, "cvar") is None  # a home where no backtest ran
+    (tmp_path / "policy_record.json").write_text(
+        json.dumps([{"policy": "cvar", "n_windows": 3}, {"policy": "even", "n_windows": 3}])
+    )
+    assert policy_record(tmp_path, "cvar") == {"policy": "cvar", "n_windows": 3}
+    assert policy_record(tmp_path, "value_trigger") is None

@@ -236,18 +236,20 @@ def procurement_backtest(
 @dg.asset(
     group_name=GROUP,
     kinds={"polars", "duckdb"},
-    deps=[dg.AssetKey("live_forecasts")],  # reads the forecasts the refresh just served
+    # Reads the forecasts the refresh just served, and the policy record the backtest left under
+    # the home (a file, not an input: a home without a backtest still gets a recommendation).
+    deps=[dg.AssetKey("live_forecasts"), dg.AssetKey("procurement_policy_record")],
     description="Today's buy / wait / split for this month's window from the served forecasts, "
     "with its reason and the policy's backtested record; logged, and the decision-quality "
     "monitor (recommended schedules vs even buying over completed windows) judged.",
 )
 def procurement_recommendation(
     context: dg.AssetExecutionContext,
-    procurement_policy_record: pl.DataFrame,
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
     forecast_store: ForecastStoreResource,
     operations: OperationsResource,
+    home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     config = load_config()
     prices = closes(market_prices, market_source.target())
@@ -265,8 +267,7 @@ def procurement_recommendation(
     start, _ = live.month_window(day)
     bought = live.bought_in_window(log.frame(), config.pipeline.recommend, start, day)
     decision, info = live.recommend(config, served, prices, day, bought)
-    record_rows = procurement_policy_record.filter(pl.col("policy") == config.pipeline.recommend)
-    record = record_rows.to_dicts()[0] if record_rows.height else None
+    record = live.policy_record(home.folder("procurement"), config.pipeline.recommend)
     text = recommendation_text(decision, config.pipeline.recommend, record, day)
     context_words = live.forecast_context(served)
     if context_words:
