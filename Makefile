@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.cbi_home
 export OMP_NUM_THREADS ?= 1
 STAMP := $(VENV)/.installed
 
-.PHONY: run test ui serve install lint clean home
+.PHONY: run test ui serve install lint clean home workers-up workers-down
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -35,6 +35,15 @@ ui: home
 
 serve: $(STAMP)
 	$(BIN)/cbi serve --host 127.0.0.1 --port 8000
+
+# Local distributed execution (shared_data_job_celery): redis-server on 127.0.0.1:6379 and
+# three celery workers (two on the default queue, one on `gpu`), each in its own process group
+# with a pidfile (and log) in $(DAGSTER_HOME)/services/.
+workers-up: home
+	$(BIN)/python -m cbi_platform.workers up --dir $(DAGSTER_HOME)/services
+
+workers-down:
+	$(BIN)/python -m cbi_platform.workers down --dir $(DAGSTER_HOME)/services
 
 lint: $(STAMP)
 	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks
