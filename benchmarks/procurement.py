@@ -196,16 +196,7 @@ def main() -> int:
         windows = bt.protocol_windows(series, prices, days, args.step, "scored")
         t0 = time.perf_counter()
         result = bt.run_backtest(series, prices, programme, policies, windows, keep_reasons=False)
-        stats = bt.savings_statistics(
-            result, settings.bootstrap_resamples, settings.seed, settings.confidence
-        )
-        alarm = bt.lookahead_alarm(
-            result,
-            settings.alarm_capture_share,
-            settings.alarm_relative_mae,
-            settings.alarm_min_windows,
-            settings.alarm_min_rows,
-        )
+        stats, alarm = bt.judge(result, settings)
         bound = bt.bound_statistics(result)
         png = RESULTS / f"procurement_{args.label}_{label}.png"
         png.write_bytes(cumulative_savings_plot(result))

@@ -229,16 +229,7 @@ def _parse_news(raw: Any, manifest_path: Path) -> NewsSpec:
         raise MarketDataError(
             f"{where}: 'path' is required (the news file, relative to the manifest)"
         )
-    file_format = _optional_str(raw, "format", where)
-    if file_format is None:
-        suffix = Path(path).suffix.lower()
-        file_format = EXTENSION_FORMATS.get(suffix)
-        if file_format is None:
-            raise MarketDataError(
-                f"{where}: cannot infer the format of '{path}' from its extension '{suffix}'; "
-                f"set format: csv or format: parquet"
-            )
-    _require_choice(file_format, FORMATS, "format", where)
+    file_format = _file_format(raw, path, where)
     offset = raw.get("session_offset_hours", 0.0)
     if isinstance(offset, bool) or not isinstance(offset, int | float) or not -24 < offset < 24:
         raise MarketDataError(
@@ -286,16 +277,7 @@ def _parse_series(raw: Any, index: int, manifest_path: Path) -> SeriesSpec:
             f"{where}: 'unit' is required, e.g. unit: 'US cents/lb' ({symbol} is {SYMBOLS[symbol]})"
         )
 
-    file_format = _optional_str(raw, "format", where)
-    if file_format is None:
-        suffix = Path(path).suffix.lower()
-        file_format = EXTENSION_FORMATS.get(suffix)
-        if file_format is None:
-            raise MarketDataError(
-                f"{where}: cannot infer the format of '{path}' from its extension '{suffix}'; "
-                f"set format: csv or format: parquet"
-            )
-    _require_choice(file_format, FORMATS, "format", where)
+    file_format = _file_format(raw, path, where)
     layout = _optional_str(raw, "layout", where) or "single"
     _require_choice(layout, LAYOUTS, "layout", where)
     frequency = _optional_str(raw, "frequency", where) or "daily"
@@ -391,6 +373,21 @@ def _optional_str(raw: dict, key: str, where: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise MarketDataError(f"{where}: '{key}' must be a string, got {value!r}")
     return str(value)
+
+
+def _file_format(raw: dict, path: str, where: str) -> str:
+    """The entry's `format`, or the one its file's extension implies (csv / parquet)."""
+    file_format = _optional_str(raw, "format", where)
+    if file_format is None:
+        suffix = Path(path).suffix.lower()
+        file_format = EXTENSION_FORMATS.get(suffix)
+        if file_format is None:
+            raise MarketDataError(
+                f"{where}: cannot infer the format of '{path}' from its extension '{suffix}'; "
+                f"set format: csv or format: parquet"
+            )
+    _require_choice(file_format, FORMATS, "format", where)
+    return file_format
 
 
 def _require_choice(value: str, choices: tuple[str, ...], key: str, where: str) -> None:

@@ -832,6 +832,24 @@ def decision_quality(
     }
 
 
+def judge(
+    result: BacktestResult, settings: BacktestSettings
+) -> tuple[pl.DataFrame, LookAheadAlarm]:
+    """The savings statistics and the look-ahead alarm of a backtest, by procurement.yaml's
+    `backtest:` settings (the asset and the benchmark judge the same way)."""
+    stats = savings_statistics(
+        result, settings.bootstrap_resamples, settings.seed, settings.confidence
+    )
+    alarm = lookahead_alarm(
+        result,
+        settings.alarm_capture_share,
+        settings.alarm_relative_mae,
+        settings.alarm_min_windows,
+        settings.alarm_min_rows,
+    )
+    return stats, alarm
+
+
 def default_windows(
     prices: pl.DataFrame,
     programme: Programme,

@@ -42,6 +42,7 @@ from cbi_platform.features.contract import (
     horizon_frame,
 )
 from cbi_platform.models.registry import build_model, load_specs
+from cbi_platform.procurement.backtest import forecast_skill
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
 from cbi_platform.serving.calibration import CalibrationState
 from cbi_platform.serving.registry import ServedModel
@@ -351,21 +352,6 @@ def latest_rows(series: pl.DataFrame, day: dt.date) -> Mapping[str, dict[str, An
     return {r["horizon"]: r for r in last.iter_rows(named=True)}
 
 
-def matured_errors(series: pl.DataFrame, closes: pl.DataFrame) -> pl.DataFrame:
-    """Each decision forecast beside the close `horizon_days` trading days later (where that
-    day has come): absolute error of the forecast and of the random walk (today's close)."""
-    days = closes.sort("date").select("date", "price").with_row_index("i")
-    row = days.select("date", pl.col("i").cast(pl.Int64))
-    joined = series.join(row, on="date", how="inner").with_columns(
-        target_i=pl.col("i") + pl.col("horizon_days")
-    )
-    actual = days.select(pl.col("i").cast(pl.Int64).alias("target_i"), actual="price")
-    return joined.join(actual, on="target_i", how="inner").with_columns(
-        abs_error=(pl.col("forecast") - pl.col("actual")).abs(),
-        rw_abs_error=(pl.col("price") - pl.col("actual")).abs(),
-    )
-
-
 @dataclass(frozen=True)
 class SkillAlarm:
     passed: bool
@@ -380,16 +366,13 @@ def skill_alarm(
     walk's on matured days. Honest forecasts of a price level sit near 1 (issue 3: 0.97-1.10);
     below `min_rel_mae` the series almost certainly saw the future (e.g. a realised price fed as
     a forecast), whatever its known_at column claims."""
-    errors = matured_errors(series, closes)
     evidence: dict[str, Any] = {}
     failing = []
-    for (horizon,), part in errors.group_by(["horizon"], maintain_order=True):
-        n = part.height
-        rw = float(part["rw_abs_error"].mean()) if n else float("nan")
-        rel = float(part["abs_error"].mean()) / rw if n and rw > 0 else float("nan")
-        evidence[str(horizon)] = {"matured": n, "rel_mae_vs_random_walk": rel}
+    for row in forecast_skill(series, closes).iter_rows(named=True):
+        n, rel = row["n"], row["rel_mae"]
+        evidence[row["horizon"]] = {"matured": n, "rel_mae_vs_random_walk": rel}
         if n >= min_rows and rel < min_rel_mae:
-            failing.append(f"{horizon} relative MAE {rel:.3f} on {n} matured days")
+            failing.append(f"{row['horizon']} relative MAE {rel:.3f} on {n} matured days")
     if failing:
         return SkillAlarm(
             False,

@@ -22,6 +22,7 @@ from cbi_platform.operations.conditions import Condition
 from cbi_platform.procurement.live import RecommendationLog
 from cbi_platform.serving.store import ForecastStore
 from cbi_platform.settings import HORIZONS
+from cbi_platform_tests.conftest import _business_days as business_days  # noqa: F401
 
 START = dt.date(2025, 1, 6)
 N_DAYS = 60
@@ -45,15 +46,6 @@ RW_NOTE = (
     "the ensemble is the random walk here: no member beat it on past origins, so no feature "
     "moves this forecast"
 )
-
-
-def business_days(start: dt.date, n: int) -> list[dt.date]:
-    out, day = [], start
-    while len(out) < n:
-        if day.weekday() < 5:
-            out.append(day)
-        day += dt.timedelta(days=1)
-    return out
 
 
 def forecast_row(

@@ -10,20 +10,12 @@ import pytest
 from scipy import stats
 
 from cbi_platform.procurement.contract import DECISION_SCHEMA
+from cbi_platform_tests.conftest import _business_days as trading_days  # noqa: F401
 
 HORIZON_DAYS = {"1w": 5, "1m": 21, "3m": 63}
 ZONE_Z = {"p10": -1.2816, "p30": -0.5244, "p50": 0.0, "p70": 0.5244, "p90": 1.2816}
 KNOT_Z = np.linspace(-3.0, 3.0, 13)
 REGIMES = ("normal", "bull", "bear", "crisis")
-
-
-def trading_days(start: dt.date, n: int) -> list[dt.date]:
-    out, day = [], start
-    while len(out) < n:
-        if day.weekday() < 5:
-            out.append(day)
-        day += dt.timedelta(days=1)
-    return out
 
 
 def make_prices(

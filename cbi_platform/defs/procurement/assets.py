@@ -185,16 +185,7 @@ def procurement_backtest(
     result = bt.run_backtest(
         usable, prices, config.programme, config.policies, windows, keep_reasons=False
     )
-    stats = bt.savings_statistics(
-        result, settings.bootstrap_resamples, settings.seed, settings.confidence
-    )
-    alarm = bt.lookahead_alarm(
-        result,
-        settings.alarm_capture_share,
-        settings.alarm_relative_mae,
-        settings.alarm_min_windows,
-        settings.alarm_min_rows,
-    )
+    stats, alarm = bt.judge(result, settings)
     context.log.info(
         f"backtest: {len(windows)} windows x {len(result.policies)} policies from {start} in "
         f"{time.perf_counter() - started:.1f}s"
