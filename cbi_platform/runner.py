@@ -15,18 +15,31 @@ import dagster as dg
 
 from cbi_platform.defs.market.checks import market_checks
 from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
+from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
     BACKTEST_ASSETS,
     DECISION_ASSETS,
     HORIZON_ASSETS,
     HORIZON_CHECKS,
+    RANGE_ASSETS,
+    RANGE_CHECKS,
     REFRESH_ASSETS,
     SHARED_ASSETS,
     SHARED_CHECKS,
 )
 from cbi_platform.defs.resources import build_resources
 from cbi_platform.procurement.programme import load_config as load_procurement
+
+
+def _one_range(horizons) -> bool:
+    """True when the horizons are two or more consecutive partitions (one range run)."""
+    keys = list(HORIZON_KEYS)
+    if len(horizons) < 2 or any(h not in keys for h in horizons):
+        return False
+    first = keys.index(horizons[0])
+    return list(horizons) == keys[first : first + len(horizons)]
+
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Bump when a warehouse table changes its columns: an older warehouse is moved aside, not lost.
@@ -114,6 +127,13 @@ def run_pipeline(
             "operations": type(operations)(**{**config, "horizons": list(horizons)}),
         }
     stages: list[tuple[str, str | tuple[str, str] | None]] = [("market data", None)]
+    together = _one_range(horizons)
+    if together:
+        # One run over every horizon: features, then the statistical members fitted once per
+        # origin for all horizons (they do not depend on it).
+        stages.append(
+            (f"features + statistical members, {horizons[0]}..{horizons[-1]}", ("range", ""))
+        )
     stages += [(f"horizon {h}", h) for h in horizons]
     decision = [h for h in load_procurement().pipeline.horizons if h in horizons]
     stages += [(f"decision forecasts {h}", ("decision", h)) for h in decision]
@@ -126,7 +146,14 @@ def run_pipeline(
         stream.write(f"[{i}/{len(stages)}] {label} ...\n")
         stream.flush()
         partition = horizon
-        if isinstance(horizon, tuple):
+        tags = {"cbi/stage": label}
+        if isinstance(horizon, tuple) and horizon[0] == "range":
+            selection, checks, partition = RANGE_ASSETS, RANGE_CHECKS, None
+            tags |= {
+                "dagster/asset_partition_range_start": horizons[0],
+                "dagster/asset_partition_range_end": horizons[-1],
+            }
+        elif isinstance(horizon, tuple):
             step, partition = horizon
             selection, checks = (DECISION_ASSETS if step == "decision" else BACKTEST_ASSETS), []
             partition = partition or None
@@ -135,6 +162,9 @@ def run_pipeline(
         elif horizon == "refresh":
             selection, checks = REFRESH_ASSETS, [*market_checks, *OPERATIONS_CHECKS]
             partition = None
+        elif together:
+            selection = [a for a in HORIZON_ASSETS if a not in RANGE_ASSETS]
+            checks = [c for c in HORIZON_CHECKS if c not in RANGE_CHECKS]
         else:
             selection, checks = HORIZON_ASSETS, HORIZON_CHECKS
         try:
@@ -146,7 +176,7 @@ def run_pipeline(
                 instance=instance,
                 run_config=_QUIET,
                 raise_on_error=False,
-                tags={"cbi/stage": label},
+                tags=tags,
             )
         except dg.DagsterInvariantViolationError as exc:
             stream.write(f"    failed: {exc}\n")

@@ -103,6 +103,10 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        """A folder and everything under it, its layout kept (e.g. a SavedModel)."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
     def register(self, run_id: str, artifact_path: str, name: str) -> str:
         """Register the run's artifact as a new version of `name`; returns the version."""
         mlflow.set_tracking_uri(self.tracking_uri)

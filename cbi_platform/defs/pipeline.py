@@ -10,7 +10,13 @@ from cbi_platform.defs.features.checks import feature_checks
 from cbi_platform.defs.forecasts.assets import forecasts
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
 from cbi_platform.defs.market.checks import market_checks
-from cbi_platform.defs.models.assets import member_models, volatility_forecasts
+from cbi_platform.defs.models.assets import (
+    MEMBER_GROUP_ASSETS,
+    MEMBERS_STATISTICAL,
+    member_models,
+    neural_volatility,
+    volatility_forecasts,
+)
 from cbi_platform.defs.models.checks import model_checks
 from cbi_platform.defs.operations.assets import OPERATIONS_ASSETS
 from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
@@ -38,12 +44,14 @@ SHARED_ASSETS = [
     regime_calendar,
     detected_regimes,
     volatility_forecasts,
+    neural_volatility,
 ]
 SHARED_CHECKS = [*market_checks, *regime_checks]
 # Per-horizon assets, materialized for each partition.
 HORIZON_ASSETS = [
     features,
     regime_datasets,
+    *MEMBER_GROUP_ASSETS,
     member_models,
     ensemble,
     target_zones,
@@ -51,6 +59,11 @@ HORIZON_ASSETS = [
     forecasts,
 ]
 HORIZON_CHECKS = [*feature_checks, *model_checks]
+# What `make run` materializes for all horizons in one run before the per-horizon stages: the
+# features (and their blocking checks), then the statistical members, fitted once per origin
+# for every horizon.
+RANGE_ASSETS = [features, regime_datasets, MEMBERS_STATISTICAL]
+RANGE_CHECKS = [*feature_checks]
 
 # Procurement: the daily decision forecasts of the policies' horizons (partitioned), then the
 # backtest of every policy over the buying windows (unpartitioned).

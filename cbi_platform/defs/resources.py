@@ -162,7 +162,16 @@ class ProtocolResource(dg.ConfigurableResource):
     min_history: int | None = None
     zone_method: str | None = None
     n_workers: int = 2
-    model_kinds: list[str] = ["benchmark", "statistical", "tree", "sanity", "specialist"]
+    model_kinds: list[str] = [
+        "benchmark",
+        "statistical",
+        "tree",
+        "sanity",
+        "specialist",
+        "neural",
+        "neural_specialist",
+    ]
+    specs_file: str | None = Field(default=None, description="model specs YAML; default: zoo")
     regime_folds: int = 6
 
     def protocol(self):
@@ -188,6 +197,40 @@ class ProtocolResource(dg.ConfigurableResource):
         from cbi_platform.evaluation.horizon_run import ProtocolConfig
 
         return ProtocolConfig(protocol=self.protocol(), n_workers=self.n_workers)
+
+    def specs(self, horizon: str, kinds: tuple[str, ...] | None = None) -> list:
+        """The members this run trains at `horizon`: the specs file's entries of `model_kinds`
+        (narrowed to `kinds`, e.g. one group's)."""
+        from cbi_platform.evaluation.horizon_run import zoo_specs
+
+        wanted = tuple(k for k in self.model_kinds if kinds is None or k in kinds)
+        return zoo_specs(horizon, wanted, self.specs_file) if wanted else []
+
+
+class GpuResource(dg.ConfigurableResource):
+    """The one training device behind the single-slot `gpu` pool: every asset that trains a
+    network takes the pool and this resource. Networks train in spawned worker processes; the
+    resource hands them the Keras backend and the precision policy through their environment.
+    precision "auto" turns mixed float16 on only where the detected device gains from it
+    (CUDA); on CPU it made recurrent layers 2x slower when measured."""
+
+    backend: str = Field(default="tensorflow", description="KERAS_BACKEND: tensorflow|jax|torch")
+    precision: str = Field(default="auto", description="auto | float32 | mixed_float16")
+    threads: int = Field(default=1, description="intra-op threads per training process")
+
+    def environment(self) -> dict[str, str]:
+        if self.backend not in ("tensorflow", "jax", "torch"):
+            raise ValueError(f"gpu.backend must be tensorflow, jax or torch, not {self.backend!r}")
+        if self.precision not in ("auto", "float32", "mixed_float16"):
+            raise ValueError(
+                f"gpu.precision must be auto|float32|mixed_float16: {self.precision!r}"
+            )
+        return {
+            "KERAS_BACKEND": self.backend,
+            "CBI_NEURAL_PRECISION": self.precision,
+            "CBI_NEURAL_THREADS": str(self.threads),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -381,7 +424,13 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
         "market_source": source,
         "home": PlatformHome(path=str(home)),
         "protocol": ProtocolResource(
-            protocol_file=env.get("CBI_PROTOCOL"), n_workers=int(env.get("CBI_WORKERS", "2"))
+            protocol_file=env.get("CBI_PROTOCOL"),
+            n_workers=int(env.get("CBI_WORKERS", "2")),
+            specs_file=env.get("CBI_SPECS"),
+        ),
+        "gpu": GpuResource(
+            backend=env.get("KERAS_BACKEND", "tensorflow"),
+            precision=env.get("CBI_NEURAL_PRECISION", "auto"),
         ),
         "mlflow": MlflowResource(
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),

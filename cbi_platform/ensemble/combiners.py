@@ -11,7 +11,7 @@ resolved history gets the random walk itself, flagged in `fallback`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -500,20 +500,9 @@ def _horizon_candidates(panel: _Panel, cfg: EnsembleConfig):
     rw_only[:, 0] = 1.0
     weights[RANDOM_WALK] = (rw_only, "linear")
     for name in cfg.combiners:
-        if name == SIMPLE_AVERAGE:
-            result = simple_average(panel)
-        elif name == INVERSE_ERROR:
-            result = inverse_error(panel, cfg.min_history, cfg.inverse_error_power)
-        elif name == META_LGBM:
-            result = meta_lgbm(
-                panel,
-                cfg.meta_min_history,
-                cfg.meta_refit_every,
-                cfg.meta_num_rounds,
-                cfg.meta_params,
-            )
-        else:
-            raise ValueError(f"unknown combiner {name!r}; known: {COMBINERS}")
+        if name not in COMBINER_REGISTRY:
+            raise ValueError(f"unknown combiner {name!r}; known: {tuple(COMBINER_REGISTRY)}")
+        result = COMBINER_REGISTRY[name].walk_forward(panel, cfg)
         w, enough = shrinkage_weights(
             panel,
             result.combo,
@@ -673,28 +662,9 @@ class EnsembleState:
 
     def _raw(self, F: np.ndarray, context: Mapping[str, Any] | None) -> tuple[float, np.ndarray]:
         """The combiner's raw forecast and its weights over members (+ context inputs)."""
-        pad = np.zeros(len(self.context_names))
-        if self.combiner == SIMPLE_AVERAGE:
-            available = np.isfinite(F)
-            k = available.sum()
-            w = np.where(available, 1.0 / max(k, 1), 0.0)
-            combo = float((np.nan_to_num(F) * w).sum()) if k > 0 else np.nan
-            return combo, np.concatenate([w, pad])
-        if self.combiner == INVERSE_ERROR:
-            raw = np.where(np.isfinite(F), np.asarray(self.member_scores, dtype=float), 0.0)
-            total = raw.sum()
-            w = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
-            combo = float((np.nan_to_num(F) * w).sum()) if total > 0 else np.nan
-            return combo, np.concatenate([w, pad])
-        if self.combiner == META_LGBM:
-            if self.booster is None:
-                return np.nan, np.zeros(len(F) + len(pad))
-            booster = lgb.Booster(model_str=self.booster)
-            X = np.concatenate([F, self.context_vector(context)]).reshape(1, -1)
-            gain = booster.feature_importance(importance_type="gain").astype(float)
-            w = gain / gain.sum() if gain.sum() > 0 else np.zeros_like(gain)
-            return float(booster.predict(X)[0]), w
-        raise ValueError(f"unknown combiner {self.combiner!r}")
+        if self.combiner not in COMBINER_REGISTRY:
+            raise ValueError(f"unknown combiner {self.combiner!r}")
+        return COMBINER_REGISTRY[self.combiner].serve(self, F, context)
 
     def combine(
         self, member_logrets: Mapping[str, float], context: Mapping[str, Any] | None = None
@@ -716,7 +686,8 @@ class EnsembleState:
         "linear" (weights of a sum) or "importance" (meta-learner gain shares)."""
         names = [*self.members, *(f"context:{c}" for c in self.context_names)]
         weights = np.zeros(len(names))
-        kind = "importance" if self.combiner == META_LGBM else "linear"
+        entry = COMBINER_REGISTRY.get(self.combiner)
+        kind = entry.weight_kind if entry is not None else "linear"
         F = self.member_vector(member_logrets)
         combo = np.nan
         if self.combiner != RANDOM_WALK and self.blended:
@@ -826,3 +797,67 @@ def ensemble_state(
         context_names=tuple(ctx_names),
         forecast_logret=float(value),
     )
+
+
+# ----------------------------------------------------------------------------- the registry
+# A combiner is two functions over the same weights: the walk-forward one (every origin of a
+# horizon's panel) and the serving one (one origin, from the exported EnsembleState). Adding a
+# combiner is one entry here and its name in EnsembleConfig.combiners; nothing else dispatches.
+
+
+@dataclass(frozen=True)
+class Combiner:
+    name: str
+    walk_forward: Callable[[_Panel, EnsembleConfig], _CombinerOutput]
+    serve: Callable[[EnsembleState, np.ndarray, Mapping[str, Any] | None], tuple[float, np.ndarray]]
+    weight_kind: str = "linear"  # "linear" (weights of a sum) | "importance" (gain shares)
+
+
+def _serve_simple_average(state: EnsembleState, F: np.ndarray, context) -> tuple[float, np.ndarray]:
+    pad = np.zeros(len(state.context_names))
+    available = np.isfinite(F)
+    k = available.sum()
+    w = np.where(available, 1.0 / max(k, 1), 0.0)
+    combo = float((np.nan_to_num(F) * w).sum()) if k > 0 else np.nan
+    return combo, np.concatenate([w, pad])
+
+
+def _serve_inverse_error(state: EnsembleState, F: np.ndarray, context) -> tuple[float, np.ndarray]:
+    pad = np.zeros(len(state.context_names))
+    raw = np.where(np.isfinite(F), np.asarray(state.member_scores, dtype=float), 0.0)
+    total = raw.sum()
+    w = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
+    combo = float((np.nan_to_num(F) * w).sum()) if total > 0 else np.nan
+    return combo, np.concatenate([w, pad])
+
+
+def _serve_meta_lgbm(state: EnsembleState, F: np.ndarray, context) -> tuple[float, np.ndarray]:
+    if state.booster is None:
+        return np.nan, np.zeros(len(F) + len(state.context_names))
+    booster = lgb.Booster(model_str=state.booster)
+    X = np.concatenate([F, state.context_vector(context)]).reshape(1, -1)
+    gain = booster.feature_importance(importance_type="gain").astype(float)
+    w = gain / gain.sum() if gain.sum() > 0 else np.zeros_like(gain)
+    return float(booster.predict(X)[0]), w
+
+
+COMBINER_REGISTRY: dict[str, Combiner] = {
+    SIMPLE_AVERAGE: Combiner(
+        SIMPLE_AVERAGE, lambda panel, cfg: simple_average(panel), _serve_simple_average
+    ),
+    INVERSE_ERROR: Combiner(
+        INVERSE_ERROR,
+        lambda panel, cfg: inverse_error(panel, cfg.min_history, cfg.inverse_error_power),
+        _serve_inverse_error,
+    ),
+    META_LGBM: Combiner(
+        META_LGBM,
+        lambda panel, cfg: meta_lgbm(
+            panel, cfg.meta_min_history, cfg.meta_refit_every, cfg.meta_num_rounds, cfg.meta_params
+        ),
+        _serve_meta_lgbm,
+        weight_kind="importance",
+    ),
+}
+if tuple(COMBINER_REGISTRY) != COMBINERS:  # one list of names, checked at import
+    raise AssertionError(f"COMBINERS {COMBINERS} != registry {tuple(COMBINER_REGISTRY)}")

@@ -10,17 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleConfig, EnsembleResult, build_ensemble
 from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.ensemble.zone_methods import target_zones, zone_scores
-from cbi_platform.evaluation import metrics
+from cbi_platform.evaluation import metrics, walk_forward
 from cbi_platform.evaluation.origins import OriginPlan, protocol_origins, with_live_origin
-from cbi_platform.evaluation.walk_forward import (
-    RegimeRowFilter,
-    run_walk_forward_with_explanations,
-)
+from cbi_platform.evaluation.walk_forward import RegimeRowFilter
 from cbi_platform.features.contract import DATE, HORIZONS, PRICE, TARGET_LOGRET, feature_columns
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import RETURN_KINDS, build_model, load_specs
@@ -51,8 +49,59 @@ def origin_plan(dates: pl.Series, horizon: str, cfg: ProtocolConfig) -> OriginPl
     return with_live_origin(plan, dates[-1])
 
 
-def zoo_specs(horizon: str, kinds: tuple[str, ...] = tuple(RETURN_KINDS)) -> list[ModelSpec]:
-    return load_specs(horizon=horizon, kinds=list(kinds))
+def zoo_specs(
+    horizon: str, kinds: tuple[str, ...] = tuple(RETURN_KINDS), path: str | None = None
+) -> list[ModelSpec]:
+    return load_specs(path, horizon=horizon, kinds=list(kinds))
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """One walk-forward of some members on one horizon: OOF rows, their SHAP, the plan, and a
+    per-model report of fits and time (`walk_forward.FIT_REPORT_SCHEMA`)."""
+
+    oof: pl.DataFrame
+    shap: pl.DataFrame
+    plan: OriginPlan
+    fits: pl.DataFrame
+
+
+def member_walk_forward(
+    frame: pl.DataFrame,
+    regimes: pl.DataFrame,
+    horizon: str,
+    cfg: ProtocolConfig,
+    specs: list[ModelSpec] | None = None,
+    calendar: RegimeCalendar | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MemberRun:
+    """Walk-forward OOF predictions of the members for one horizon, the SHAP of each feature
+    model at each origin from the model fitted at (or last before) that origin (its
+    `contributions()` hook), and the fit report."""
+    from cbi_platform.explain.shap_tables import explain_row
+
+    frame = frame.sort(DATE)
+    plan = origin_plan(frame[DATE], horizon, cfg)
+    if plan.notice and progress is not None:
+        progress(f"notice: {plan.notice}")
+    specs = specs if specs is not None else zoo_specs(horizon)
+    # Point in time: at each refit the calendar is read as it was known at that origin.
+    weights = PointInTimeWeights(calendar or load_regime_calendar(), frame[DATE])
+    row_filter = RegimeRowFilter.from_frame(frame, regimes)
+    prepared = walk_forward.prepare(frame, specs, plan, weights, row_filter)
+    results = walk_forward.execute(
+        prepared,
+        specs,
+        build_model,
+        cfg.n_workers,
+        progress,
+        row_filter,
+        explain=explain_row,
+        refit_phase=cfg.refit_phase,
+    )
+    oof = walk_forward.assemble(prepared, specs, results)
+    shap = walk_forward.explanation_frame(specs, prepared.arrays, prepared.extras, results)
+    return MemberRun(oof, shap, plan, walk_forward.fit_report(specs, results))
 
 
 def member_predictions(
@@ -64,26 +113,9 @@ def member_predictions(
     calendar: RegimeCalendar | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, OriginPlan]:
-    """Walk-forward OOF predictions of every member for one horizon, and the SHAP of each
-    feature model at each origin from the model fitted at (or last before) that origin."""
-    frame = frame.sort(DATE)
-    plan = origin_plan(frame[DATE], horizon, cfg)
-    if plan.notice and progress is not None:
-        progress(f"notice: {plan.notice}")
-    # Point in time: at each refit the calendar is read as it was known at that origin.
-    weights = PointInTimeWeights(calendar or load_regime_calendar(), frame[DATE])
-    oof, shap = run_walk_forward_with_explanations(
-        frame,
-        specs if specs is not None else zoo_specs(horizon),
-        build_model,
-        plan,
-        weights=weights,
-        n_workers=cfg.n_workers,
-        progress=progress,
-        row_filter=RegimeRowFilter.from_frame(frame, regimes),
-        refit_phase=cfg.refit_phase,
-    )
-    return oof, shap, plan
+    """(oof, shap, plan) of `member_walk_forward`."""
+    run = member_walk_forward(frame, regimes, horizon, cfg, specs, calendar, progress)
+    return run.oof, run.shap, run.plan
 
 
 def context_frame(
@@ -214,6 +246,8 @@ def fit_final_models(
             horizon_days=HORIZONS[horizon],
             feature_names=names,
             sample_weight=weights[mask] if spec.weighted else None,
+            history=X,
+            train_rows=np.flatnonzero(mask),
         )
         fitted[spec.name] = build_model(spec).fit(data)
     return fitted

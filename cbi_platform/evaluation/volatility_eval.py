@@ -6,10 +6,19 @@ fitted on daily log returns up to the origin and forecast the h-day volatility o
 return for all horizons at once (sum of the daily variance path). Each is scored against the
 realised h-day volatility after the origin, next to a naive benchmark: the trailing 63-day
 sample volatility times sqrt(h).
+
+A neural volatility model (family `lstm_vol`, models/volatility_nn.py) is too slow to refit at
+every origin: it refits on a recorded schedule (`refit_schedule`, at most its `max_fits`
+times, the first at the first origin with enough history) and forecasts every origin in
+between from its last fit, with the closes up to that origin. The output's `fit_origin` says
+which fit produced each forecast (the origin itself for the GARCH models and the naive).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +29,9 @@ from cbi_platform.evaluation.origins import OriginPlan
 from cbi_platform.models.base import ModelSpec
 from cbi_platform.models.registry import build_model, load_specs
 from cbi_platform.models.volatility import VolatilityModel, fit_volatility, realized_vol
+from cbi_platform.models.volatility_nn import LstmVolatilityModel  # Keras only inside its fit
+
+logger = logging.getLogger(__name__)
 
 NAIVE = "trailing_vol"
 NAIVE_WINDOW = 63  # trailing daily returns behind the naive benchmark
@@ -46,39 +58,114 @@ def _path_vols(result, horizons: dict[str, int]) -> dict[str, float]:
     return {h: float(np.sqrt(cumulative[d - 1]) / 100.0) for h, d in horizons.items()}
 
 
+def refit_schedule(n_origins: int, max_fits: int, first: int | None) -> tuple[int, ...]:
+    """Positions (0-based, plan order) of the origins at which a sparsely refitted model refits:
+    `first` (the first origin with enough history), then evenly every ceil(rest / max_fits)
+    origins, so at most `max_fits` fits and none after the last origin. Empty if `first` is
+    None or past the last origin."""
+    if isinstance(max_fits, bool) or not isinstance(max_fits, int) or max_fits < 1:
+        raise ValueError(f"max_fits must be an integer >= 1, got {max_fits!r}")
+    if first is None or first < 0 or first >= n_origins:
+        return ()
+    step = math.ceil((n_origins - first) / max_fits)
+    return tuple(range(first, n_origins, step))
+
+
+def _neural_forecasts(
+    model: LstmVolatilityModel,
+    prices: np.ndarray,
+    plan: OriginPlan,
+    horizons: dict[str, int],
+) -> list[tuple[dict[str, float], object]]:
+    """Per origin: the model's forecast for every horizon and the origin of the fit behind it."""
+    days = list(horizons.values())
+    need = model.min_closes(days)
+    first = next((k for k, idx in enumerate(plan.index) if idx + 1 >= need), None)
+    schedule = set(refit_schedule(plan.n_origins, model.max_fits, first))
+    nan = {h: float("nan") for h in horizons}
+    out: list[tuple[dict[str, float], object]] = [(nan, None)] * plan.n_origins
+    fits, seconds = 0, 0.0
+    starts = sorted(schedule)
+    for i, k in enumerate(starts):  # each fit serves the origins up to the next one
+        origin, idx = plan.dates[k], plan.index[k]
+        served = range(k, starts[i + 1] if i + 1 < len(starts) else plan.n_origins)
+        try:
+            model.fit_horizons(prices[: idx + 1], days)  # closes up to and including the origin
+            fits, seconds = fits + 1, seconds + model.fit_seconds
+            # one pass for the origins this fit serves; each reads only the closes up to itself
+            vols = model.forecast_horizons(prices, [plan.index[j] for j in served])
+        except Exception as exc:  # null forecasts until the next scheduled fit
+            logger.warning(
+                "%s: fit at %s failed: %s: %s", model.spec.name, origin, type(exc).__name__, exc
+            )
+            continue
+        for j, by_h in zip(served, vols, strict=True):
+            out[j] = ({h: float(v) for h, v in zip(horizons, by_h, strict=True)}, origin)
+    logger.info(
+        "volatility %s: %d fits (max_fits %d) at origins %s, %.1fs fitting",
+        model.spec.name,
+        fits,
+        model.max_fits,
+        [str(plan.dates[k]) for k in sorted(schedule)],
+        seconds,
+    )
+    return out
+
+
 def volatility_walk_forward(
     prices: np.ndarray,
     plan: OriginPlan,
     horizons: dict[str, int],
     specs: Sequence[ModelSpec] | None = None,
 ) -> pl.DataFrame:
-    """Rows: origin, role, horizon, model, forecast_vol, realized_vol (null if not yet known).
+    """Rows: origin, role, horizon, model, forecast_vol, realized_vol (null if not yet known),
+    fit_origin (the origin of the fit behind the forecast; null when there is none yet).
 
     One model per volatility spec (default: specs.yaml), each fitted on its own `window` of
-    daily returns with its `dist`, plus the naive trailing volatility.
+    daily returns with its `dist`, plus the naive trailing volatility. GARCH models refit at
+    every origin; a neural model on its `refit_schedule`.
     """
     models = volatility_models(specs)
-    logp = np.log(np.asarray(prices, dtype=float))
+    prices = np.asarray(prices, dtype=float)
+    logp = np.log(prices)
     returns = np.diff(logp)  # returns[i-1] is the return into row i
+    neural: dict[str, list[tuple[dict[str, float], object]]] = {}
+    for model in models:
+        if isinstance(model, LstmVolatilityModel):
+            started = time.perf_counter()
+            neural[model.spec.name] = _neural_forecasts(model, prices, plan, horizons)
+            logger.info(
+                "volatility %s: %d origins in %.1fs",
+                model.spec.name,
+                plan.n_origins,
+                time.perf_counter() - started,
+            )
     rows = []
-    for origin, idx, role in zip(plan.dates, plan.index, plan.role, strict=True):
+    for k, (origin, idx, role) in enumerate(zip(plan.dates, plan.index, plan.role, strict=True)):
         forecasts: dict[str, dict[str, float]] = {}
+        fit_origin: dict[str, object] = {}
         for model in models:
+            name = model.spec.name
+            if name in neural:
+                forecasts[name], fit_origin[name] = neural[name][k]
+                continue
             past = returns[max(0, idx - model.window) : idx]
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     fitted = fit_volatility(past, model.vol_kind, model.dist)
-                    forecasts[model.spec.name] = _path_vols(fitted, horizons)
+                    forecasts[name] = _path_vols(fitted, horizons)
             except Exception:  # recorded as a null forecast, never silently replaced
-                forecasts[model.spec.name] = {h: float("nan") for h in horizons}
+                forecasts[name] = {h: float("nan") for h in horizons}
+            fit_origin[name] = origin
         trailing = float(np.std(returns[max(0, idx - NAIVE_WINDOW) : idx], ddof=1))
         forecasts[NAIVE] = {h: trailing * np.sqrt(d) for h, d in horizons.items()}
+        fit_origin[NAIVE] = origin
         for h, d in horizons.items():
             after = returns[idx : idx + d]
             realised = realized_vol(after) if len(after) == d else float("nan")
             for name, by_h in forecasts.items():
-                rows.append((origin, role, h, name, by_h[h], realised))
+                rows.append((origin, role, h, name, by_h[h], realised, fit_origin[name]))
     frame = pl.DataFrame(
         rows,
         schema={
@@ -88,6 +175,7 @@ def volatility_walk_forward(
             "model": pl.Utf8,
             "forecast_vol": pl.Float64,
             "realized_vol": pl.Float64,
+            "fit_origin": pl.Date,
         },
         orient="row",
     )
@@ -106,6 +194,9 @@ def live_volatility(prices: np.ndarray, model_name: str | None, horizon_days: in
     if model_name not in models:
         raise ValueError(f"unknown volatility model {model_name!r}; known: {sorted(models)}")
     model = models[model_name]
+    if isinstance(model, LstmVolatilityModel):  # a fresh fit on the closes up to today
+        value = float(model.fit_horizons(prices, [horizon_days]).forecast_horizons(prices)[0])
+        return value if np.isfinite(value) else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitted = fit_volatility(returns[-model.window :], model.vol_kind, model.dist)
@@ -145,9 +236,17 @@ def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
     )
 
 
+def _neural_names() -> set[str]:
+    return {s.name for s in load_specs(kinds=["volatility"]) if s.family == "lstm_vol"}
+
+
 def best_volatility_model(scores: pl.DataFrame, horizon: str) -> str:
-    """The GARCH-family model with the lower QLIKE at this horizon (the naive is a benchmark)."""
-    rows = scores.filter((pl.col("horizon") == horizon) & (pl.col("model") != NAIVE))
+    """The GARCH-family model with the lower QLIKE at this horizon (the naive is a benchmark).
+
+    The neural volatility model (specs.yaml family lstm_vol) is scored beside them but not
+    chosen: zones would then need a Keras fit at every live refresh."""
+    excluded = [NAIVE, *_neural_names()]
+    rows = scores.filter((pl.col("horizon") == horizon) & ~pl.col("model").is_in(excluded))
     if rows.height == 0:
         return "gjr_garch"
     return rows.sort("qlike")["model"][0]

@@ -25,12 +25,15 @@ The engine runs in three steps: `prepare` (arrays and embargo masks per horizon)
 (the origin loop per spec, in-process or in workers) and `assemble` (the OOF frame).
 
 Explanations (optional): given `explain`, at every origin with a forecast the engine also calls
-`explain(model, spec, x_row, feature_names)` with the model that made it (fitted at or last
-before the origin) and the origin's (1, p) feature row, and collects the vector it returns:
+`explain(model, spec, x_rows, feature_names)` with the model that made it (fitted at or last
+before the origin) and the rows it forecast from (the origin's (1, p) row, or a sequence
+model's `lookback` rows ending at the origin), and collects the vector it returns:
 p contributions to the forecast log return, optionally followed by the base value (the layout
 of LightGBM's pred_contrib); None for models without features. One row per origin, so the cost
-is one explanation per forecast. The OOF frame is unchanged; the explanations come back beside
-it in long format (`cbi_platform.explain.shap_tables.SHAP_TABLE_SCHEMA`).
+is one explanation per forecast; a model with `explain_refits_only = True` (the networks, whose
+kernel SHAP costs ~0.35 s a call) is explained only at its refit origins and the live origin.
+The OOF frame is unchanged; the explanations come back beside it in long format
+(`cbi_platform.explain.shap_tables.SHAP_TABLE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
@@ -59,13 +62,14 @@ from cbi_platform.features.contract import (
     TARGET_PRICE,
     feature_columns,
 )
-from cbi_platform.models.base import FitData, Model, ModelSpec
+from cbi_platform.models.base import FitData, Model, ModelSpec, model_input
 
 # (spec, training mask aligned with the rows of the frame passed in) -> allowed rows (subset).
 RowFilter = Callable[[ModelSpec, np.ndarray], np.ndarray]
 # origin date (days since epoch) -> one weight per row of the frame passed in, as known then.
 WeightSchedule = Callable[[int], np.ndarray]
-# (model, spec, origin feature row (1, p), feature names) -> p or p + 1 (base last) values | None.
+# (model, spec, origin feature rows, feature names) -> p or p + 1 (base last) values | None. The
+# rows are the origin's row, or for a sequence model the `lookback` rows ending at it.
 RowExplainer = Callable[[Model, ModelSpec, np.ndarray, list[str]], np.ndarray | None]
 
 # Set in every worker before it imports numpy / model libraries: one thread per process.
@@ -158,6 +162,7 @@ class _SpecResult:
     seconds: float
     contributions: np.ndarray | None = None  # (n_origins, p + 1), base last; nan: none
     explain_seconds: float = 0.0
+    fit_infos: list = field(default_factory=list)  # model.fit_info() after each fit, if any
 
 
 def _days(series: pl.Series) -> np.ndarray:
@@ -278,6 +283,7 @@ def _walk_spec(
     explain_seconds = 0.0
     model: Model | None = None
     fit_k, fit_rows, n_fits = -1, -1, 0
+    fit_infos: list[dict] = []
     for k in range(n):
         row = int(arr.origin_rows[k])
         if refit_due(spec, arr, k, model is not None, refit_phase):
@@ -291,6 +297,8 @@ def _walk_spec(
                     horizon_days=arr.horizon_days,
                     feature_names=list(arr.feature_names),
                     sample_weight=_weights_at(weights, arr, k)[mask] if spec.weighted else None,
+                    history=arr.X[: row + 1],
+                    train_rows=np.flatnonzero(mask),
                 )
                 try:
                     model = build_model(spec).fit(data)
@@ -299,28 +307,41 @@ def _walk_spec(
                         f"{spec.name} {arr.horizon}: fit failed at origin position {k}"
                     ) from exc
                 fit_k, fit_rows, n_fits = k, rows, n_fits + 1
+                info = getattr(model, "fit_info", None)
+                if callable(info):
+                    fit_infos.append({"origin_position": k, **info()})
         if model is None:
             continue
         if fit_k > k:  # unreachable by construction; a model is never used before its fit
             raise LookAheadError(f"{spec.name}: model fitted at {fit_k} used at {k}")
+        # The origin's row, or for a sequence model the `lookback` rows ending at it.
+        x_in = model_input(model, arr.X, row).copy()
         try:
             pred = np.asarray(
-                model.predict(arr.X[row : row + 1].copy(), arr.prices[: row + 1].copy()),
-                dtype=np.float64,
+                model.predict(x_in, arr.prices[: row + 1].copy()), dtype=np.float64
             ).reshape(-1)
         except Exception as exc:
             raise RuntimeError(
                 f"{spec.name} {arr.horizon}: predict failed at origin position {k}"
             ) from exc
-        if pred.size != 1:
-            raise ValueError(f"{spec.name}: predict returned {pred.size} values for one origin")
-        forecast_logret[k] = pred[0]
+        if pred.size != x_in.shape[0]:
+            raise ValueError(
+                f"{spec.name}: predict returned {pred.size} values for {x_in.shape[0]} rows"
+            )
+        forecast_logret[k] = pred[-1]
         fitted_at[k], n_train[k] = fit_k, fit_rows
         fallback[k] = getattr(model, "fallback_reason", None)
-        if explain is not None and contributions is not None:
+        # Models that are dear to explain (networks: kernel SHAP) say so with
+        # `explain_refits_only`: explained at their refit origins and the live origin only.
+        subset = bool(getattr(model, "explain_refits_only", False))
+        if (
+            explain is not None
+            and contributions is not None
+            and (not subset or k == fit_k or arr.live[k])
+        ):
             explain_start = time.perf_counter()
             try:
-                vector = explain(model, spec, arr.X[row : row + 1].copy(), list(arr.feature_names))
+                vector = explain(model, spec, x_in, list(arr.feature_names))
             except Exception as exc:
                 raise RuntimeError(
                     f"{spec.name} {arr.horizon}: explain failed at origin position {k}"
@@ -342,6 +363,7 @@ def _walk_spec(
         time.perf_counter() - start,
         contributions,
         explain_seconds,
+        fit_infos,
     )
 
 
@@ -602,6 +624,51 @@ def assemble(
     return oof.select([pl.col(c).cast(t) for c, t in OOF_SCHEMA.items()])
 
 
+FIT_REPORT_SCHEMA: dict[str, pl.DataType] = {
+    "horizon": pl.Utf8(),
+    "model": pl.Utf8(),
+    "n_origins": pl.Int64(),
+    "n_fits": pl.Int64(),
+    "seconds": pl.Float64(),  # the whole origin loop: fits, predictions, explanations
+    "explain_seconds": pl.Float64(),
+    "fit_seconds_mean": pl.Float64(),  # per fit, as the model recorded it (networks)
+    "epochs_mean": pl.Float64(),
+    "device": pl.Utf8(),
+    "precision": pl.Utf8(),
+    "peak_memory_mb": pl.Float64(),
+}
+
+
+def fit_report(specs: list[ModelSpec], results: dict[tuple[int, str], _SpecResult]) -> pl.DataFrame:
+    """One row per (horizon, model): origins, fits, time, and what the model recorded about
+    its fits (device, precision, epochs, peak memory: networks record these)."""
+    rows = []
+    for (i, h), r in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
+        infos = r.fit_infos
+
+        def mean(key: str, infos: list = infos) -> float | None:
+            values = [float(x[key]) for x in infos if x.get(key) is not None]
+            return float(np.mean(values)) if values else None
+
+        peaks = [float(x["peak_memory_mb"]) for x in infos if x.get("peak_memory_mb") is not None]
+        rows.append(
+            {
+                "horizon": h,
+                "model": specs[i].name,
+                "n_origins": len(r.fitted_at),
+                "n_fits": r.n_fits,
+                "seconds": r.seconds,
+                "explain_seconds": r.explain_seconds,
+                "fit_seconds_mean": mean("fit_seconds"),
+                "epochs_mean": mean("epochs_run"),
+                "device": next((str(x["device"]) for x in infos if x.get("device")), None),
+                "precision": next((str(x["precision"]) for x in infos if x.get("precision")), None),
+                "peak_memory_mb": max(peaks) if peaks else None,
+            }
+        )
+    return pl.DataFrame(rows, schema=FIT_REPORT_SCHEMA)
+
+
 @overload
 def run_walk_forward(
     frame: pl.DataFrame,
@@ -676,10 +743,10 @@ def run_walk_forward(
     oof = assemble(prepared, specs, results)
     if explain is None:
         return oof
-    return oof, _explanation_frame(specs, prepared.arrays, prepared.extras, results)
+    return oof, explanation_frame(specs, prepared.arrays, prepared.extras, results)
 
 
-def _explanation_frame(
+def explanation_frame(
     specs: list[ModelSpec],
     arrays: dict[str, _HorizonArrays],
     extras: dict[str, pl.DataFrame],

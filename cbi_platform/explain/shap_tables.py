@@ -3,7 +3,9 @@
 A contribution is to the model's own output, the h-day log return: for every row
 `base + sum(shap) == model.predict(row)`, checked on every call. Trees (LightGBM, XGBoost, gbdt
 or DART) get TreeSHAP; ridge gets exact linear SHAP. Models without features (random walk,
-random walk with drift, ARIMA/ETS/Theta, GARCH) have no drivers: they return None.
+random walk with drift, ARIMA/ETS/Theta, GARCH) have no drivers: they return None. Every
+feature model explains itself through its `contributions(X, feature_names)` hook (p values,
+base last); the walk-forward and serving call the hook, never a per-family switch.
 
 DART: LightGBM stores DART's rescaled leaves in the trees, so every path agrees. XGBoost keeps
 DART's tree weights (`weight_drop`) beside the trees; shap's own tree parser ignores them, so its
@@ -184,21 +186,38 @@ def shap_contributions(
     return values, base
 
 
-def explain_row(
-    model: Model, spec: ModelSpec, x_row: np.ndarray, feature_names: list[str]
-) -> np.ndarray | None:
-    """The walk-forward hook: [shap_1 .. shap_p, base] for one origin row, None without features.
-
-    Module-level (picklable for spawned workers). Uses the native TreeSHAP (the numbers
-    TreeExplainer returns, about 1-3 ms a row instead of 10-25 ms), additivity checked.
-    """
-    result = shap_contributions(model, x_row, feature_names, method="native")
+def row_contributions(model: Model, X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """[shap_1 .. shap_p, base] of a tree or ridge model's forecast for the last row of X: what
+    their `contributions()` hook returns. Native TreeSHAP for trees (the numbers TreeExplainer
+    returns, about 1-3 ms a row instead of 10-25 ms), exact linear SHAP for ridge; additivity
+    checked."""
+    result = shap_contributions(model, np.asarray(X)[-1:], feature_names, method="native")
     if result is None:
-        return None
+        raise TypeError(f"{model.spec.name}: no TreeSHAP or linear SHAP for this model")
     values, base = result
-    if values.shape[0] != 1:
-        raise ValueError(f"{spec.name}: explain_row got {values.shape[0]} rows, expected 1")
     return np.append(values[0], base)
+
+
+def explain_row(
+    model: Model, spec: ModelSpec, x_rows: np.ndarray, feature_names: list[str]
+) -> np.ndarray | None:
+    """The walk-forward hook: [shap_1 .. shap_p, base] for the forecast of the last row of
+    `x_rows` (the origin), from the model's own `contributions()` hook; None for models
+    without one (no features: random walk, statistical, volatility).
+
+    Module-level (picklable for spawned workers). Each family explains itself: trees and ridge
+    with TreeSHAP / linear SHAP, networks with grouped kernel SHAP over their input window.
+    """
+    hook = getattr(model, "contributions", None)
+    if hook is None:
+        return None
+    vector = np.asarray(hook(x_rows, list(feature_names)), dtype=np.float64).reshape(-1)
+    if vector.size != len(feature_names) + 1:
+        raise ValueError(
+            f"{spec.name}: contributions() returned {vector.size} values for "
+            f"{len(feature_names)} features (+ base)"
+        )
+    return vector
 
 
 # ---- long tables --------------------------------------------------------------------------

@@ -37,6 +37,11 @@ class FitData:
     horizon_days: int
     feature_names: list[str]
     sample_weight: np.ndarray | None = None
+    # Sequence models only: every feature row up to and including the origin (features at a
+    # date are known at that date), and the position in `history` of each training row
+    # (aligned with X and y). A sequence model builds each training row's window from them.
+    history: np.ndarray | None = None
+    train_rows: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -46,5 +51,21 @@ class Model(Protocol):
     def fit(self, data: FitData) -> Model: ...
 
     def predict(self, X: np.ndarray, prices: np.ndarray) -> np.ndarray:
-        """Forecast h-day log returns for the rows of X; `prices` ends at the last origin."""
+        """Forecast h-day log returns for the rows of X; `prices` ends at the last origin.
+
+        A sequence model (attribute `lookback` > 1) reads X as consecutive rows, oldest first,
+        and forecasts each row from the `lookback` rows ending at it; callers pass the last
+        `lookback` rows up to the origin and keep the last forecast (`model_input`).
+        """
         ...
+
+
+def lookback(model: object) -> int:
+    """Rows of feature history a model reads per forecast (1 for row models)."""
+    return max(1, int(getattr(model, "lookback", 1)))
+
+
+def model_input(model: object, X: np.ndarray, row: int) -> np.ndarray:
+    """The rows of X a model needs to forecast row `row`: that row, or for a sequence model
+    the `lookback` rows ending at it (fewer at the start of the data)."""
+    return X[max(0, row - lookback(model) + 1) : row + 1]

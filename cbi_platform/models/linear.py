@@ -61,6 +61,13 @@ class RidgeModel:
             standardised = self.scaler.transform(self.imputer.transform(X))
             return np.asarray(self.ridge.predict(standardised), dtype=np.float64)
 
+    def contributions(self, X: np.ndarray, feature_names: list[str]) -> np.ndarray:
+        """The explanation hook: SHAP of the forecast for the last row of X, as p values with
+        the base value last (base + sum == the forecast; checked)."""
+        from cbi_platform.explain.shap_tables import row_contributions
+
+        return row_contributions(self, X, feature_names)
+
     def feature_importance(self) -> dict[str, float]:
         """|coefficient| on the standardised scale, in feature order."""
         if self.ridge is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,23 @@ from cbi_platform.models.volatility import GarchModel, GjrGarchModel
 
 DEFAULT_SPECS_PATH = Path(__file__).with_name("specs.yaml")
 
+
+def _neural(spec: ModelSpec) -> Model:
+    # Imported on first use: the neural module itself imports Keras only inside fit.
+    from cbi_platform.models.neural import NeuralModel
+
+    return NeuralModel(spec)
+
+
+def _neural_vol(spec: ModelSpec) -> Model:
+    from cbi_platform.models.volatility_nn import LstmVolatilityModel
+
+    return LstmVolatilityModel(spec)
+
+
+# Keras families (cbi_platform/models/neural.py): one class, the architecture by family name.
+NEURAL_FAMILIES = ("dense", "lstm", "gru", "gru_attention", "tcn", "cnn_lstm", "attention")
+
 FAMILIES: dict[str, Callable[[ModelSpec], Model]] = {
     "random_walk": RandomWalk,
     "random_walk_drift": RandomWalkDrift,
@@ -35,11 +53,42 @@ FAMILIES: dict[str, Callable[[ModelSpec], Model]] = {
     "ridge": RidgeModel,
     "garch": GarchModel,
     "gjr_garch": GjrGarchModel,
+    "lstm_vol": _neural_vol,
+    **{family: _neural for family in NEURAL_FAMILIES},
 }
-FEATURE_FAMILIES = frozenset({"lightgbm", "xgboost", "ridge"})  # those that read X
-KINDS = ("benchmark", "statistical", "tree", "sanity", "specialist", "volatility")
+# Families that read X (features).
+FEATURE_FAMILIES = frozenset({"lightgbm", "xgboost", "ridge", *NEURAL_FAMILIES})
+KINDS = (
+    "benchmark",
+    "statistical",
+    "tree",
+    "sanity",
+    "specialist",
+    "neural",
+    "neural_specialist",
+    "volatility",
+)
 # Kinds whose predict() is an h-day log return; volatility models predict an h-day vol.
-RETURN_KINDS = ("benchmark", "statistical", "tree", "sanity", "specialist")
+RETURN_KINDS = (
+    "benchmark",
+    "statistical",
+    "tree",
+    "sanity",
+    "specialist",
+    "neural",
+    "neural_specialist",
+)
+SPECIALIST_KINDS = ("specialist", "neural_specialist")  # trained on one detected regime's rows
+# Model groups: each is its own Dagster step (asset) per horizon. A group is a set of kinds;
+# every group that trains a network takes the single-slot `gpu` pool.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "benchmarks": ("benchmark",),
+    "statistical": ("statistical",),
+    "trees": ("tree", "sanity"),
+    "specialists": ("specialist",),
+    "neural": ("neural", "neural_specialist"),
+}
+GPU_GROUPS = ("neural",)
 DETECTED_REGIMES = ("crisis", "bull", "bear", "normal")
 
 _REQUIRED = ("name", "family", "kind")
@@ -105,13 +154,18 @@ def _validate_entry(index: int, entry: Any) -> None:
             f"got {horizons!r}"
         )
     regime = entry.get("regime")
-    if entry["kind"] == "specialist":
+    if entry["kind"] in SPECIALIST_KINDS:
         if regime not in DETECTED_REGIMES:
             raise SpecError(f"{label}: a specialist needs regime in {DETECTED_REGIMES}")
         if entry["family"] not in FEATURE_FAMILIES:
             raise SpecError(f"{label}: a specialist must be a feature model {FEATURE_FAMILIES}")
+        neural = entry["family"] in NEURAL_FAMILIES
+        if neural != (entry["kind"] == "neural_specialist"):
+            raise SpecError(f"{label}: a network specialist is kind 'neural_specialist'")
     elif regime is not None:
-        raise SpecError(f"{label}: regime is only for kind 'specialist'")
+        raise SpecError(f"{label}: regime is only for specialist kinds {SPECIALIST_KINDS}")
+    if entry["kind"] == "neural" and entry["family"] not in NEURAL_FAMILIES:
+        raise SpecError(f"{label}: kind 'neural' needs a family in {NEURAL_FAMILIES}")
 
 
 def _to_spec(entry: dict[str, Any]) -> ModelSpec:
@@ -138,6 +192,8 @@ def load_specs(
     """The validated specs, in file order; only those run at `horizon` and of `kinds` if given.
 
     Every spec is also built once, so a bad parameter fails here and not mid walk-forward.
+    With a horizon and the zoo's own file, network specs carry the hyperparameters recorded
+    by Keras Tuner for their family at that horizon (models/neural_tuned.yaml).
     Note: kinds=None includes 'volatility', whose models predict a vol; the return ensemble
     should pass `kinds=RETURN_KINDS`.
     """
@@ -151,6 +207,8 @@ def load_specs(
     specs = []
     for index, entry in enumerate(_read_entries(path)):
         spec = _to_spec(entry)
+        if horizon is not None and path is None and spec.family in NEURAL_FAMILIES:
+            spec = _with_tuned(spec, horizon)
         try:
             build_model(spec)
         except Exception as exc:
@@ -161,6 +219,15 @@ def load_specs(
             continue
         specs.append(spec)
     return specs
+
+
+def _with_tuned(spec: ModelSpec, horizon: str) -> ModelSpec:
+    """A network spec of the zoo with the hyperparameters Keras Tuner chose for its family at
+    this horizon on the development window (models/neural_tuned.yaml), when recorded."""
+    from cbi_platform.models.neural_tuning import tuned_params
+
+    tuned = tuned_params(spec.family, horizon)
+    return replace(spec, params={**spec.params, **tuned}) if tuned else spec
 
 
 def build_model(spec: ModelSpec) -> Model:

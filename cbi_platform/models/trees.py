@@ -91,6 +91,13 @@ class _TreeModel:
             raise RuntimeError(f"{self.spec.name}: not fitted")
         return self._booster
 
+    def contributions(self, X: np.ndarray, feature_names: list[str]) -> np.ndarray:
+        """The explanation hook: SHAP of the forecast for the last row of X, as p values with
+        the base value last (base + sum == the forecast; checked)."""
+        from cbi_platform.explain.shap_tables import row_contributions
+
+        return row_contributions(self, X, feature_names)
+
     def _checked_predict_array(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim == 1:

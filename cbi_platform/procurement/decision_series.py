@@ -93,6 +93,9 @@ def members_fitted_at(
     return horizon_run.fit_final_models(cut, regimes, horizon, specs)
 
 
+MAX_LOOKBACK = 256  # the longest input window a sequence member may read (specs.yaml cap)
+
+
 class _NoModel:
     """A member the walk-forward had not fitted yet at that origin: its forecast is missing."""
 
@@ -226,7 +229,8 @@ def build_decision_series(
         assert served is not None
         t0 = time.perf_counter()
         ctx = {**_context_at(context, origin), "regime": regime_by_day.get(day)}
-        out = served.predict(frame[i : i + 1], closes[: i + 1], ctx)
+        # Day i's row, with the rows before it that a sequence member reads (none later).
+        out = served.predict(frame[max(0, i - MAX_LOOKBACK + 1) : i + 1], closes[: i + 1], ctx)
         stats.seconds_predict += time.perf_counter() - t0
         zone = out.zone
         if day == origin and not math.isclose(

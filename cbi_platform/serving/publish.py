@@ -26,7 +26,7 @@ from cbi_platform.ensemble.combiners import ENSEMBLE, EnsembleConfig, ensemble_s
 from cbi_platform.ensemble.conformal import ZONE_COLUMNS, coverage_report
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.promotion import Candidate, Decision, decide
-from cbi_platform.explain.shap_tables import shap_contributions
+from cbi_platform.explain.shap_tables import explain_row
 from cbi_platform.features.contract import DATE, HORIZONS, feature_columns
 from cbi_platform.models.base import ModelSpec
 from cbi_platform.serving.calibration import CalibrationState
@@ -132,10 +132,10 @@ def member_shap(served: ServedModel, forecast: ServedForecast, origin: dt.date) 
     explain the forecast, the others show the signals the ensemble did not use."""
     frames = []
     for name, model in served.members.items():
-        result = shap_contributions(model, forecast.x_row, served.feature_names, method="native")
-        if result is None:
+        vector = explain_row(model, model.spec, forecast.rows_for(name), served.feature_names)
+        if vector is None:
             continue
-        values, base = result
+        values, base = vector[None, :-1], vector[-1]
         frames.append(
             pl.DataFrame(
                 {
@@ -291,7 +291,10 @@ def publish_horizon(
     challenger = candidate("pending", inputs.leaderboard, inputs.zones, inputs.leakage)
     with tracker.run(f"forecasts[{horizon}]", run_tags) as run_id:
         for path in (card, *bundle.save(card_dir)):
-            tracker.log_artifact(run_id, path, "ensemble")
+            if path.is_dir():  # networks/: Keras files and SavedModels, folders kept
+                tracker.log_artifacts(run_id, path, f"ensemble/{path.name}")
+            else:
+                tracker.log_artifact(run_id, path, "ensemble")
         version = tracker.register(run_id, "ensemble", name)
     challenger = Candidate(
         version, challenger.mase, challenger.coverage90, challenger.leakage, challenger.errors

@@ -25,10 +25,12 @@ import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleState
 from cbi_platform.features.contract import DATE, PRICE
+from cbi_platform.models.base import lookback
 from cbi_platform.serving.calibration import CalibrationState
 from cbi_platform.tracking import Tracker
 
 ARTIFACT_PATH = "ensemble"
+NETWORKS_DIR = "networks"
 MEMBERS_FILE = "members.joblib"
 STATE_FILE = "served_state.json"
 CARD_FILE = "ensemble.json"  # the model card: combiner, members, leaderboard
@@ -43,7 +45,13 @@ class ServedForecast:
     member_logrets: dict[str, float]
     weights: dict[str, float]
     weight_kind: str
-    x_row: np.ndarray  # the features the members saw (1, p)
+    x_row: np.ndarray  # the features of the forecast row (1, p)
+    # What each member read when it is more than that row: a sequence model's `lookback`
+    # rows ending at the forecast row (oldest first). Members not here read x_row.
+    member_rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def rows_for(self, name: str) -> np.ndarray:
+        return self.member_rows.get(name, self.x_row)
 
 
 @dataclass
@@ -83,7 +91,28 @@ class ServedModel:
         joblib.dump(self.members, members)
         state = folder / STATE_FILE
         state.write_text(json.dumps(self.state_dict(), indent=1))
-        return [members, state]
+        return [members, state, *self._save_networks(folder / NETWORKS_DIR)]
+
+    def _save_networks(self, folder: Path) -> list[Path]:
+        """Each network member of the ensemble in the Keras format and as a TensorFlow
+        SavedModel for serving, with its input/output signature (networks/<name>/): what a
+        serving stack other than this package loads. The pickled members stay the source the
+        platform itself serves from."""
+        names = [
+            m
+            for m in self.ensemble.members
+            if callable(getattr(self.members.get(m), "signature", None))
+            and callable(getattr(self.members.get(m), "save", None))
+        ]
+        if not names:
+            return []
+        for name in names:
+            model = self.members[name]
+            model.save(folder / name)
+            (folder / name / "signature.json").write_text(
+                json.dumps(model.signature(), indent=1, default=str)
+            )
+        return [folder]
 
     @classmethod
     def from_folder(
@@ -164,17 +193,27 @@ class ServedModel:
                 f"{self.horizon}: the last close {closes[-1]} is not the price {row[PRICE]} of "
                 f"the last feature row ({row[DATE]}): prices must end at that date"
             )
-        member_logrets = {}
+        member_logrets, member_rows = {}, {}
         for name in self.ensemble.members:
+            model = self.members[name]
+            rows = x
+            if lookback(model) > 1:  # a sequence model reads the rows ending at today's
+                rows = (
+                    features.sort(DATE)
+                    .tail(lookback(model))
+                    .select(self.feature_names)
+                    .cast(pl.Float64)
+                    .to_numpy()
+                    .astype(np.float64)
+                )
+                member_rows[name] = rows
             try:
-                value = np.asarray(
-                    self.members[name].predict(x.copy(), closes.copy()), float
-                ).reshape(-1)
+                value = np.asarray(model.predict(rows.copy(), closes.copy()), float).reshape(-1)
             except Exception as exc:
                 raise RuntimeError(f"{self.horizon} v{self.version}: {name} failed") from exc
-            if value.size != 1:
+            if value.size != rows.shape[0]:
                 raise ValueError(f"{name}: predict returned {value.size} values for one row")
-            member_logrets[name] = float(value[0])
+            member_logrets[name] = float(value[-1])
         logret = self.ensemble.combine(member_logrets, context)
         weights, kind = self.ensemble.effective_weights(member_logrets, context)
         price = float(closes[-1])
@@ -193,7 +232,7 @@ class ServedModel:
             "n_calibration_independent": cal.n_calibration_independent,
             "vol_forecast": None if context is None else context.get("vol_forecast"),
         }
-        return ServedForecast(zone, member_logrets, weights, kind, x)
+        return ServedForecast(zone, member_logrets, weights, kind, x, member_rows)
 
 
 def load_version(

@@ -23,6 +23,8 @@ SMALL = ProtocolResource(
     n_workers=1,
     min_history=5,
     regime_folds=2,
+    # Networks have their own small end-to-end test (test_neural_assets.py).
+    model_kinds=["benchmark", "statistical", "tree", "sanity", "specialist"],
 )
 
 

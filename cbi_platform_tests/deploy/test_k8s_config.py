@@ -310,7 +310,7 @@ def test_the_executor_run_config_validates_against_k8s_job_executor():
     for part in (config["step_k8s_config"], *config["per_step_k8s_config"].values()):
         assert _k8s_config({"run_k8s_config": part})[1] == []
     assert _k8s_config(config)[1] == []
-    per_step = config["per_step_k8s_config"]["member_models"]
+    per_step = config["per_step_k8s_config"]["members_neural"]
     assert per_step["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
     @dg.op

@@ -109,7 +109,7 @@ def forecasts(
                 vol_model=vol_model,
                 leaderboard=model_leaderboard.filter(pl.col("horizon") == horizon),
                 regimes=detected_regimes,
-                specs=horizon_run.zoo_specs(horizon, tuple(protocol.model_kinds)),
+                specs=protocol.specs(horizon),
                 ensemble_config=horizon_run.ensemble_config(config),
                 leakage=leakage_check_results(context.instance, horizon),
                 spacing_days=float(frozen.step),

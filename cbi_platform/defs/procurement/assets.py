@@ -18,7 +18,6 @@ from cbi_platform.defs.resources import (
     PlatformHome,
     ProtocolResource,
 )
-from cbi_platform.evaluation import horizon_run
 from cbi_platform.market.schema import target_series
 from cbi_platform.procurement import backtest as bt
 from cbi_platform.procurement import live
@@ -91,7 +90,7 @@ def decision_forecasts(
             horizon,
             cfg,
             start_window=settings.series_from,
-            specs=horizon_run.zoo_specs(horizon, tuple(protocol.model_kinds)),
+            specs=protocol.specs(horizon),
             progress=context.log.info,
         )
         seconds = time.perf_counter() - started

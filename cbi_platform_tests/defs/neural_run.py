@@ -1,0 +1,29 @@
+"""A neural group run in its own process, as a second Dagster run would be (the pool test).
+
+Usage: python -m cbi_platform_tests.defs.neural_run HOME PARTITION [TAG]
+The Dagster instance is $DAGSTER_HOME; the warehouse is HOME's.
+"""
+
+import sys
+
+import dagster as dg
+
+from cbi_platform.defs.pipeline import ALL_ASSETS
+from cbi_platform_tests.defs.test_neural_assets import neural_resources
+
+
+def main(home: str, partition: str, tag: str = "") -> int:
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=dg.AssetSelection.assets("oof_neural", "shap_neural"),
+        partition_key=partition,
+        resources=neural_resources(home),
+        instance=dg.DagsterInstance.get(),
+        raise_on_error=False,
+        tags={"cbi/test": tag},
+    )
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
