@@ -172,6 +172,9 @@ class ProtocolResource(dg.ConfigurableResource):
         "neural_specialist",
     ]
     specs_file: str | None = Field(default=None, description="model specs YAML; default: zoo")
+    fit_cache: str | None = Field(
+        default=None, description="folder of fitted networks shared by steps (content-addressed)"
+    )
     regime_folds: int = 6
 
     def protocol(self):
@@ -196,7 +199,9 @@ class ProtocolResource(dg.ConfigurableResource):
     def config(self):
         from cbi_platform.evaluation.horizon_run import ProtocolConfig
 
-        return ProtocolConfig(protocol=self.protocol(), n_workers=self.n_workers)
+        return ProtocolConfig(
+            protocol=self.protocol(), n_workers=self.n_workers, fit_cache=self.fit_cache
+        )
 
     def specs(self, horizon: str, kinds: tuple[str, ...] | None = None) -> list:
         """The members this run trains at `horizon`: the specs file's entries of `model_kinds`
@@ -427,6 +432,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             protocol_file=env.get("CBI_PROTOCOL"),
             n_workers=int(env.get("CBI_WORKERS", "2")),
             specs_file=env.get("CBI_SPECS"),
+            fit_cache=str(home / "fit_cache"),
         ),
         "gpu": GpuResource(
             backend=env.get("KERAS_BACKEND", "tensorflow"),

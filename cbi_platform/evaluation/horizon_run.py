@@ -21,6 +21,7 @@ from cbi_platform.evaluation.origins import OriginPlan, protocol_origins, with_l
 from cbi_platform.evaluation.walk_forward import RegimeRowFilter
 from cbi_platform.features.contract import DATE, HORIZONS, PRICE, TARGET_LOGRET, feature_columns
 from cbi_platform.models.base import FitData, ModelSpec
+from cbi_platform.models.fit_cache import fit_member
 from cbi_platform.models.registry import RETURN_KINDS, build_model, load_specs
 from cbi_platform.regimes.calendar import (
     PointInTimeWeights,
@@ -37,6 +38,7 @@ class ProtocolConfig:
     protocol: Protocol = field(default_factory=load_protocol)
     n_workers: int = 2
     refit_phase: int = 0  # shifts every refit schedule; the benchmark's noise spread only
+    fit_cache: str | None = None  # folder of fitted networks shared by steps (models/fit_cache)
 
     @property
     def min_history(self) -> int:
@@ -98,6 +100,7 @@ def member_walk_forward(
         row_filter,
         explain=explain_row,
         refit_phase=cfg.refit_phase,
+        fit_cache=cfg.fit_cache,
     )
     oof = walk_forward.assemble(prepared, specs, results)
     shap = walk_forward.explanation_frame(specs, prepared.arrays, prepared.extras, results)
@@ -225,6 +228,7 @@ def fit_final_models(
     horizon: str,
     specs: list[ModelSpec] | None = None,
     calendar: RegimeCalendar | None = None,
+    fit_cache: str | None = None,
 ) -> dict[str, object]:
     """Every member fitted on all rows whose target is known by the last date: the same
     training set the walk-forward used at the live origin. These are the models registered."""
@@ -249,5 +253,5 @@ def fit_final_models(
             history=X,
             train_rows=np.flatnonzero(mask),
         )
-        fitted[spec.name] = build_model(spec).fit(data)
+        fitted[spec.name] = fit_member(spec, data, build_model, fit_cache)
     return fitted

@@ -63,6 +63,7 @@ from cbi_platform.features.contract import (
     feature_columns,
 )
 from cbi_platform.models.base import FitData, Model, ModelSpec, model_input
+from cbi_platform.models.fit_cache import fit_member
 
 # (spec, training mask aligned with the rows of the frame passed in) -> allowed rows (subset).
 RowFilter = Callable[[ModelSpec, np.ndarray], np.ndarray]
@@ -270,6 +271,7 @@ def _walk_spec(
     min_train_rows: int,
     explain: RowExplainer | None = None,
     refit_phase: int = 0,
+    fit_cache: str | None = None,
 ) -> _SpecResult:
     """Loop the origins for one spec on one horizon, refitting on its recorded schedule."""
     start = time.perf_counter()
@@ -301,7 +303,7 @@ def _walk_spec(
                     train_rows=np.flatnonzero(mask),
                 )
                 try:
-                    model = build_model(spec).fit(data)
+                    model = fit_member(spec, data, build_model, fit_cache)
                 except Exception as exc:
                     raise RuntimeError(
                         f"{spec.name} {arr.horizon}: fit failed at origin position {k}"
@@ -415,6 +417,7 @@ def _worker_task(spec_idx: int, horizon: str) -> tuple[int, str, _SpecResult]:
         s["min_train_rows"],
         s.get("explain"),
         s.get("refit_phase", 0),
+        s.get("fit_cache"),
     )
     return spec_idx, horizon, result
 
@@ -529,6 +532,7 @@ def execute(
     min_train_rows: int = 20,
     explain: RowExplainer | None = None,
     refit_phase: int = 0,
+    fit_cache: str | None = None,
 ) -> dict[tuple[int, str], _SpecResult]:
     """The origin loop of every (spec, horizon), in-process or in `n_workers` spawned workers."""
     tasks = [(i, h) for h in prepared.arrays for i in range(len(specs))]
@@ -553,6 +557,7 @@ def execute(
                 min_train_rows,
                 explain,
                 refit_phase,
+                fit_cache,
             )
             report(i, h, results[(i, h)])
         return results
@@ -565,6 +570,7 @@ def execute(
         "min_train_rows": min_train_rows,
         "explain": explain,
         "refit_phase": refit_phase,
+        "fit_cache": fit_cache,
     }
     with _env(SINGLE_THREAD_ENV):
         pool = cf.ProcessPoolExecutor(

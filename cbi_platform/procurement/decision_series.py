@@ -80,7 +80,12 @@ def _is_random_walk(weights_at_origin: pl.DataFrame) -> bool:
 
 
 def members_fitted_at(
-    frame: pl.DataFrame, regimes: pl.DataFrame, horizon: str, origin: dt.date, specs=None
+    frame: pl.DataFrame,
+    regimes: pl.DataFrame,
+    horizon: str,
+    origin: dt.date,
+    specs=None,
+    fit_cache: str | None = None,
 ) -> dict[str, Any]:
     """Every member fitted at `origin` on the rows whose target was known by then (the same
     embargo as the walk-forward: target_date <= origin), weights as known at `origin`."""
@@ -90,7 +95,7 @@ def members_fitted_at(
         .otherwise(None)
         .alias(TARGET_LOGRET)
     )
-    return horizon_run.fit_final_models(cut, regimes, horizon, specs)
+    return horizon_run.fit_final_models(cut, regimes, horizon, specs, fit_cache=fit_cache)
 
 
 MAX_LOOKBACK = 256  # the longest input window a sequence member may read (specs.yaml cap)
@@ -111,11 +116,12 @@ class RefitSchedule:
     cached by (member, fit origin), so the daily series reuses them exactly as the walk-forward
     did, and fitting at `fitted_at` on the rows known then reproduces its model."""
 
-    def __init__(self, oof_h: pl.DataFrame, specs) -> None:
+    def __init__(self, oof_h: pl.DataFrame, specs, fit_cache: str | None = None) -> None:
         self.fitted_at = {
             (m, o): f for m, o, f in oof_h.select("model", "origin", "fitted_at").iter_rows()
         }
         self.specs = list(specs)
+        self.fit_cache = fit_cache  # networks fitted by the walk-forward are reused from it
         self.cache: dict[tuple[str, dt.date], Any] = {}
         self.fits = 0
 
@@ -132,7 +138,7 @@ class RefitSchedule:
                 continue
             key = (spec.name, at)
             if key not in self.cache:
-                fitted = members_fitted_at(frame, regimes, horizon, at, [spec])
+                fitted = members_fitted_at(frame, regimes, horizon, at, [spec], self.fit_cache)
                 self.cache[key] = fitted[spec.name]
                 self.fits += 1
             members[spec.name] = self.cache[key]
@@ -191,7 +197,9 @@ def build_decision_series(
     closes = frame[PRICE].cast(pl.Float64).to_numpy()
     names = feature_columns(frame)
     regime_by_day = dict(zip(regimes["date"].to_list(), regimes["regime"].to_list(), strict=True))
-    schedule = RefitSchedule(oof_h, specs if specs is not None else horizon_run.zoo_specs(horizon))
+    schedule = RefitSchedule(
+        oof_h, specs if specs is not None else horizon_run.zoo_specs(horizon), cfg.fit_cache
+    )
     rw_model = None
     served: ServedModel | None = None
     served_origin: dt.date | None = None

@@ -55,6 +55,7 @@ class HorizonInputs:
     ensemble_config: EnsembleConfig
     leakage: Mapping[str, bool | None]  # blocking check name -> passed (None: not recorded)
     spacing_days: float  # trading days between origins (DM lags)
+    fit_cache: str | None = None  # the walk-forward's fitted networks (live origin) are reused
 
 
 @dataclass
@@ -256,7 +257,9 @@ def publish_horizon(
     ens_zones = inputs.zones.filter(pl.col("model") == ENSEMBLE)
     calibration = CalibrationState.from_zones(ens_zones, live, inputs.vol_model)
     features = inputs.features.sort(DATE)
-    members = horizon_run.fit_final_models(features, inputs.regimes, horizon, inputs.specs)
+    members = horizon_run.fit_final_models(
+        features, inputs.regimes, horizon, inputs.specs, fit_cache=inputs.fit_cache
+    )
     feature_names = feature_columns(features)  # what fit_final_models trained on
     bundle = ServedModel(
         horizon=horizon,

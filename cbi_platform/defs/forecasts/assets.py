@@ -113,6 +113,7 @@ def forecasts(
                 ensemble_config=horizon_run.ensemble_config(config),
                 leakage=leakage_check_results(context.instance, horizon),
                 spacing_days=float(frozen.step),
+                fit_cache=config.fit_cache,
             ),
             card_dir=home.folder("model_cards", horizon),
             run_tags={
