@@ -41,6 +41,7 @@ forward windows, p=42, same GRU): ~0.35 s a call, ~1.8 s for the first call on a
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -89,6 +90,7 @@ _COMMON = {
     "val_fraction",
     "learning_rate",
     "seed",
+    "max_train_rows",
 }
 _FAMILY_PARAMS = {
     "dense": {"layers"},
@@ -310,6 +312,12 @@ class NeuralModel:
         self.val_fraction = _float_param(spec, "val_fraction", 0.15, 0.0, 0.9)
         self.learning_rate = _float_param(spec, "learning_rate", 1e-3, 1e-8, 1.0)
         self.seed = _int_param(spec, "seed", 0, 0, None)
+        # Train on the most recent rows only (None: all): the make-run budget's lever.
+        self.max_train_rows = (
+            None
+            if spec.params.get("max_train_rows") is None
+            else _int_param(spec, "max_train_rows", 0, 50, None)
+        )
 
         self.feature_names: list[str] = []
         self.fallback_reason: str | None = None
@@ -336,6 +344,20 @@ class NeuralModel:
         z = (np.asarray(rows, dtype=np.float64) - self.feature_mean) / self.feature_std
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def _recent(self, data: FitData) -> FitData:
+        """The last `max_train_rows` training rows (in time order), or all of them."""
+        n = np.asarray(data.X).shape[0]
+        if self.max_train_rows is None or n <= self.max_train_rows:
+            return data
+        keep = slice(n - self.max_train_rows, n)
+        return dataclasses.replace(
+            data,
+            X=np.asarray(data.X)[keep],
+            y=np.asarray(data.y)[keep],
+            sample_weight=None if data.sample_weight is None else data.sample_weight[keep],
+            train_rows=None if data.train_rows is None else np.asarray(data.train_rows)[keep],
+        )
+
     def training_windows(self, data: FitData) -> np.ndarray:
         """The raw (unstandardised) (n, lookback, p) windows of the training rows."""
         X = np.asarray(data.X, dtype=np.float64)
@@ -359,6 +381,7 @@ class NeuralModel:
         from cbi_platform.models.device import configure_keras, peak_memory_bytes
 
         start = time.perf_counter()
+        data = self._recent(data)
         X = np.asarray(data.X, dtype=np.float64)
         y = np.asarray(data.y, dtype=np.float64).reshape(-1)
         if X.ndim != 2 or X.shape[0] != y.shape[0]:

@@ -294,3 +294,26 @@ def test_pickle_round_trip(family):
     unfitted = pickle.loads(pickle.dumps(NeuralModel(_spec("gru"))))
     with pytest.raises(RuntimeError, match="not fitted"):
         unfitted.predict(X)
+
+
+def test_max_train_rows_trains_on_the_most_recent_rows_only():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 3))
+    y = rng.normal(size=300) * 0.01
+    data = FitData(X, y, np.linspace(40, 41, 300), 5, ["a", "b", "c"])
+    spec = ModelSpec(
+        "nn_recent",
+        "gru",
+        "neural",
+        {"lookback": 3, "units": 4, "epochs": 1, "max_train_rows": 120},
+    )
+    model = NeuralModel(spec)
+    recent = model._recent(data)
+    np.testing.assert_array_equal(recent.X, X[-120:])
+    np.testing.assert_array_equal(recent.y, y[-120:])
+    model.fit(data)
+    assert model.train_index.size + model.val_index.size <= 120
+    # The standardisation comes from those rows, not the whole history.
+    np.testing.assert_allclose(model.feature_mean, X[-120:].mean(axis=0))
+    with pytest.raises(ValueError, match="nn_recent"):
+        NeuralModel(ModelSpec("nn_recent", "gru", "neural", {"max_train_rows": 10}))
