@@ -76,6 +76,7 @@ def main() -> int:
     from cbi_platform.runner import run_pipeline
 
     steps: list[dict] = []
+    network_fits: dict[str, str] = {}  # stage -> the neural step's per-network fit table
     stages: dict[str, float] = {}
     last = [time.perf_counter()]
 
@@ -84,6 +85,10 @@ def main() -> int:
         stages[label] = round(now - last[0], 1)
         last[0] = now
         for event in result.all_events:
+            if event.event_type_value == "ASSET_MATERIALIZATION":
+                mat = event.event_specific_data.materialization
+                if mat.asset_key.to_user_string() == "oof_neural" and "fits" in mat.metadata:
+                    network_fits[label] = mat.metadata["fits"].value
             if event.event_type_value == "STEP_SUCCESS":
                 steps.append(
                     {
@@ -107,6 +112,7 @@ def main() -> int:
     for s in steps:
         per_asset[s["step"]] = round(per_asset.get(s["step"], 0) + s["seconds"], 2)
     source = Path(args.manifest).stem if args.manifest else "simulated"
+    neural = per_asset.get("members_neural", 0.0) + per_asset.get("neural_volatility", 0.0)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     from cbi_platform.settings import load_protocol
@@ -122,6 +128,7 @@ def main() -> int:
         "peak_rss_mib_main_plus_workers": round(peak_total),
         "stages": stages,
         "per_asset_seconds": per_asset,
+        "network_fits": network_fits,
         "home": str(home),  # kept: benchmarks/refresh.py --home reuses the trained versions
     }
     (out / f"speed_{source}.json").write_text(json.dumps(result, indent=1))
@@ -137,7 +144,13 @@ def main() -> int:
         f"- exit code {code}; wall time **{wall:.0f} s**; peak RSS main process "
         f"**{peak_self:.0f} MiB**; peak of main + walk-forward workers together "
         f"**{peak_total:.0f} MiB** (sampled every 0.2 s)\n"
-        f"- per stage (s): {stages}\n\n| asset step (all horizons) | seconds |\n|---|---|\n{rows}\n"
+        f"- per stage (s): {stages}\n"
+        f"- networks (members_neural + neural_volatility): **{neural:.0f} s**, "
+        f"{100 * neural / wall:.0f}% of the wall time\n\n"
+        f"| asset step (all horizons) | seconds |\n|---|---|\n{rows}\n"
+        + "".join(
+            f"\n## Network fits, {stage}\n\n{table}\n" for stage, table in network_fits.items()
+        )
     )
     print(log.getvalue()[-1500:])
     print(json.dumps(result, indent=1))

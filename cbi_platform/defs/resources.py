@@ -23,6 +23,7 @@ from pydantic import Field
 from cbi_platform.defs.deploy.resources import VertexDeployResource
 from cbi_platform.market.schema import MarketBundle
 from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
+from cbi_platform.models.registry import RETURN_KINDS
 from cbi_platform.settings import DEFAULT_HOME, home_path
 
 WAREHOUSE_SCHEMA = "cbi"
@@ -162,15 +163,7 @@ class ProtocolResource(dg.ConfigurableResource):
     min_history: int | None = None
     zone_method: str | None = None
     n_workers: int = 2
-    model_kinds: list[str] = [
-        "benchmark",
-        "statistical",
-        "tree",
-        "sanity",
-        "specialist",
-        "neural",
-        "neural_specialist",
-    ]
+    model_kinds: list[str] = list(RETURN_KINDS)  # every kind that forecasts a return
     specs_file: str | None = Field(default=None, description="model specs YAML; default: zoo")
     fit_cache: str | None = Field(
         default=None, description="folder of fitted networks shared by steps (content-addressed)"

@@ -50,7 +50,6 @@ from cbi_platform.evaluation.walk_forward import (
     SINGLE_THREAD_ENV,
     PreparedWalkForward,
     _days,
-    _env,
     _horizon_order,
     _init_worker,
     _SpecResult,
@@ -58,6 +57,9 @@ from cbi_platform.evaluation.walk_forward import (
     assemble,
     prepare,
     refit_due,
+)
+from cbi_platform.evaluation.walk_forward import (
+    environment as _env,
 )
 from cbi_platform.features.contract import DATE, HORIZON
 from cbi_platform.models.base import ModelSpec

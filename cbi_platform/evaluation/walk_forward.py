@@ -423,8 +423,9 @@ def _worker_task(spec_idx: int, horizon: str) -> tuple[int, str, _SpecResult]:
 
 
 @contextlib.contextmanager
-def _env(overrides: dict[str, str]) -> Iterator[None]:
-    """Spawned children inherit os.environ at start: set single-thread limits around the pool."""
+def environment(overrides: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes spawned inside the block (they inherit
+    os.environ at start), restoring the previous values afterwards."""
     saved = {key: os.environ.get(key) for key in overrides}
     os.environ.update(overrides)
     try:
@@ -572,7 +573,7 @@ def execute(
         "refit_phase": refit_phase,
         "fit_cache": fit_cache,
     }
-    with _env(SINGLE_THREAD_ENV):
+    with environment(SINGLE_THREAD_ENV):
         pool = cf.ProcessPoolExecutor(
             max_workers=min(n_workers, len(tasks)),
             mp_context=mp.get_context("spawn"),

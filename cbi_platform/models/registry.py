@@ -69,15 +69,7 @@ KINDS = (
     "volatility",
 )
 # Kinds whose predict() is an h-day log return; volatility models predict an h-day vol.
-RETURN_KINDS = (
-    "benchmark",
-    "statistical",
-    "tree",
-    "sanity",
-    "specialist",
-    "neural",
-    "neural_specialist",
-)
+RETURN_KINDS = tuple(kind for kind in KINDS if kind != "volatility")
 SPECIALIST_KINDS = ("specialist", "neural_specialist")  # trained on one detected regime's rows
 # Model groups: each is its own Dagster step (asset) per horizon. A group is a set of kinds;
 # every group that trains a network takes the single-slot `gpu` pool.

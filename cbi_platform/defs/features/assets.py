@@ -38,7 +38,8 @@ def _features(
         dropped.update(result.dropped)
     for notice in sorted(notices):
         context.log.info(notice)
-    frame = pl.concat(frames, how="vertical")
+    # Horizons may carry different features (news only where sentiment.yaml enables it).
+    frame = pl.concat(frames, how="diagonal_relaxed")
     cols = feature_columns(frame)
     return dg.Output(
         frame,

@@ -7,8 +7,6 @@ group that trains a network runs in the single-slot `gpu` pool. Backfill one gro
 horizon from the UI by materializing `oof_<group>[h]`, then `oof_predictions[h]` downstream.
 """
 
-import contextlib
-import os
 import time
 
 import dagster as dg
@@ -24,7 +22,7 @@ from cbi_platform.defs.resources import (
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.metrics import leaderboard
 from cbi_platform.evaluation.volatility_eval import score_volatility, volatility_walk_forward
-from cbi_platform.evaluation.walk_forward import FIT_REPORT_SCHEMA, OOF_SCHEMA
+from cbi_platform.evaluation.walk_forward import FIT_REPORT_SCHEMA, OOF_SCHEMA, environment
 from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, coverage_table
 from cbi_platform.features.contract import HORIZONS, horizon_frame
 from cbi_platform.market.schema import target_series
@@ -91,7 +89,7 @@ def neural_volatility(
     target = target_series(market_prices, market_source.target())
     plan = horizon_run.origin_plan(target["date"], "1w", protocol.config())
     started = time.perf_counter()
-    with _environment(gpu.environment()):
+    with environment(gpu.environment()):
         frame = volatility_walk_forward(target["value"].to_numpy(), plan, dict(HORIZONS), specs)
     names = [s.name for s in specs]
     frame = frame.filter(pl.col("model").is_in(names))
@@ -113,21 +111,6 @@ def neural_volatility(
 GPU_POOL = "gpu"
 # Groups whose models read features, so their step also writes SHAP tables.
 EXPLAINED_GROUPS = ("trees", "specialists", "neural")
-
-
-@contextlib.contextmanager
-def _environment(overrides: dict[str, str]):
-    """Set variables for the worker processes a step spawns; restore them afterwards."""
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _fit_metadata(report: pl.DataFrame) -> dict:
@@ -300,7 +283,7 @@ def member_group_asset(group: str) -> dg.AssetsDefinition:
             protocol: ProtocolResource,
             gpu: GpuResource,
         ):
-            with _environment(gpu.environment()):
+            with environment(gpu.environment()):
                 outputs = run_group(context, group, features, detected_regimes, protocol)
             yield from _group_outputs(group, *outputs)
 
