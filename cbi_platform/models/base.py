@@ -60,6 +60,9 @@ class Model(Protocol):
         ...
 
 
+MAX_LOOKBACK = 256  # the longest input window a sequence model may read (rows)
+
+
 def lookback(model: object) -> int:
     """Rows of feature history a model reads per forecast (1 for row models)."""
     return max(1, int(getattr(model, "lookback", 1)))

@@ -13,8 +13,10 @@ the close of d, from the walk-forward state at the latest origin o <= d:
   member, and forecasts today's close).
 
 Each day is then forecast through `ServedModel.predict`, the load-and-predict path the served
-versions use, on that day's features and the closes up to it. Nothing after d enters the row
-for d; every row carries `known_at = date` and the origin of its state (`state_origin <= date`).
+versions use, on that day's features and the closes up to it (`predict_days`: a sequence member
+runs once over the days a state serves, each day's forecast from the window ending that day, as
+one call per day would give). Nothing after d enters the row for d; every row carries
+`known_at = date` and the origin of its state (`state_origin <= date`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from cbi_platform.serving.registry import ServedModel
 from cbi_platform.settings import ENSEMBLE, RANDOM_WALK
 
 REPRODUCTION_TOLERANCE = 1e-9
+# The daily forecast at an origin against the walk-forward's: network members compute in float32,
+# and the same window in a batch of a different size rounds differently (~1e-7 of the output).
+# 1e-6 in log return is 0.0001% of the price, a thousand times below what a different fit moves.
+DAILY_REPRODUCTION_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -96,9 +102,6 @@ def members_fitted_at(
         .alias(TARGET_LOGRET)
     )
     return horizon_run.fit_final_models(cut, regimes, horizon, specs, fit_cache=fit_cache)
-
-
-MAX_LOOKBACK = 256  # the longest input window a sequence member may read (specs.yaml cap)
 
 
 class _NoModel:
@@ -201,72 +204,79 @@ def build_decision_series(
         oof_h, specs if specs is not None else horizon_run.zoo_specs(horizon), cfg.fit_cache
     )
     rw_model = None
-    served: ServedModel | None = None
-    served_origin: dt.date | None = None
     rows: list[dict[str, Any]] = []
     horizon_days = HORIZONS[horizon]
-    for i in range(first, len(dates)):
-        day = dates[i]
-        k = bisect.bisect_right(origins, day) - 1
+    i = first
+    while i < len(dates):
+        # The days served by one walk-forward state: from day i to the day before the next origin.
+        k = bisect.bisect_right(origins, dates[i]) - 1
         origin = origins[k]
-        if origin != served_origin:
-            t0 = time.perf_counter()
-            served = _state_at(
-                frame,
-                oof_h,
-                ens,
-                weights,
-                ens_zones,
-                regimes,
-                context,
-                horizon,
-                cfg,
-                origin,
-                names,
-                schedule,
-                stats,
-            )
-            if served.ensemble.combiner == RANDOM_WALK and not served.members:
-                rw_model = rw_model or _random_walk_model(horizon).fit(_rw_fit_data(horizon))
-                served.members = {RANDOM_WALK: rw_model}
-            served_origin = origin
-            stats.states += 1
-            stats.seconds_states += time.perf_counter() - t0
-            if progress is not None and stats.states % 20 == 0:
-                progress(f"{horizon}: decision series at {day} ({stats.states} states)")
-        assert served is not None
+        end = len(dates) - 1
+        if k + 1 < len(origins):
+            end = min(end, bisect.bisect_left(dates, origins[k + 1]) - 1)
         t0 = time.perf_counter()
-        ctx = {**_context_at(context, origin), "regime": regime_by_day.get(day)}
-        # Day i's row, with the rows before it that a sequence member reads (none later).
-        out = served.predict(frame[max(0, i - MAX_LOOKBACK + 1) : i + 1], closes[: i + 1], ctx)
-        stats.seconds_predict += time.perf_counter() - t0
-        zone = out.zone
-        if day == origin and not math.isclose(
-            zone["forecast_logret"], served.ensemble.forecast_logret, abs_tol=1e-9
-        ):
-            raise ValueError(
-                f"{horizon}: the daily forecast at origin {origin} "
-                f"({zone['forecast_logret']:.6g}) does not reproduce the walk-forward ensemble "
-                f"({served.ensemble.forecast_logret:.6g})"
-            )
-        rows.append(
-            {
-                "date": day,
-                "known_at": day,
-                "horizon": horizon,
-                "horizon_days": horizon_days,
-                "price": float(closes[i]),
-                "forecast": zone["forecast"],
-                **{c: zone.get(c) for c in ZONE_LEVELS},
-                "cdf_logret": zone.get("cdf_logret"),
-                "cdf_prob": zone.get("cdf_prob"),
-                "prob_up": prob_up(zone.get("cdf_logret"), zone.get("cdf_prob")),
-                "regime": regime_by_day.get(day),
-                "state_origin": origin,
-                "window": roles.get(origin),
-            }
+        served = _state_at(
+            frame,
+            oof_h,
+            ens,
+            weights,
+            ens_zones,
+            regimes,
+            context,
+            horizon,
+            cfg,
+            origin,
+            names,
+            schedule,
+            stats,
         )
-        stats.days += 1
+        if served.ensemble.combiner == RANDOM_WALK and not served.members:
+            rw_model = rw_model or _random_walk_model(horizon).fit(_rw_fit_data(horizon))
+            served.members = {RANDOM_WALK: rw_model}
+        stats.states += 1
+        stats.seconds_states += time.perf_counter() - t0
+        if progress is not None and stats.states % 20 == 0:
+            progress(f"{horizon}: decision series at {dates[i]} ({stats.states} states)")
+        t0 = time.perf_counter()
+        ctxs = [
+            {**_context_at(context, origin), "regime": regime_by_day.get(dates[j])}
+            for j in range(i, end + 1)
+        ]
+        # Day j's forecast reads rows up to j only (sequence members: the window ending at j).
+        forecasts = served.predict_days(frame, closes, i, end, ctxs)
+        stats.seconds_predict += time.perf_counter() - t0
+        for j, out in zip(range(i, end + 1), forecasts, strict=True):
+            day = dates[j]
+            zone = out.zone
+            if day == origin and not math.isclose(
+                zone["forecast_logret"],
+                served.ensemble.forecast_logret,
+                abs_tol=DAILY_REPRODUCTION_TOLERANCE,
+            ):
+                raise ValueError(
+                    f"{horizon}: the daily forecast at origin {origin} "
+                    f"({zone['forecast_logret']:.6g}) does not reproduce the walk-forward "
+                    f"ensemble ({served.ensemble.forecast_logret:.6g})"
+                )
+            rows.append(
+                {
+                    "date": day,
+                    "known_at": day,
+                    "horizon": horizon,
+                    "horizon_days": horizon_days,
+                    "price": float(closes[j]),
+                    "forecast": zone["forecast"],
+                    **{c: zone.get(c) for c in ZONE_LEVELS},
+                    "cdf_logret": zone.get("cdf_logret"),
+                    "cdf_prob": zone.get("cdf_prob"),
+                    "prob_up": prob_up(zone.get("cdf_logret"), zone.get("cdf_prob")),
+                    "regime": regime_by_day.get(day),
+                    "state_origin": origin,
+                    "window": roles.get(origin),
+                }
+            )
+            stats.days += 1
+        i = end + 1
     stats.member_fits = schedule.fits
     out_frame = (
         pl.DataFrame(rows, schema=DECISION_SCHEMA) if rows else pl.DataFrame(schema=DECISION_SCHEMA)

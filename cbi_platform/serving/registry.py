@@ -25,7 +25,7 @@ import polars as pl
 
 from cbi_platform.ensemble.combiners import EnsembleState
 from cbi_platform.features.contract import DATE, PRICE
-from cbi_platform.models.base import lookback
+from cbi_platform.models.base import MAX_LOOKBACK, lookback
 from cbi_platform.serving.calibration import CalibrationState
 from cbi_platform.tracking import Tracker
 
@@ -169,12 +169,15 @@ class ServedModel:
         features: pl.DataFrame,
         prices: np.ndarray | pl.Series | None = None,
         context: Mapping[str, Any] | None = None,
+        *,
+        made: Mapping[str, float] | None = None,
     ) -> ServedForecast:
         """Forecast from the last row of `features` (one horizon's frame, at least that row).
 
         `prices`: the target's closes up to and including that date (statistical members read
         them); default: the frame's own price column. `context`: regime and vol_forecast at the
-        date (the meta-learner reads them).
+        date (the meta-learner reads them). `made`: member forecasts for this row already made
+        by `predict_days` (those members are not run again).
         """
         row, x = self._last_row(features)
         if prices is None:
@@ -207,6 +210,9 @@ class ServedModel:
                     .astype(np.float64)
                 )
                 member_rows[name] = rows
+            if made is not None and name in made:
+                member_logrets[name] = float(made[name])
+                continue
             try:
                 value = np.asarray(model.predict(rows.copy(), closes.copy()), float).reshape(-1)
             except Exception as exc:
@@ -233,6 +239,66 @@ class ServedModel:
             "vol_forecast": None if context is None else context.get("vol_forecast"),
         }
         return ServedForecast(zone, member_logrets, weights, kind, x, member_rows)
+
+    def predict_days(
+        self,
+        frame: pl.DataFrame,
+        closes: np.ndarray,
+        first: int,
+        last: int,
+        contexts: list[Mapping[str, Any] | None],
+    ) -> list[ServedForecast]:
+        """The forecasts of rows `first..last` of `frame` (one horizon's frame sorted by date),
+        each what `predict(frame[:i + 1], closes[:i + 1], contexts[i - first])` gives.
+
+        A sequence member's forecast of a row depends only on the rows up to it (its `predict`
+        returns one forecast per row, each from the window ending there), so each runs once over
+        the block, from `lookback - 1` rows before `first`, instead of once per day; the other
+        members run day by day. Nothing after row i enters row i's forecast."""
+        if not 0 <= first <= last < frame.height:
+            raise ValueError(f"{self.horizon}: rows {first}..{last} outside 0..{frame.height - 1}")
+        if len(contexts) != last - first + 1:
+            raise ValueError(
+                f"{self.horizon}: {len(contexts)} contexts for {last - first + 1} days"
+            )
+        closes = np.asarray(closes, dtype=float)
+        n = last - first + 1
+        made: dict[str, np.ndarray] = {}
+        for name in self.ensemble.members:
+            model = self.members[name]
+            steps = lookback(model)
+            if steps <= 1:
+                continue
+            lo = max(0, first - steps + 1)
+            block = (
+                frame[lo : last + 1]
+                .select(self.feature_names)
+                .cast(pl.Float64)
+                .to_numpy()
+                .astype(np.float64)
+            )
+            try:
+                values = np.asarray(model.predict(block, closes[: last + 1].copy()), float)
+            except Exception as exc:
+                raise RuntimeError(f"{self.horizon} v{self.version}: {name} failed") from exc
+            values = values.reshape(-1)
+            if values.size != block.shape[0]:
+                raise ValueError(
+                    f"{name}: predict returned {values.size} values for {block.shape[0]} rows"
+                )
+            made[name] = values[-n:]
+        out = []
+        for k, i in enumerate(range(first, last + 1)):
+            window = frame[max(0, i - MAX_LOOKBACK + 1) : i + 1]
+            out.append(
+                self.predict(
+                    window,
+                    closes[: i + 1],
+                    contexts[k],
+                    made={name: values[k] for name, values in made.items()},
+                )
+            )
+        return out
 
 
 def load_version(

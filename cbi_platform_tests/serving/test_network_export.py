@@ -87,3 +87,53 @@ def test_network_members_are_exported_and_served_from_their_window(tmp_path):
     again = loaded.predict(frame)
     assert again.member_logrets["nn_gru"] == pytest.approx(out.member_logrets["nn_gru"], abs=1e-7)
     assert again.zone["forecast"] == pytest.approx(out.zone["forecast"], rel=1e-12)
+
+
+def test_predict_days_gives_each_day_what_one_call_per_day_gives(tmp_path):
+    """The decision series runs a sequence member once over the days a state serves: each day's
+    forecast must be the one `predict` makes from the rows up to that day, from the first rows
+    (windows shorter than the lookback) to the end, and no later row may change it."""
+    frame = _features()
+    served = _with_network(frame)
+    closes = frame["price"].to_numpy()
+    n = frame.height
+    for first, last in ((0, 12), (200, 230), (n - 6, n - 1)):
+        contexts = [None] * (last - first + 1)
+        block = served.predict_days(frame, closes, first, last, contexts)
+        assert len(block) == last - first + 1
+        for k, i in enumerate(range(first, last + 1)):
+            one = served.predict(frame[: i + 1], closes[: i + 1])
+            assert block[k].zone["origin"] == frame["date"][i]
+            # float32 networks: a window in a batch of another size rounds differently
+            for name in served.ensemble.members:
+                assert block[k].member_logrets[name] == pytest.approx(
+                    one.member_logrets[name], rel=1e-6, abs=1e-9
+                ), (name, i)
+            assert block[k].zone["forecast_logret"] == pytest.approx(
+                one.zone["forecast_logret"], rel=1e-6, abs=1e-9
+            )
+            assert block[k].rows_for("nn_gru").shape == one.rows_for("nn_gru").shape
+
+    # Point in time: the forecasts of days 200..210 are the same whether the block ends there
+    # or runs on to day 230, and changing the rows after day 210 leaves them alone.
+    short = served.predict_days(frame, closes, 200, 210, [None] * 11)
+    noisy = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) > 210)
+        .then(pl.col("f_noise") + 5.0)
+        .otherwise(pl.col("f_noise"))
+        .alias("f_noise")
+    )
+    longer = served.predict_days(noisy, closes, 200, 230, [None] * 31)
+    for a, b in zip(short, longer[:11], strict=True):
+        assert a.member_logrets["nn_gru"] == pytest.approx(
+            b.member_logrets["nn_gru"], rel=1e-6, abs=1e-9
+        )
+    assert any(
+        not np.isclose(x.member_logrets["nn_gru"], y.member_logrets["nn_gru"], rtol=1e-4)
+        for x, y in zip(
+            longer[11:], served.predict_days(frame, closes, 211, 230, [None] * 20), strict=True
+        )
+    )  # the changed rows do move the later days' forecasts
+
+    with pytest.raises(ValueError, match="outside"):
+        served.predict_days(frame, closes, 5, n, [None] * (n - 4))
