@@ -7,8 +7,9 @@ Usage:
       [--horizons 1w 1m 3m 6m 12m] [--workers 2] [--seeds 0 1] [--seed-horizons 1w 1m]
 
 It runs the platform's own step (`horizon_run.member_walk_forward`, what the members_neural
-asset calls) with the networks of models/specs.yaml (kinds neural and neural_specialist) and
-the random walk, on the recorded cheap schedule (<= 4 full fits per network and horizon).
+asset calls) with the networks of models/specs.yaml (kinds neural and neural_specialist; the
+extended zoo: make run's members plus the ones cut from its time budget) and the random
+walk, on the recorded cheap schedule (<= 4 full fits per network and horizon).
 
 Noise: a network's accuracy depends on its seed. `--seeds 0 1` re-runs the networks of
 `--seed-horizons` with seed 1 and reports both; a gap between two networks (or a network and
@@ -93,7 +94,7 @@ def main() -> int:
         for seed in args.seeds:
             if seed != args.seeds[0] and h not in args.seed_horizons:
                 continue
-            specs = with_seed(horizon_run.zoo_specs(h, KINDS), seed)
+            specs = with_seed(horizon_run.zoo_specs(h, KINDS, zoo="extended"), seed)
             t0 = time.perf_counter()
             run = horizon_run.member_walk_forward(frame, regimes, h, cfg, specs)
             seconds = time.perf_counter() - t0

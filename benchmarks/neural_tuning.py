@@ -71,7 +71,7 @@ def main() -> int:
         frame = build_features(prices, h, target=manifest.target).frame
         data, last = neural_tuning.development_data(frame, h, cfg)
         seen = set()
-        for spec in load_specs(horizon=h):
+        for spec in load_specs(horizon=h, zoo="extended"):
             if spec.family in NEURAL_FAMILIES and spec.family not in seen:
                 seen.add(spec.family)
                 tasks.append((spec, data, h, last))

@@ -34,6 +34,7 @@ class PeakMemory(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_mib = 0.0
+        self.samples: list[tuple[float, float, float]] = []  # (time, main MiB, children MiB)
         self.stop = threading.Event()
 
     @staticmethod
@@ -44,17 +45,37 @@ class PeakMemory(threading.Thread):
         except OSError:
             return {}
 
-    def total_mib(self) -> float:
-        me, total = str(os.getpid()), 0.0
+    def sample(self) -> tuple[float, float]:
+        """(this process, its children) resident MiB now."""
+        me, main, children = str(os.getpid()), 0.0, 0.0
         for pid in (p for p in os.listdir("/proc") if p.isdigit()):
             status = self._status(pid)
-            if pid == me or status.get("PPid", "").strip() == me:
-                total += float(status.get("VmRSS", "0 kB").split()[0]) / 1024
-        return total
+            mib = float(status.get("VmRSS", "0 kB").split()[0]) / 1024
+            if pid == me:
+                main += mib
+            elif status.get("PPid", "").strip() == me:
+                children += mib
+        return main, children
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
-            self.peak_mib = max(self.peak_mib, self.total_mib())
+            main, children = self.sample()
+            self.samples.append((time.perf_counter(), main, children))
+            self.peak_mib = max(self.peak_mib, main + children)
+
+    def per_stage(self, ends: list[tuple[str, float]]) -> dict[str, dict[str, int]]:
+        """Peak MiB (main, workers, together) within each stage, from the stage end times."""
+        out, start = {}, 0.0
+        for label, end in ends:
+            inside = [s for s in self.samples if start < s[0] <= end]
+            if inside:
+                out[label] = {
+                    "main": round(max(s[1] for s in inside)),
+                    "workers": round(max(s[2] for s in inside)),
+                    "together": round(max(s[1] + s[2] for s in inside)),
+                }
+            start = end
+        return out
 
 
 def main() -> int:
@@ -78,11 +99,13 @@ def main() -> int:
     steps: list[dict] = []
     network_fits: dict[str, str] = {}  # stage -> the neural step's per-network fit table
     stages: dict[str, float] = {}
+    stage_ends: list[tuple[str, float]] = []
     last = [time.perf_counter()]
 
     def on_result(label: str, result: dg.ExecuteInProcessResult) -> None:
         now = time.perf_counter()
         stages[label] = round(now - last[0], 1)
+        stage_ends.append((label, now))
         last[0] = now
         for event in result.all_events:
             if event.event_type_value == "ASSET_MATERIALIZATION":
@@ -107,6 +130,7 @@ def main() -> int:
     sampler.stop.set()
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_total = sampler.peak_mib
+    stage_memory = sampler.per_stage(stage_ends)
     stamp = machine_stamp()
     per_asset: dict[str, float] = {}
     for s in steps:
@@ -127,6 +151,7 @@ def main() -> int:
         "peak_rss_mib_main": round(peak_self),
         "peak_rss_mib_main_plus_workers": round(peak_total),
         "stages": stages,
+        "stage_peak_rss_mib": stage_memory,
         "per_asset_seconds": per_asset,
         "network_fits": network_fits,
         "home": str(home),  # kept: benchmarks/refresh.py --home reuses the trained versions
@@ -145,6 +170,11 @@ def main() -> int:
         f"**{peak_self:.0f} MiB**; peak of main + walk-forward workers together "
         f"**{peak_total:.0f} MiB** (sampled every 0.2 s)\n"
         f"- per stage (s): {stages}\n"
+        f"- peak resident MiB per stage (main, workers, together): "
+        + "; ".join(
+            f"{k} {v['main']}/{v['workers']}/{v['together']}" for k, v in stage_memory.items()
+        )
+        + "\n"
         f"- networks (members_neural + neural_volatility): **{neural:.0f} s**, "
         f"{100 * neural / wall:.0f}% of the wall time\n\n"
         f"| asset step (all horizons) | seconds |\n|---|---|\n{rows}\n"

@@ -20,8 +20,9 @@ from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
     BACKTEST_ASSETS,
     DECISION_ASSETS,
-    HORIZON_ASSETS,
+    FORECAST_STAGE_ASSETS,
     HORIZON_CHECKS,
+    MEMBER_STAGE_ASSETS,
     RANGE_ASSETS,
     RANGE_CHECKS,
     REFRESH_ASSETS,
@@ -134,7 +135,12 @@ def run_pipeline(
         stages.append(
             (f"features + statistical members, {horizons[0]}..{horizons[-1]}", ("range", ""))
         )
-    stages += [(f"horizon {h}", h) for h in horizons]
+    # Every horizon's members first, then every horizon's ensemble and registered version: the
+    # networks train in worker processes while this process has not loaded TensorFlow yet
+    # (registering and serving a network member loads it here), which keeps the peak memory of
+    # all processes together inside the budget.
+    stages += [(f"members {h}", ("members", h)) for h in horizons]
+    stages += [(f"ensemble + forecasts {h}", ("forecasts", h)) for h in horizons]
     decision = [h for h in load_procurement().pipeline.horizons if h in horizons]
     stages += [(f"decision forecasts {h}", ("decision", h)) for h in decision]
     if decision:
@@ -153,6 +159,12 @@ def run_pipeline(
                 "dagster/asset_partition_range_start": horizons[0],
                 "dagster/asset_partition_range_end": horizons[-1],
             }
+        elif isinstance(horizon, tuple) and horizon[0] == "members":
+            partition = horizon[1]
+            selection = [a for a in MEMBER_STAGE_ASSETS if not (together and a in RANGE_ASSETS)]
+            checks = [c for c in HORIZON_CHECKS if not (together and c in RANGE_CHECKS)]
+        elif isinstance(horizon, tuple) and horizon[0] == "forecasts":
+            selection, checks, partition = FORECAST_STAGE_ASSETS, [], horizon[1]
         elif isinstance(horizon, tuple):
             step, partition = horizon
             selection, checks = (DECISION_ASSETS if step == "decision" else BACKTEST_ASSETS), []
@@ -162,11 +174,8 @@ def run_pipeline(
         elif horizon == "refresh":
             selection, checks = REFRESH_ASSETS, [*market_checks, *OPERATIONS_CHECKS]
             partition = None
-        elif together:
-            selection = [a for a in HORIZON_ASSETS if a not in RANGE_ASSETS]
-            checks = [c for c in HORIZON_CHECKS if c not in RANGE_CHECKS]
         else:
-            selection, checks = HORIZON_ASSETS, HORIZON_CHECKS
+            raise ValueError(f"unknown stage {label!r}")
         try:
             result = dg.materialize(
                 [*ALL_ASSETS, *checks],

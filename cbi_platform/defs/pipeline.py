@@ -47,17 +47,11 @@ SHARED_ASSETS = [
     neural_volatility,
 ]
 SHARED_CHECKS = [*market_checks, *regime_checks]
-# Per-horizon assets, materialized for each partition.
-HORIZON_ASSETS = [
-    features,
-    regime_datasets,
-    *MEMBER_GROUP_ASSETS,
-    member_models,
-    ensemble,
-    target_zones,
-    model_leaderboard,
-    forecasts,
-]
+# Per-horizon assets, materialized for each partition: the features and members, then the
+# ensemble and the registered version built on them.
+MEMBER_STAGE_ASSETS = [features, regime_datasets, *MEMBER_GROUP_ASSETS, member_models]
+FORECAST_STAGE_ASSETS = [ensemble, target_zones, model_leaderboard, forecasts]
+HORIZON_ASSETS = [*MEMBER_STAGE_ASSETS, *FORECAST_STAGE_ASSETS]
 HORIZON_CHECKS = [*feature_checks, *model_checks]
 # What `make run` materializes for all horizons in one run before the per-horizon stages: the
 # features (and their blocking checks), then the statistical members, fitted once per origin

@@ -165,6 +165,11 @@ class ProtocolResource(dg.ConfigurableResource):
     n_workers: int = 2
     model_kinds: list[str] = list(RETURN_KINDS)  # every kind that forecasts a return
     specs_file: str | None = Field(default=None, description="model specs YAML; default: zoo")
+    zoo: str = Field(
+        default="core",
+        description="core: the members make run trains within its budget; extended: also the "
+        "specs' extended_horizons (networks cut from the budget)",
+    )
     fit_cache: str | None = Field(
         default=None, description="folder of fitted networks shared by steps (content-addressed)"
     )
@@ -202,7 +207,7 @@ class ProtocolResource(dg.ConfigurableResource):
         from cbi_platform.evaluation.horizon_run import zoo_specs
 
         wanted = tuple(k for k in self.model_kinds if kinds is None or k in kinds)
-        return zoo_specs(horizon, wanted, self.specs_file) if wanted else []
+        return zoo_specs(horizon, wanted, self.specs_file, self.zoo) if wanted else []
 
 
 class GpuResource(dg.ConfigurableResource):
@@ -425,6 +430,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             protocol_file=env.get("CBI_PROTOCOL"),
             n_workers=int(env.get("CBI_WORKERS", "2")),
             specs_file=env.get("CBI_SPECS"),
+            zoo=env.get("CBI_ZOO", "core"),
             fit_cache=str(home / "fit_cache"),
         ),
         "gpu": GpuResource(

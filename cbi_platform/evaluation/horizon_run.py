@@ -52,9 +52,12 @@ def origin_plan(dates: pl.Series, horizon: str, cfg: ProtocolConfig) -> OriginPl
 
 
 def zoo_specs(
-    horizon: str, kinds: tuple[str, ...] = tuple(RETURN_KINDS), path: str | None = None
+    horizon: str,
+    kinds: tuple[str, ...] = tuple(RETURN_KINDS),
+    path: str | None = None,
+    zoo: str = "core",
 ) -> list[ModelSpec]:
-    return load_specs(path, horizon=horizon, kinds=list(kinds))
+    return load_specs(path, horizon=horizon, kinds=list(kinds), zoo=zoo)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ def member_walk_forward(
     specs: list[ModelSpec] | None = None,
     calendar: RegimeCalendar | None = None,
     progress: Callable[[str], None] | None = None,
+    isolate: bool = False,
 ) -> MemberRun:
     """Walk-forward OOF predictions of the members for one horizon, the SHAP of each feature
     model at each origin from the model fitted at (or last before) that origin (its
@@ -101,6 +105,7 @@ def member_walk_forward(
         explain=explain_row,
         refit_phase=cfg.refit_phase,
         fit_cache=cfg.fit_cache,
+        isolate=isolate,
     )
     oof = walk_forward.assemble(prepared, specs, results)
     shap = walk_forward.explanation_frame(specs, prepared.arrays, prepared.extras, results)

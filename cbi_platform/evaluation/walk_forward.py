@@ -45,7 +45,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import polars as pl
@@ -74,6 +74,8 @@ WeightSchedule = Callable[[int], np.ndarray]
 RowExplainer = Callable[[Model, ModelSpec, np.ndarray, list[str]], np.ndarray | None]
 
 # Set in every worker before it imports numpy / model libraries: one thread per process.
+T = TypeVar("T")
+
 SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -438,6 +440,15 @@ def environment(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def in_spawned_process(fn: Callable[..., T], *args: Any, env: dict[str, str] | None = None) -> T:
+    """fn(*args) in one fresh spawned process (its environment: os.environ plus `env` and one
+    thread per library): what it imports (TensorFlow for a network) and allocates is gone
+    with the process instead of staying resident in this one. Exceptions are re-raised here."""
+    with environment({**SINGLE_THREAD_ENV, **(env or {})}):
+        with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+
+
 def _horizon_order(horizons: list[str]) -> list[str]:
     return sorted(horizons, key=lambda h: (HORIZONS.get(h, 10**9), h))
 
@@ -534,8 +545,11 @@ def execute(
     explain: RowExplainer | None = None,
     refit_phase: int = 0,
     fit_cache: str | None = None,
+    isolate: bool = False,
 ) -> dict[tuple[int, str], _SpecResult]:
-    """The origin loop of every (spec, horizon), in-process or in `n_workers` spawned workers."""
+    """The origin loop of every (spec, horizon), in-process or in `n_workers` spawned workers
+    (`isolate`: in spawned workers even for one task or one worker, so that what the fits load,
+    such as TensorFlow, never stays resident in this process)."""
     tasks = [(i, h) for h in prepared.arrays for i in range(len(specs))]
     results: dict[tuple[int, str], _SpecResult] = {}
 
@@ -547,7 +561,7 @@ def execute(
                 + ("" if explain is None else f", explain {r.explain_seconds:.2f}s")
             )
 
-    if n_workers <= 1 or len(tasks) <= 1:
+    if (n_workers <= 1 or len(tasks) <= 1) and not isolate:
         for i, h in tasks:
             results[(i, h)] = _walk_spec(
                 specs[i],
@@ -575,7 +589,7 @@ def execute(
     }
     with environment(SINGLE_THREAD_ENV):
         pool = cf.ProcessPoolExecutor(
-            max_workers=min(n_workers, len(tasks)),
+            max_workers=max(1, min(n_workers, len(tasks))),
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(SINGLE_THREAD_ENV, state),

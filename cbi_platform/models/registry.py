@@ -2,6 +2,10 @@
 
 The list of models is data anyone can read; this module only checks it and builds models.
 A spec's name is unique in the file and names one model at each of its horizons.
+
+Two zoos: `core` (what `make run` trains within its time budget) runs each spec at its
+`horizons`; `extended` (the neural benchmarks, or CBI_ZOO=extended) adds its
+`extended_horizons`, members that were cut from the budget but stay trained and measured.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ GPU_GROUPS = ("neural",)
 DETECTED_REGIMES = ("crisis", "bull", "bear", "normal")
 
 _REQUIRED = ("name", "family", "kind")
-_OPTIONAL = ("params", "weighted", "refit_every", "horizons", "regime")
+_OPTIONAL = ("params", "weighted", "refit_every", "horizons", "extended_horizons", "regime")
+ZOOS = ("core", "extended")
 
 
 class SpecError(ValueError):
@@ -145,6 +150,17 @@ def _validate_entry(index: int, entry: Any) -> None:
             f"{label}: horizons must be a non-empty list of distinct {list(HORIZONS)}, "
             f"got {horizons!r}"
         )
+    extended = entry.get("extended_horizons", [])
+    if (
+        not isinstance(extended, list)
+        or any(h not in HORIZONS for h in extended)
+        or len(set(extended)) != len(extended)
+        or set(extended) & set(horizons)
+    ):
+        raise SpecError(
+            f"{label}: extended_horizons must be a list of distinct {list(HORIZONS)} not in "
+            f"horizons {horizons!r}, got {extended!r}"
+        )
     regime = entry.get("regime")
     if entry["kind"] in SPECIALIST_KINDS:
         if regime not in DETECTED_REGIMES:
@@ -172,16 +188,27 @@ def _to_spec(entry: dict[str, Any]) -> ModelSpec:
     )
 
 
-def _horizons(entry: dict[str, Any]) -> list[str]:
-    return list(entry.get("horizons", list(HORIZONS)))
+def _horizons(entry: dict[str, Any], zoo: str = "core") -> list[str]:
+    horizons = list(entry.get("horizons", list(HORIZONS)))
+    if zoo == "extended":
+        horizons += [h for h in entry.get("extended_horizons", []) if h not in horizons]
+    return horizons
+
+
+def check_zoo(zoo: str) -> str:
+    if zoo not in ZOOS:
+        raise SpecError(f"unknown zoo {zoo!r}; known {list(ZOOS)} (CBI_ZOO)")
+    return zoo
 
 
 def load_specs(
     path: str | Path | None = None,
     horizon: str | None = None,
     kinds: Iterable[str] | None = None,
+    zoo: str = "core",
 ) -> list[ModelSpec]:
-    """The validated specs, in file order; only those run at `horizon` and of `kinds` if given.
+    """The validated specs, in file order; only those run at `horizon` (in `zoo`) and of
+    `kinds` if given.
 
     Every spec is also built once, so a bad parameter fails here and not mid walk-forward.
     With a horizon and the zoo's own file, network specs carry the hyperparameters recorded
@@ -191,6 +218,7 @@ def load_specs(
     """
     if horizon is not None and horizon not in HORIZONS:
         raise SpecError(f"unknown horizon {horizon!r}; known {list(HORIZONS)}")
+    check_zoo(zoo)
     wanted = None if kinds is None else ([kinds] if isinstance(kinds, str) else list(kinds))
     if wanted is not None:
         bad = sorted(set(wanted) - set(KINDS))
@@ -205,7 +233,7 @@ def load_specs(
             build_model(spec)
         except Exception as exc:
             raise SpecError(f"entry {index} ({spec.name!r}): {exc}") from exc
-        if horizon is not None and horizon not in _horizons(entry):
+        if horizon is not None and horizon not in _horizons(entry, zoo):
             continue
         if wanted is not None and spec.kind not in wanted:
             continue
@@ -241,6 +269,7 @@ def spec_table(path: str | Path | None = None) -> pl.DataFrame:
             "weighted": bool(entry.get("weighted", False)),
             "refit_every": int(entry.get("refit_every", 1)),
             "horizons": _horizons(entry),
+            "extended_horizons": list(entry.get("extended_horizons", [])),
             "regime": entry.get("regime"),
             "params": yaml.safe_dump(entry.get("params") or {}, default_flow_style=True).strip(),
         }
@@ -255,20 +284,23 @@ def spec_table(path: str | Path | None = None) -> pl.DataFrame:
             "weighted": pl.Boolean,
             "refit_every": pl.Int64,
             "horizons": pl.List(pl.Utf8),
+            "extended_horizons": pl.List(pl.Utf8),
             "regime": pl.Utf8,
             "params": pl.Utf8,
         },
     )
 
 
-def spec_horizons(path: str | Path | None = None) -> dict[str, list[str]]:
-    """name -> the horizons it runs at (ModelSpec itself carries no horizons)."""
-    return {entry["name"]: _horizons(entry) for entry in _read_entries(path)}
+def spec_horizons(path: str | Path | None = None, zoo: str = "core") -> dict[str, list[str]]:
+    """name -> the horizons it runs at in `zoo` (ModelSpec itself carries no horizons)."""
+    check_zoo(zoo)
+    return {entry["name"]: _horizons(entry, zoo) for entry in _read_entries(path)}
 
 
-def count_by_kind(path: str | Path | None = None) -> dict[str, int]:
+def count_by_kind(path: str | Path | None = None, zoo: str = "core") -> dict[str, int]:
     """Models per kind counted across horizons (one spec at 5 horizons is 5 models)."""
+    check_zoo(zoo)
     counts: Counter[str] = Counter()
     for entry in _read_entries(path):
-        counts[entry["kind"]] += len(_horizons(entry))
+        counts[entry["kind"]] += len(_horizons(entry, zoo))
     return {kind: counts.get(kind, 0) for kind in KINDS}

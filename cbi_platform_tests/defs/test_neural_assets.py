@@ -216,8 +216,11 @@ def test_two_neural_runs_at_once_take_the_gpu_slot_one_after_the_other(upstream_
     ]
     assert waited, "neither run reported waiting for the gpu slot"
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
-    for home, partition in zip(homes, ("1w", "1m"), strict=True):
+    for home, partition, tag in zip(homes, ("1w", "1m"), ("a", "b"), strict=True):
         assert _table(home, "oof_neural")["horizon"].unique().to_list() == [partition]
+        # ... and trained in a spawned process (one worker), not in the run's own process.
+        log = (home / f"run_{tag}.log").read_text()
+        assert "tensorflow loaded in the run process: False" in log, log[-2000:]
     instance.dispose()
 
 

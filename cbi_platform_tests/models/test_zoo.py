@@ -90,17 +90,23 @@ def test_counts_by_kind_across_horizons():
         "tree": 15,
         "sanity": 10,
         "specialist": 10,
-        # The plan's 12-15 simple networks (dense, LSTM, GRU at every horizon) and 10-12
-        # advanced ones (2-layer LSTM/GRU, GRU+attention, TCN, CNN-LSTM, attention encoder).
-        "neural": 27,
+        # make run's core zoo: the plan's 12-15 simple networks (dense, LSTM, GRU at every
+        # horizon) and 6 advanced ones, each advanced family once (the budget cut).
+        "neural": 21,
         "neural_specialist": 4,
         "volatility": 15,
     }
+    # The extended zoo adds the 6 advanced networks cut from the budget: the plan's 10-12.
+    assert count_by_kind(zoo="extended")["neural"] == 27
     simple = {"nn_dense", "nn_lstm", "nn_gru"}
-    per_name = {name: len(h) for name, h in spec_horizons().items()}
     neural = [s for s in SPECS.values() if s.kind == "neural"]
-    assert sum(per_name[s.name] for s in neural if s.name in simple) == 15
-    assert sum(per_name[s.name] for s in neural if s.name not in simple) == 12
+    for zoo, advanced in (("core", 6), ("extended", 12)):
+        per_name = {name: len(h) for name, h in spec_horizons(zoo=zoo).items()}
+        assert sum(per_name[s.name] for s in neural if s.name in simple) == 15
+        assert sum(per_name[s.name] for s in neural if s.name not in simple) == advanced
+    # Every advanced family keeps at least one horizon in the core zoo.
+    core = spec_horizons()
+    assert {SPECS[n].family for n, h in core.items() if h and n in SPECS} >= set(NEURAL_FAMILIES)
     table = spec_table()
     assert table["name"].to_list() == list(SPECS)
     assert table.filter(table["kind"] == "specialist")["regime"].to_list() == ["bull", "bear"]
@@ -145,12 +151,32 @@ def test_registry_errors_name_the_entry(tmp_path):
         "  - {name: m7, family: lightgbm, kind: tree, params: {monotone: {f_0: 2}}}\n": (
             r"\('m7'\):.*\+1 or -1"
         ),
+        "  - {name: m8, family: ridge, kind: sanity, horizons: [1w], extended_horizons: [1w]}\n": (
+            r"\('m8'\): extended_horizons .* not in horizons"
+        ),
     }
     for second, message in cases.items():
         with pytest.raises(SpecError, match=message):
             load_specs(_write_specs(tmp_path, ok + second))
     with pytest.raises(SpecError, match="unknown family"):
         build_model(ModelSpec("x", "prophet", "statistical"))
+
+
+def test_the_extended_zoo_adds_the_members_cut_from_the_budget(tmp_path):
+    body = (
+        "  - {name: rw, family: random_walk, kind: benchmark}\n"
+        "  - {name: r, family: ridge, kind: sanity, horizons: [1m], extended_horizons: [1w]}\n"
+    )
+    path = _write_specs(tmp_path, body)
+    assert [s.name for s in load_specs(path, horizon="1w")] == ["rw"]
+    assert [s.name for s in load_specs(path, horizon="1w", zoo="extended")] == ["rw", "r"]
+    assert [s.name for s in load_specs(path, horizon="1m")] == ["rw", "r"]
+    assert count_by_kind(path)["sanity"] == 1 and count_by_kind(path, zoo="extended")["sanity"] == 2
+    with pytest.raises(SpecError, match="unknown zoo 'full'"):
+        load_specs(path, horizon="1w", zoo="full")
+    # The default zoo: nn_lstm2 trains at 1m in make run, at 1w only in the extended zoo.
+    assert "nn_lstm2" not in {s.name for s in load_specs(horizon="1w")}
+    assert "nn_lstm2" in {s.name for s in load_specs(horizon="1w", zoo="extended")}
 
 
 def test_monotone_on_an_unknown_feature_fails_the_fit_clearly():

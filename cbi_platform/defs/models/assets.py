@@ -22,7 +22,12 @@ from cbi_platform.defs.resources import (
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.metrics import leaderboard
 from cbi_platform.evaluation.volatility_eval import score_volatility, volatility_walk_forward
-from cbi_platform.evaluation.walk_forward import FIT_REPORT_SCHEMA, OOF_SCHEMA, environment
+from cbi_platform.evaluation.walk_forward import (
+    FIT_REPORT_SCHEMA,
+    OOF_SCHEMA,
+    environment,
+    in_spawned_process,
+)
 from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, coverage_table
 from cbi_platform.features.contract import HORIZONS, horizon_frame
 from cbi_platform.market.schema import target_series
@@ -89,8 +94,15 @@ def neural_volatility(
     target = target_series(market_prices, market_source.target())
     plan = horizon_run.origin_plan(target["date"], "1w", protocol.config())
     started = time.perf_counter()
-    with environment(gpu.environment()):
-        frame = volatility_walk_forward(target["value"].to_numpy(), plan, dict(HORIZONS), specs)
+    # In a spawned process, like every network fit: TensorFlow never loads in this one.
+    frame = in_spawned_process(
+        volatility_walk_forward,
+        target["value"].to_numpy(),
+        plan,
+        dict(HORIZONS),
+        specs,
+        env=gpu.environment(),
+    )
     names = [s.name for s in specs]
     frame = frame.filter(pl.col("model").is_in(names))
     seconds = time.perf_counter() - started
@@ -152,7 +164,13 @@ def run_group(
             f"{group} {horizon}: walk-forward of {len(specs)} models on {frame.height} rows"
         )
         run = horizon_run.member_walk_forward(
-            frame, detected_regimes, horizon, cfg, specs=specs, progress=context.log.info
+            frame,
+            detected_regimes,
+            horizon,
+            cfg,
+            specs=specs,
+            progress=context.log.info,
+            isolate=group in GPU_GROUPS,  # networks train in spawned processes, always
         )
         if run.plan.notice:
             context.log.warning(run.plan.notice)
