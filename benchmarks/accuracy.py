@@ -17,6 +17,8 @@ Noise: tree members refit every k origins (specs.yaml). Their relative MAE depen
 origins the refits land on, so the benchmark re-runs every member with refit_every k > 1 at
 each refit phase 1..k-1 and reports min / median / max. A comparison between members is a
 finding only where the gap exceeds both members' phase spread and a DM test agrees.
+Networks (refit_every 80: 79 phases) are left out of the phase spread; their noise is measured
+over seeds by benchmarks/neural.py.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from cbi_platform.features.build import build_features  # noqa: E402
 from cbi_platform.features.contract import HORIZONS  # noqa: E402
 from cbi_platform.market.files import load_files_source  # noqa: E402
 from cbi_platform.market.manifest import load_manifest  # noqa: E402
+from cbi_platform.models.registry import GROUPS  # noqa: E402
 from cbi_platform.regimes.detected import (  # noqa: E402
     label_regimes,
     walk_forward_regime_scores,
@@ -120,7 +123,7 @@ def phase_spread(
     """Relative MAE of each member at every refit phase (phase 0 = the pipeline's run)."""
     rows = base.select("window", "model", "rel_mae").with_columns(phase=pl.lit(0))
     parts = [rows]
-    specs = horizon_run.zoo_specs(horizon)
+    specs = [s for s in horizon_run.zoo_specs(horizon) if s.kind not in GROUPS["neural"]]
     k_max = max(s.refit_every for s in specs)
     for phase in range(1, k_max):
         shifted = [s for s in specs if s.refit_every > phase]

@@ -73,9 +73,9 @@ WeightSchedule = Callable[[int], np.ndarray]
 # rows are the origin's row, or for a sequence model the `lookback` rows ending at it.
 RowExplainer = Callable[[Model, ModelSpec, np.ndarray, list[str]], np.ndarray | None]
 
-# Set in every worker before it imports numpy / model libraries: one thread per process.
 T = TypeVar("T")
 
+# Set in every worker before it imports numpy / model libraries: one thread per process.
 SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
