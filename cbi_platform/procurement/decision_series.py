@@ -52,8 +52,9 @@ from cbi_platform.settings import ENSEMBLE, RANDOM_WALK
 
 REPRODUCTION_TOLERANCE = 1e-9
 # The daily forecast at an origin against the walk-forward's: network members compute in float32,
-# and the same window in a batch of a different size rounds differently (~1e-7 of the output).
-# 1e-6 in log return is 0.0001% of the price, a thousand times below what a different fit moves.
+# and the same window in a batch of a different size rounds differently (float32: ~1e-7
+# relative).
+# 1e-6 in log return is 0.0001% of the price.
 DAILY_REPRODUCTION_TOLERANCE = 1e-6
 
 
@@ -238,10 +239,8 @@ def build_decision_series(
         if progress is not None and stats.states % 20 == 0:
             progress(f"{horizon}: decision series at {dates[i]} ({stats.states} states)")
         t0 = time.perf_counter()
-        ctxs = [
-            {**_context_at(context, origin), "regime": regime_by_day.get(dates[j])}
-            for j in range(i, end + 1)
-        ]
+        at_origin = _context_at(context, origin)  # one lookup per state, not per day
+        ctxs = [{**at_origin, "regime": regime_by_day.get(dates[j])} for j in range(i, end + 1)]
         # Day j's forecast reads rows up to j only (sequence members: the window ending at j).
         forecasts = served.predict_days(frame, closes, i, end, ctxs)
         stats.seconds_predict += time.perf_counter() - t0
