@@ -28,6 +28,7 @@ run: home
 
 test: $(STAMP)
 	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 ui: home
@@ -47,6 +48,7 @@ workers-down:
 
 lint: $(STAMP)
 	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DAGSTER_HOME)

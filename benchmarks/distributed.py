@@ -31,13 +31,13 @@ def shared_celery_job():
     import dagster as dg
 
     from cbi_platform.defs.distributed import celery_asset_job, route_pool_to_queue
-    from cbi_platform.defs.pipeline import SHARED_ASSETS, SHARED_CHECKS
+    from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, SHARED_STAGE
     from cbi_platform.defs.resources import build_resources
 
-    job = celery_asset_job(JOB, SHARED_ASSETS, broker=os.environ["CBI_CELERY_BROKER"])
+    job = celery_asset_job(JOB, SHARED_STAGE, broker=os.environ["CBI_CELERY_BROKER"])
     defs = dg.Definitions(
-        assets=route_pool_to_queue(SHARED_ASSETS),
-        asset_checks=SHARED_CHECKS,
+        assets=route_pool_to_queue(ALL_ASSETS),
+        asset_checks=ALL_CHECKS,
         jobs=[job],
         resources=build_resources(),
     )
@@ -79,15 +79,14 @@ def main() -> int:
 
     # In-process: one process, steps one after another.
     os.environ["CBI_HOME"] = str(tmp / "inproc")
-    from cbi_platform.defs.pipeline import SHARED_ASSETS, SHARED_CHECKS
+    from cbi_platform.defs.pipeline import SHARED_STAGE
     from cbi_platform.defs.resources import build_resources
+    from cbi_platform.runner import materialize
 
     (tmp / "dagster_inproc").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp / "dagster_inproc")) as instance:
         t0 = time.perf_counter()
-        run = dg.materialize(
-            [*SHARED_ASSETS, *SHARED_CHECKS], resources=build_resources(), instance=instance
-        )
+        run = materialize(SHARED_STAGE, resources=build_resources(), instance=instance)
         results["in_process_s"] = round(time.perf_counter() - t0, 2)
         results["in_process_success"] = run.success
         results["in_process_steps_s"] = _step_seconds(instance, run.run_id)

@@ -101,7 +101,8 @@ def groups_celery_job():
     from cbi_platform.defs.distributed import celery_asset_job, route_pool_to_queue
     from cbi_platform.defs.pipeline import ALL_ASSETS
 
-    job = celery_asset_job(JOB, group_assets(), broker=os.environ["CBI_CELERY_BROKER"])
+    selection = dg.AssetSelection.assets(*group_assets())
+    job = celery_asset_job(JOB, selection, broker=os.environ["CBI_CELERY_BROKER"])
     defs = dg.Definitions(
         assets=route_pool_to_queue(ALL_ASSETS), jobs=[job], resources=bench_resources()
     )

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_stamp  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
+from cbi_platform.evaluation.tuning_data import development_data  # noqa: E402
 from cbi_platform.evaluation.walk_forward import SINGLE_THREAD_ENV  # noqa: E402
 from cbi_platform.features.build import build_features  # noqa: E402
 from cbi_platform.features.contract import HORIZONS  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> int:
     tasks = []
     for h in args.horizons:
         frame = build_features(prices, h, target=manifest.target).frame
-        data, last = neural_tuning.development_data(frame, h, cfg)
+        data, last = development_data(frame, h, cfg)
         seen = set()
         for spec in load_specs(horizon=h, zoo="extended"):
             if spec.family in NEURAL_FAMILIES and spec.family not in seen:

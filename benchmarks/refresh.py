@@ -49,21 +49,18 @@ def main() -> int:
     home = Path(args.home).resolve()
     import dagster as dg
 
-    from cbi_platform.defs.market.checks import market_checks
-    from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
-    from cbi_platform.defs.pipeline import ALL_ASSETS, REFRESH_ASSETS
+    from cbi_platform.defs.pipeline import REFRESH
     from cbi_platform.defs.resources import build_resources
     from cbi_platform.market.simulator import SimulatorConfig
+    from cbi_platform.runner import materialize
 
-    checks = [*market_checks, *OPERATIONS_CHECKS]
     days = _next_business_days(SimulatorConfig().end, args.days + 1)
     runs = []
     for day in days[:-1]:
         resources = build_resources({"CBI_HOME": str(home), "CBI_SIM_END": day.isoformat()})
         started = time.perf_counter()
-        result = dg.materialize(
-            [*ALL_ASSETS, *checks],
-            selection=dg.AssetSelection.assets(*REFRESH_ASSETS) | dg.AssetSelection.checks(*checks),
+        result = materialize(
+            REFRESH,
             resources=resources,
             instance=dg.DagsterInstance.ephemeral(),
             raise_on_error=False,

@@ -45,6 +45,7 @@ def main() -> int:
 
     from cbi_platform.operations.mailbox import LocalMailbox
     from cbi_platform.operations.replay import ReplaySettings, format_report, run_replay
+    from cbi_platform.replay_driver import DagsterReplayDriver
 
     env = {"CBI_SOURCE": "simulated"}
     if args.manifest:
@@ -64,7 +65,7 @@ def main() -> int:
     settings.smtp = box.start()
     started = time.perf_counter()
     try:
-        report = run_replay(settings, sys.stdout)
+        report = run_replay(settings, sys.stdout, DagsterReplayDriver)
     finally:
         box.stop()
     wall = time.perf_counter() - started

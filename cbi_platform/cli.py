@@ -81,6 +81,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     from cbi_platform.defs.resources import DEFAULT_HOME
     from cbi_platform.serving.store import ForecastStore
+    from cbi_platform.settings import horizon_order
 
     home = Path(os.environ.get("CBI_HOME", str(DEFAULT_HOME)))
     store = ForecastStore(home / "forecasts.duckdb")
@@ -89,8 +90,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         return _fail(
             f"no forecasts in {home / 'forecasts.duckdb'}: run `make run` (or `cbi run`) first"
         )
-    order = {h: i for i, h in enumerate(["1w", "1m", "3m", "6m", "12m"])}
-    rows = sorted(latest.to_dicts(), key=lambda r: order.get(r["horizon"], 99))
+    rows = sorted(latest.to_dicts(), key=lambda r: horizon_order(r["horizon"]))
     if args.json:
         print(_json.dumps(rows, default=str, indent=1))
         return 0
@@ -136,7 +136,7 @@ def _home() -> Path:
 
 def _control(args: argparse.Namespace, action: str) -> int:
     from cbi_platform.defs.resources import build_resources
-    from cbi_platform.operations.serving_control import ServingControlError, promote, rollback
+    from cbi_platform.release.control import ServingControlError, promote, rollback
 
     resources = build_resources(dict(os.environ))
     tracker = resources["mlflow"].tracker()
@@ -177,6 +177,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from cbi_platform.operations.replay import ReplaySettings, format_report, run_replay
+    from cbi_platform.replay_driver import DagsterReplayDriver
 
     env = {k: v for k, v in os.environ.items() if k.startswith(("CBI_", "MLFLOW_"))}
     if args.manifest:
@@ -206,7 +207,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         server = LocalMailbox()
         settings.smtp = server.start()
     try:
-        report = run_replay(settings, sys.stdout)
+        report = run_replay(settings, sys.stdout, DagsterReplayDriver)
     except (MarketDataError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
     finally:

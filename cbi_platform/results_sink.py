@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from cbi_platform.storage import StoreBusyError, write_lock
+from cbi_platform.storage import StoreBusyError, read_snapshot, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -371,20 +371,20 @@ class BigQuerySink:
     # -- BigQuery -------------------------------------------------------------------------
     def client(self):
         if self._client is None:
-            from google.cloud import bigquery
+            from google.cloud import bigquery  # heavy: delayed
 
             self._client = bigquery.Client(project=self.project, location=self.location)
         return self._client
 
     def _retry(self):
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy: delayed
 
         return bigquery.DEFAULT_RETRY.with_timeout(self.timeout_s)
 
     def _ensure_table(self, table: str, rows: pl.DataFrame) -> dict[str, str]:
         """Create the dataset and the table when missing (explicit schema from the rows); add
         the columns the table lacks. Returns the table's column types."""
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy: delayed
 
         client = self.client()
         if not self._dataset_ready:
@@ -421,7 +421,7 @@ class BigQuerySink:
         return types
 
     def _send(self, table: str, batch: pl.DataFrame, key: list[str], complete: bool) -> None:
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy: delayed
 
         client = self.client()
         types = self._ensure_table(table, batch)
@@ -519,8 +519,6 @@ def mirror_existing(sink: ResultsSink, home: str | Path) -> dict[str, int]:
     """Send every store's current table (its published snapshot) through `sink`: for a home
     that ran before results were mirrored, or after a crash between a write and its spooling.
     Idempotent (the MERGE), so it is safe to run any time; returns the rows sent per table."""
-    from cbi_platform.storage import read_snapshot
-
     sent = {}
     for table, (database, local, key, complete) in STORE_TABLES.items():
         frame = read_snapshot(Path(home) / database, local)

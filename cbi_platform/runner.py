@@ -7,30 +7,37 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import dagster as dg
 
-from cbi_platform.defs.market.checks import market_checks
-from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
 from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
-    BACKTEST_ASSETS,
-    DECISION_ASSETS,
-    FORECAST_STAGE_ASSETS,
-    HORIZON_CHECKS,
-    MEMBER_STAGE_ASSETS,
-    RANGE_ASSETS,
-    RANGE_CHECKS,
-    REFRESH_ASSETS,
-    SHARED_ASSETS,
-    SHARED_CHECKS,
+    ALL_CHECKS,
+    BACKTEST,
+    DECISION,
+    FORECAST_STAGE,
+    MEMBER_STAGE,
+    RANGE_STAGE,
+    REFRESH,
+    SHARED_STAGE,
 )
 from cbi_platform.defs.resources import build_resources
 from cbi_platform.procurement.programme import load_config as load_procurement
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of `cbi run`: what it selects (assets with their checks) and for which partition."""
+
+    label: str
+    selection: dg.AssetSelection
+    partition: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _one_range(horizons) -> bool:
@@ -44,7 +51,7 @@ def _one_range(horizons) -> bool:
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Bump when a warehouse table changes its columns: an older warehouse is moved aside, not lost.
-WAREHOUSE_LAYOUT = "2"
+WAREHOUSE_LAYOUT = "3"  # 3: registered_version split out of forecasts (issue 17)
 
 
 def keep_older_warehouse(home: Path, stream: TextIO) -> Path | None:
@@ -103,6 +110,53 @@ def _report(result: dg.ExecuteInProcessResult, out: TextIO) -> tuple[int, int]:
     return errors, warnings
 
 
+def plan_stages(
+    horizons: Sequence[str], decision_horizons: Sequence[str] = (), refresh: bool = False
+) -> list[Stage]:
+    """The runs of `cbi run`, in order: market data, the features and statistical members over a
+    range of horizons, every horizon's members, then every horizon's ensemble and registered
+    version, the procurement decision forecasts and backtest, then the daily refresh."""
+    stages = [Stage("market data", SHARED_STAGE)]
+    together = _one_range(horizons)
+    members = MEMBER_STAGE
+    if together:
+        # One run over every horizon: features, then the statistical members fitted once per
+        # origin for all horizons (they do not depend on it).
+        stages.append(
+            Stage(
+                f"features + statistical members, {horizons[0]}..{horizons[-1]}",
+                RANGE_STAGE,
+                tags={
+                    "dagster/asset_partition_range_start": horizons[0],
+                    "dagster/asset_partition_range_end": horizons[-1],
+                },
+            )
+        )
+        members = MEMBER_STAGE - RANGE_STAGE
+    # Every horizon's members first, then every horizon's ensemble and registered version: the
+    # networks train in worker processes while this process has not loaded TensorFlow yet
+    # (registering and serving a network member loads it here), which keeps the peak memory of
+    # all processes together inside the budget.
+    stages += [Stage(f"members {h}", members, h) for h in horizons]
+    stages += [Stage(f"ensemble + forecasts {h}", FORECAST_STAGE, h) for h in horizons]
+    stages += [Stage(f"decision forecasts {h}", DECISION, h) for h in decision_horizons]
+    if decision_horizons:
+        stages.append(Stage("procurement backtest", BACKTEST))
+    if refresh:
+        stages.append(Stage("daily refresh (served versions, monitors)", REFRESH))
+    return stages
+
+
+def materialize(
+    selection: dg.AssetSelection, partition: str | None = None, **kwargs
+) -> dg.ExecuteInProcessResult:
+    """Materialize a selection of the pipeline in-process, with the checks of its assets (the
+    whole pipeline is loaded so the selection resolves against the same graph as the UI's)."""
+    return dg.materialize(
+        [*ALL_ASSETS, *ALL_CHECKS], selection=selection, partition_key=partition, **kwargs
+    )
+
+
 def run_pipeline(
     horizons: list[str],
     stream: TextIO,
@@ -127,65 +181,22 @@ def run_pipeline(
             **resources,
             "operations": type(operations)(**{**config, "horizons": list(horizons)}),
         }
-    stages: list[tuple[str, str | tuple[str, str] | None]] = [("market data", None)]
-    together = _one_range(horizons)
-    if together:
-        # One run over every horizon: features, then the statistical members fitted once per
-        # origin for all horizons (they do not depend on it).
-        stages.append(
-            (f"features + statistical members, {horizons[0]}..{horizons[-1]}", ("range", ""))
-        )
-    # Every horizon's members first, then every horizon's ensemble and registered version: the
-    # networks train in worker processes while this process has not loaded TensorFlow yet
-    # (registering and serving a network member loads it here), which keeps the peak memory of
-    # all processes together inside the budget.
-    stages += [(f"members {h}", ("members", h)) for h in horizons]
-    stages += [(f"ensemble + forecasts {h}", ("forecasts", h)) for h in horizons]
     decision = [h for h in load_procurement().pipeline.horizons if h in horizons]
-    stages += [(f"decision forecasts {h}", ("decision", h)) for h in decision]
-    if decision:
-        stages.append(("procurement backtest", ("backtest", "")))
-    if operations is not None:
-        stages.append(("daily refresh (served versions, monitors)", "refresh"))
-    for i, (label, horizon) in enumerate(stages, start=1):
+    stages = plan_stages(horizons, decision, refresh=operations is not None)
+    for i, stage in enumerate(stages, start=1):
+        label = stage.label
         started = time.perf_counter()
         stream.write(f"[{i}/{len(stages)}] {label} ...\n")
         stream.flush()
-        partition = horizon
-        tags = {"cbi/stage": label}
-        if isinstance(horizon, tuple) and horizon[0] == "range":
-            selection, checks, partition = RANGE_ASSETS, RANGE_CHECKS, None
-            tags |= {
-                "dagster/asset_partition_range_start": horizons[0],
-                "dagster/asset_partition_range_end": horizons[-1],
-            }
-        elif isinstance(horizon, tuple) and horizon[0] == "members":
-            partition = horizon[1]
-            selection = [a for a in MEMBER_STAGE_ASSETS if not (together and a in RANGE_ASSETS)]
-            checks = [c for c in HORIZON_CHECKS if not (together and c in RANGE_CHECKS)]
-        elif isinstance(horizon, tuple) and horizon[0] == "forecasts":
-            selection, checks, partition = FORECAST_STAGE_ASSETS, [], horizon[1]
-        elif isinstance(horizon, tuple):
-            step, partition = horizon
-            selection, checks = (DECISION_ASSETS if step == "decision" else BACKTEST_ASSETS), []
-            partition = partition or None
-        elif horizon is None:
-            selection, checks = SHARED_ASSETS, SHARED_CHECKS
-        elif horizon == "refresh":
-            selection, checks = REFRESH_ASSETS, [*market_checks, *OPERATIONS_CHECKS]
-            partition = None
-        else:
-            raise ValueError(f"unknown stage {label!r}")
         try:
-            result = dg.materialize(
-                [*ALL_ASSETS, *checks],
-                selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
-                partition_key=partition,
+            result = materialize(
+                stage.selection,
+                stage.partition,
                 resources=resources,
                 instance=instance,
                 run_config=_QUIET,
                 raise_on_error=False,
-                tags=tags,
+                tags={"cbi/stage": label, **stage.tags},
             )
         except dg.DagsterInvariantViolationError as exc:
             stream.write(f"    failed: {exc}\n")

@@ -15,11 +15,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-HORIZONS: dict[str, int] = {"1w": 5, "1m": 21, "3m": 63, "6m": 126, "12m": 252}
+# A horizon is a plain `str` ("1m") in frames, partition keys and JSON; this alias types it.
+# (Not an Enum: polars reads enum members as its own Enum dtype, not as text.)
+Horizon = Literal["1w", "1m", "3m", "6m", "12m"]
+HORIZON_KEYS: tuple[Horizon, ...] = get_args(Horizon)  # in order, shortest first
+# The one table of horizons: key -> (trading days after the origin, the words the page shows).
+_HORIZON_TABLE: dict[str, tuple[int, str]] = {
+    "1w": (5, "1 week"),
+    "1m": (21, "1 month"),
+    "3m": (63, "3 months"),
+    "6m": (126, "6 months"),
+    "12m": (252, "12 months"),
+}
+if tuple(_HORIZON_TABLE) != HORIZON_KEYS:
+    raise RuntimeError("settings: the horizon table and the Horizon type list different keys")
+HORIZONS: dict[str, int] = {h: days for h, (days, _) in _HORIZON_TABLE.items()}
+HORIZON_NAMES: dict[str, str] = {h: name for h, (_, name) in _HORIZON_TABLE.items()}
+
+
+def horizon_days(horizon: str) -> int:
+    """Trading days after the origin; an unknown horizon is an error that names the valid ones."""
+    try:
+        return HORIZONS[horizon]
+    except KeyError:
+        raise ValueError(f"horizon {horizon!r} is not one of {list(HORIZON_KEYS)}") from None
+
+
+def horizon_name(horizon: str) -> str:
+    """The horizon in words ("1 month"), as the buyer's page shows it."""
+    horizon_days(horizon)  # the same error for an unknown horizon
+    return HORIZON_NAMES[horizon]
+
+
+def horizon_order(horizon: str) -> int:
+    """Sort key: shortest horizon first, an unknown one last."""
+    return HORIZON_KEYS.index(horizon) if horizon in HORIZONS else len(HORIZON_KEYS)
+
+
 DETECTED_REGIMES = ("crisis", "bull", "bear", "normal")  # never the hindsight calendar's
 RANDOM_WALK = "random_walk"
 ENSEMBLE = "ensemble"

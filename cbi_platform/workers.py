@@ -120,7 +120,7 @@ def start_worker(
 
 def wait_for_workers(broker: str, names: list[str], timeout: float = 60.0) -> None:
     """Block until every named worker answers a ping (so no step waits on a booting worker)."""
-    from celery import Celery
+    from celery import Celery  # heavy: delayed
 
     app = Celery("cbi-ping", broker=broker, backend=broker)
     deadline = time.monotonic() + timeout

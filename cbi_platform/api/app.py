@@ -3,7 +3,7 @@
 A reader: every answer comes from the published snapshots under the home (`HomeReader`),
 held in memory until a file changes; nothing here opens a DuckDB file or builds SQL. Data
 endpoints need an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health,
-/docs and the page's static files are open, and the page itself holds no data.
+/meta, /docs and the page's static files are open, and the page itself holds no data.
 """
 
 from __future__ import annotations
@@ -240,6 +240,14 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     async def health():
         """Data freshness (open, 200 even when stale: read `status`)."""
         return _json(reader.health())
+
+    meta_json = schemas.meta().model_dump_json().encode()
+
+    @app.get("/meta", response_model=schemas.MetaOut, tags=["health"])
+    async def meta():
+        """The horizons (key, trading days, words) and target-zone levels the page lays out by
+        (open: platform constants, no data)."""
+        return _json(meta_json)
 
     @app.get("/", include_in_schema=False)
     def page():

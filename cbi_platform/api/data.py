@@ -20,13 +20,12 @@ from cbi_platform.api.views import (
     health_json,
     recommendation_json,
 )
+from cbi_platform.operations.condition_log import TABLE as CONDITIONS_TABLE
+from cbi_platform.serving.store import TABLE as FORECAST_TABLE
 from cbi_platform.storage import snapshot_path
 
 FORECASTS_DB = "forecasts.duckdb"
 OPERATIONS_DB = "operations.duckdb"
-FORECAST_TABLE = "cbi.forecast_history"  # cbi_platform.serving.store.TABLE
-RECOMMENDATIONS_TABLE = "ops.recommendations"  # cbi_platform.procurement.live.TABLE
-CONDITIONS_TABLE = "ops.condition_log"  # cbi_platform.operations.condition_log.TABLE
 
 
 def _parquet(data: bytes) -> pl.DataFrame:
@@ -48,6 +47,9 @@ class HomeReader:
         self.forecasts = CachedFile(
             snapshot_path(self.home / FORECASTS_DB, FORECAST_TABLE), ForecastView.from_parquet
         )
+        # Imported here: procurement.live brings scipy, which the API needs nowhere else.
+        from cbi_platform.procurement.live import TABLE as RECOMMENDATIONS_TABLE
+
         ops = self.home / OPERATIONS_DB
         self.recommendations = CachedFile(snapshot_path(ops, RECOMMENDATIONS_TABLE), _parquet)
         self.conditions = CachedFile(snapshot_path(ops, CONDITIONS_TABLE), _parquet)

@@ -1,5 +1,6 @@
 """The API's response shapes (pydantic): what /docs shows and what every payload is checked
-against once, when the snapshot behind it changes."""
+against once, when the snapshot behind it changes. The forecast response is derived from the
+one forecast record (`cbi_platform.serving.record`); the horizons come from `settings`."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from cbi_platform import settings
+from cbi_platform.serving.record import Column, record_columns
+from cbi_platform.settings import HORIZON_KEYS, HORIZON_NAMES, HORIZONS
 
-class Horizon(StrEnum):
-    """Forecast horizons: trading days after the as-of date (5, 21, 63, 126, 252)."""
-
-    one_week = "1w"
-    one_month = "1m"
-    three_months = "3m"
-    six_months = "6m"
-    twelve_months = "12m"
+# The path parameter's enum, built from the one horizon type (a named schema in /docs).
+Horizon = StrEnum("Horizon", {key: key for key in HORIZON_KEYS})
+Horizon.__doc__ = "Forecast horizons: trading days after the as-of date (5, 21, 63, 126, 252)."
 
 
 class ErrorOut(BaseModel):
@@ -26,48 +25,64 @@ class ErrorOut(BaseModel):
     status: int
 
 
-class TargetZones(BaseModel):
-    """The buyer's target zones: the forecast distribution's 10/30/50/70/90th percentiles."""
+# ---- the forecast response, derived from the forecast record (cbi_platform.serving.record) ----
 
-    p10: float | None
-    p30: float | None
-    p50: float | None
-    p70: float | None
-    p90: float | None
-
-
-class Range(BaseModel):
-    low: float | None
-    high: float | None
-
-
-class Band(BaseModel):
-    low: float | None
-    high: float | None
-    probability: float | None = Field(None, description="achieved probability (0-1)")
-    nominal_probability: float | None = None
+# The record's fields the forecast response carries, in the record's order.
+FORECAST_COLUMNS: tuple[Column, ...] = tuple(c for c in record_columns() if c.api)
+# The nested objects of the response: group -> (schema name, schema doc, the field's description).
+FORECAST_GROUPS: dict[str, tuple[str, str | None, str | None]] = {
+    "target_zones": (
+        "TargetZones",
+        "The buyer's target zones: the forecast distribution's 10/30/50/70/90th percentiles.",
+        None,
+    ),
+    "zone90": ("Range", None, "the 90% zone (lo90..hi90)"),
+    "band": ("Band", None, "the band of the statement, with its achieved probability"),
+}
 
 
-class ForecastOut(BaseModel):
-    horizon: Horizon
-    horizon_days: int
-    as_of: dt.date
-    target_date: dt.date | None
-    unit: str = "c/lb"
-    price: float | None = Field(description="the last close at as_of")
-    forecast: float | None = Field(description="the point forecast of the price level")
-    target_zones: TargetZones
-    zone90: Range = Field(description="the 90% zone (lo90..hi90)")
-    statement: str | None = Field(description="the probability statement in words")
-    band: Band = Field(description="the band of the statement, with its achieved probability")
-    p50_note: str | None = None
-    regime: str | None
-    provisional: bool
-    failed_gates: list[str]
-    model_version: str | None
-    served_is_random_walk: bool
-    data_last_date: dt.date | None
-    created_at: dt.datetime | None
+def _api_field(column: Column) -> tuple[Any, Any]:
+    """The response field of one record column: nullable unless the view never sends null (an
+    older history row may lack a value), optional if the column was added after the first
+    release."""
+    kind = Horizon if column.python_type == settings.Horizon else column.python_type
+    kind = kind if column.always else kind | None
+    default = None if column.added and not column.always else ...
+    return kind, Field(default, description=column.doc)
+
+
+def _forecast_model() -> type[BaseModel]:
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for column in FORECAST_COLUMNS:
+        group, _, name = column.api.rpartition(".")
+        if not group:
+            top[name] = _api_field(column)
+            continue
+        if group not in FORECAST_GROUPS:
+            raise ValueError(f"record field {column.name}: unknown response group {group!r}")
+        if group not in groups:
+            groups[group] = {}
+            top[group] = None  # keeps the group where its first field sits
+        groups[group][name] = _api_field(column)
+    for group, fields in groups.items():
+        schema_name, doc, description = FORECAST_GROUPS[group]
+        nested = create_model(schema_name, __doc__=doc, **fields)
+        top[group] = (nested, Field(..., description=description))
+    # What the API adds to the record: the horizon's length, the unit, the random-walk flag.
+    top["horizon_days"] = (int, Field(..., description="trading days after as_of"))
+    top["unit"] = (str, "c/lb")
+    top["served_is_random_walk"] = (
+        bool,
+        Field(..., description="the served forecast is the random walk (no model is used)"),
+    )
+    return create_model("ForecastOut", **top)
+
+
+ForecastOut = _forecast_model()
+TargetZones = ForecastOut.model_fields["target_zones"].annotation
+Range = ForecastOut.model_fields["zone90"].annotation
+Band = ForecastOut.model_fields["band"].annotation
 
 
 class PredictionsOut(BaseModel):
@@ -178,4 +193,27 @@ class HealthOut(BaseModel):
     last_forecast_at: dt.datetime | None
     last_refresh_at: dt.datetime | None = Field(
         description="when the daily refresh last judged data freshness (condition log)"
+    )
+
+
+class HorizonOut(BaseModel):
+    key: Horizon
+    days: int = Field(description="trading days after the as-of date")
+    name: str = Field(description="the horizon in words, e.g. 1 month")
+
+
+class MetaOut(BaseModel):
+    """What the page lays itself out by: the horizons and the target-zone levels."""
+
+    horizons: list[HorizonOut] = Field(description="every horizon, shortest first")
+    zone_levels: list[str] = Field(description="the target zones' fields, lowest first")
+
+
+def meta() -> MetaOut:
+    """The page's metadata, from the one horizon table and the one forecast record."""
+    return MetaOut(
+        horizons=[HorizonOut(key=h, days=HORIZONS[h], name=HORIZON_NAMES[h]) for h in HORIZON_KEYS],
+        zone_levels=[
+            c.api.split(".", 1)[1] for c in FORECAST_COLUMNS if c.api.startswith("target_zones.")
+        ],
     )

@@ -16,26 +16,13 @@ from typing import Any
 import polars as pl
 
 from cbi_platform.api import schemas
+from cbi_platform.serving.record import Column
+from cbi_platform.serving.store import COLUMNS, JSON_COLUMNS, SERVED
 from cbi_platform.settings import HORIZONS, RANDOM_WALK
 
-SERVED = "served"
-ZONES = ("p10", "p30", "p50", "p70", "p90")
-JSON_COLUMNS = ("drivers", "drivers_detail", "failed_gates")
 NO_FORECASTS = "no forecasts yet: run `make run`"
-# Columns the API reads; a history written before a migration lacks some of them.
-HISTORY_COLUMNS: dict[str, pl.DataType] = {
-    "band_probability_nominal": pl.Float64(),
-    "p50_note": pl.Utf8(),
-    "drivers_detail": pl.Utf8(),
-    "driver_note": pl.Utf8(),
-    "provisional": pl.Boolean(),
-    "failed_gates": pl.Utf8(),
-    "role": pl.Utf8(),
-    "combiner": pl.Utf8(),
-    "shrink_weight": pl.Float64(),
-    "regime_outlook": pl.Utf8(),
-    "created_at": pl.Datetime(),
-}
+# The history's columns with their types: a history written before a migration lacks some.
+HISTORY_COLUMNS: dict[str, pl.DataType] = {c.name: c.polars_type for c in COLUMNS}
 
 
 class NotPublished(LookupError):
@@ -84,6 +71,18 @@ def _float(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _api_value(column: Column, row: Mapping[str, Any]) -> Any:
+    """One record field as the API sends it: floats finite or null, flags and lists never null."""
+    value = row.get(column.name)
+    if column.polars_type == pl.Float64():
+        return _float(value)
+    if column.polars_type == pl.Boolean():
+        return bool(value)
+    if column.json:
+        return [str(v) for v in value or []]
+    return value
 
 
 def _dump(model: type[schemas.BaseModel], payload: dict[str, Any]) -> bytes:
@@ -138,31 +137,15 @@ class ForecastView:
     # ---- forecasts ----------------------------------------------------------------------
 
     def _forecast(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "horizon": row["horizon"],
-            "horizon_days": HORIZONS[row["horizon"]],
-            "as_of": row["as_of"],
-            "target_date": row.get("target_date"),
-            "price": _float(row.get("price")),
-            "forecast": _float(row.get("forecast")),
-            "target_zones": {z: _float(row.get(z)) for z in ZONES},
-            "zone90": {"low": _float(row.get("lo90")), "high": _float(row.get("hi90"))},
-            "statement": row.get("statement"),
-            "band": {
-                "low": _float(row.get("band_lo")),
-                "high": _float(row.get("band_hi")),
-                "probability": _float(row.get("band_probability")),
-                "nominal_probability": _float(row.get("band_probability_nominal")),
-            },
-            "p50_note": row.get("p50_note"),
-            "regime": row.get("regime"),
-            "provisional": bool(row.get("provisional")),
-            "failed_gates": [str(g) for g in row.get("failed_gates") or []],
-            "model_version": row.get("model_version"),
-            "served_is_random_walk": _is_random_walk(row),
-            "data_last_date": row.get("data_last_date"),
-            "created_at": row.get("created_at"),
-        }
+        """The forecast response: the record's API fields (nested where the schema nests them),
+        the horizon's length and whether the random walk is served."""
+        payload: dict[str, Any] = {}
+        for column in schemas.FORECAST_COLUMNS:
+            group, _, name = column.api.rpartition(".")
+            (payload.setdefault(group, {}) if group else payload)[name] = _api_value(column, row)
+        payload["horizon_days"] = HORIZONS[row["horizon"]]
+        payload["served_is_random_walk"] = _is_random_walk(row)
+        return payload
 
     @functools.cached_property
     def predictions_json(self) -> bytes:

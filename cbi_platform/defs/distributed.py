@@ -8,14 +8,14 @@ Workers: `make workers-up` (cbi_platform/workers.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import dagster as dg
-from dagster._core.definitions.op_definition import OpDefinition
 from dagster_celery import celery_executor
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
-from cbi_platform.defs.pipeline import SHARED_ASSETS
+from cbi_platform.defs.dagster_internals import with_op_tags
+from cbi_platform.defs.pipeline import SHARED
 from cbi_platform.workers import GPU_QUEUE, broker_url
 
 GPU_POOL = "gpu"
@@ -31,46 +31,30 @@ def redis_celery_executor(broker: str | None = None) -> dg.ExecutorDefinition:
     return celery_executor.configured({"broker": url, "backend": url}, name="celery_redis")
 
 
-def _with_op_tags(assets_def: dg.AssetsDefinition, tags: dict[str, str]) -> dg.AssetsDefinition:
-    op = assets_def.op
-    new_op = OpDefinition.dagster_internal_init(
-        compute_fn=op.compute_fn,
-        name=op.name,
-        ins={d.name: dg.In.from_definition(d) for d in op.input_defs},
-        outs={d.name: dg.Out.from_definition(d) for d in op.output_defs},
-        description=op.description,
-        config_schema=op.config_schema,
-        required_resource_keys=op.required_resource_keys,
-        tags={**op.tags, **tags},
-        version=None,
-        retry_policy=op.retry_policy,
-        code_version=op.version,
-        pool=op.pool,
-    )
-    return dg.AssetsDefinition.dagster_internal_init(
-        **{**assets_def.get_attributes_dict(), "node_def": new_op}
-    )
-
-
 def route_pool_to_queue(assets: Iterable, pool: str = GPU_POOL, queue: str = GPU_QUEUE) -> list:
     """Every op-backed asset in `pool` gets the `dagster-celery/queue` tag `queue`; the rest
     (and anything that is not an AssetsDefinition) pass through unchanged."""
     routed = []
     for item in assets:
-        is_op = isinstance(item, dg.AssetsDefinition) and isinstance(item.node_def, OpDefinition)
+        is_op = isinstance(item, dg.AssetsDefinition) and isinstance(
+            item.node_def, dg.OpDefinition
+        )
         if is_op and item.op.pool == pool:
-            item = _with_op_tags(item, {DAGSTER_CELERY_QUEUE_TAG: queue})
+            item = with_op_tags(item, {DAGSTER_CELERY_QUEUE_TAG: queue})
         routed.append(item)
     return routed
 
 
 def celery_asset_job(
-    name: str, assets: Sequence, broker: str | None = None, description: str | None = None
+    name: str,
+    selection: dg.AssetSelection,
+    broker: str | None = None,
+    description: str | None = None,
 ) -> dg.UnresolvedAssetJobDefinition:
-    """An asset job over `assets` whose steps run in celery workers."""
+    """An asset job over `selection` whose steps run in celery workers."""
     return dg.define_asset_job(
         name,
-        selection=dg.AssetSelection.assets(*assets),
+        selection=selection,
         executor_def=redis_celery_executor(broker),
         description=description,
     )
@@ -78,7 +62,7 @@ def celery_asset_job(
 
 shared_data_job_celery = celery_asset_job(
     "shared_data_job_celery",
-    SHARED_ASSETS,
+    SHARED,
     description="The market-data and shared assets with each step in a celery worker "
     "(`make workers-up` first); gpu-pool steps go to the one-worker `gpu` queue.",
 )

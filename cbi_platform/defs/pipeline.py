@@ -1,4 +1,10 @@
-"""The pipeline as lists: what runs once, what runs per horizon, and the jobs the UI offers."""
+"""The pipeline as selections: what runs once, what runs per horizon, and the jobs the UI offers.
+
+Stages are `dg.AssetSelection`s over groups and the asset graph, not hand-kept lists, so a new
+asset joins its stage by its group (a new step in group `forecasts` runs in the forecast stage)
+and the jobs, `cbi run` and `cbi replay` all read the one definition here. A selection brings
+the checks of the assets it selects.
+"""
 
 import dagster as dg
 
@@ -7,7 +13,7 @@ from cbi_platform.defs.ensemble.assets import ensemble, target_zones
 from cbi_platform.defs.evaluation.assets import model_leaderboard
 from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.features.checks import feature_checks
-from cbi_platform.defs.forecasts.assets import forecasts
+from cbi_platform.defs.forecasts.assets import forecasts, registered_version
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
 from cbi_platform.defs.market.checks import market_checks
 from cbi_platform.defs.models.assets import (
@@ -28,80 +34,93 @@ from cbi_platform.defs.procurement.assets import (
 )
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
 from cbi_platform.defs.regimes.checks import regime_checks
-from cbi_platform.defs.sentiment.assets import SENTIMENT_IN_FEATURES, news_sentiment
+from cbi_platform.defs.sentiment.assets import news_sentiment
 
-# News scoring runs in the pipeline (once per run, and in the daily refresh) only when
-# sentiment.yaml puts news in some horizon's features; otherwise news_sentiment is defined (UI,
-# `dg.materialize`) but nothing waits on it.
-SENTIMENT_ASSETS = [news_sentiment]
-SENTIMENT_RUN_ASSETS = SENTIMENT_ASSETS if SENTIMENT_IN_FEATURES else []
-
-# Unpartitioned assets, materialized once per run of the pipeline.
-SHARED_ASSETS = [
+# The inventory the Definitions load (the shape of the pipeline is in the selections below).
+# vertex_deployment deploys the champions to Vertex AI when configured; it is in no job
+# (materialize it by hand or from a schedule of your own after promotions).
+ALL_ASSETS = [
     raw_market_data,
     market_prices,
-    *SENTIMENT_RUN_ASSETS,
+    news_sentiment,
     regime_calendar,
     detected_regimes,
     volatility_forecasts,
     neural_volatility,
+    features,
+    regime_datasets,
+    *MEMBER_GROUP_ASSETS,
+    member_models,
+    ensemble,
+    target_zones,
+    model_leaderboard,
+    registered_version,
+    forecasts,
+    *OPERATIONS_ASSETS,
+    decision_forecasts,
+    procurement_backtest,
+    procurement_recommendation,
+    vertex_deployment,
 ]
-SHARED_CHECKS = [*market_checks, *regime_checks]
-# Per-horizon assets, materialized for each partition: the features and members, then the
-# ensemble and the registered version built on them.
-MEMBER_STAGE_ASSETS = [features, regime_datasets, *MEMBER_GROUP_ASSETS, member_models]
-FORECAST_STAGE_ASSETS = [ensemble, target_zones, model_leaderboard, forecasts]
-HORIZON_ASSETS = [*MEMBER_STAGE_ASSETS, *FORECAST_STAGE_ASSETS]
-HORIZON_CHECKS = [*feature_checks, *model_checks]
+ALL_CHECKS = [*market_checks, *regime_checks, *feature_checks, *model_checks, *OPERATIONS_CHECKS]
+
+MARKET = dg.AssetSelection.groups("market")
+# News scoring runs in the pipeline (once per run, and in the daily refresh) only when
+# sentiment.yaml puts news in some horizon's features, i.e. when the features read it;
+# otherwise news_sentiment is defined (UI, `dg.materialize`) but nothing waits on it.
+NEWS = dg.AssetSelection.assets(features).upstream(depth=1, include_self=False) - MARKET
+
+# Per-horizon (partitioned) stages: the features and everything in features/regimes/models
+# built on them (regime datasets, walk-forward members), then the ensemble, evaluation and the
+# registered, served forecast.
+MEMBER_STAGE = dg.AssetSelection.assets(features).downstream() & dg.AssetSelection.groups(
+    "features", "regimes", "models"
+)
+FORECAST_STAGE = dg.AssetSelection.groups("ensemble", "evaluation", "forecasts")
+HORIZON = MEMBER_STAGE | FORECAST_STAGE
 # What `make run` materializes for all horizons in one run before the per-horizon stages: the
-# features (and their blocking checks), then the statistical members, fitted once per origin
-# for every horizon.
-RANGE_ASSETS = [features, regime_datasets, MEMBERS_STATISTICAL]
-RANGE_CHECKS = [*feature_checks]
+# features (and their blocking checks) and regime datasets, then the statistical members,
+# fitted once per origin for every horizon.
+RANGE_STAGE = (MEMBER_STAGE - dg.AssetSelection.groups("models")) | dg.AssetSelection.assets(
+    MEMBERS_STATISTICAL
+)
+
+# Unpartitioned inputs, materialized once per run: market data, news when used, the regimes
+# and the volatility models.
+SHARED = (MARKET | NEWS | dg.AssetSelection.groups("regimes", "models")) - HORIZON
+# The operating monitors' checks (freshness is judged against today) run in the daily loop; the
+# training stages of `cbi run` and `cbi replay` leave them out.
+MONITOR_CHECKS = dg.AssetSelection.checks(*OPERATIONS_CHECKS)
+SHARED_STAGE = SHARED - MONITOR_CHECKS
 
 # Procurement: the daily decision forecasts of the policies' horizons (partitioned), then the
 # backtest of every policy over the buying windows (unpartitioned).
-DECISION_ASSETS = [decision_forecasts]
-BACKTEST_ASSETS = [procurement_backtest]
+DECISION = dg.AssetSelection.assets(decision_forecasts)
+BACKTEST = dg.AssetSelection.assets(procurement_backtest)
 
 # The daily loop (no retraining): unpartitioned, every horizon in one run; it ends with today's
 # procurement recommendation from the forecasts it served.
-REFRESH_ASSETS = [
-    raw_market_data,
-    market_prices,
-    *SENTIMENT_RUN_ASSETS,
-    *OPERATIONS_ASSETS,
-    procurement_recommendation,
-]
-
-ALL_ASSETS = [
-    *SHARED_ASSETS,
-    *HORIZON_ASSETS,
-    *OPERATIONS_ASSETS,
-    *DECISION_ASSETS,
-    *BACKTEST_ASSETS,
-    procurement_recommendation,
-    *[a for a in SENTIMENT_ASSETS if a not in SENTIMENT_RUN_ASSETS],
-    # Deploys the champions to Vertex AI when configured; in no job (materialize it by hand or
-    # from a schedule of your own after promotions).
-    vertex_deployment,
-]
-ALL_CHECKS = [*SHARED_CHECKS, *HORIZON_CHECKS, *OPERATIONS_CHECKS]
+REFRESH = (
+    MARKET
+    | NEWS
+    | dg.AssetSelection.groups("operations")
+    | dg.AssetSelection.assets(procurement_recommendation)
+)
 
 market_data_job = dg.define_asset_job(
     "market_data_job",
-    selection=dg.AssetSelection.assets(*SHARED_ASSETS),
+    selection=SHARED,
     description="Load, validate and check market data (runs once, unpartitioned).",
 )
 horizon_job = dg.define_asset_job(
     "horizon_job",
-    selection=dg.AssetSelection.assets(*HORIZON_ASSETS),
+    selection=HORIZON,
     partitions_def=horizon_partitions,
     description="Features, regime datasets and models for one horizon partition.",
 )
 retrain_job = dg.define_asset_job(
     "retrain_job",
-    selection=dg.AssetSelection.assets(*SHARED_ASSETS, *HORIZON_ASSETS),
+    selection=SHARED | HORIZON,
     partitions_def=horizon_partitions,
     description="Retrain the horizon partitions a sensor asked for: market data, then "
     "walk-forward, ensemble, zones, registration and promotion gates (a challenger that fails "
@@ -110,7 +129,7 @@ retrain_job = dg.define_asset_job(
 # One run, one process (a separate process per step costs seconds each): the 30 s target.
 daily_refresh_job = dg.define_asset_job(
     "daily_refresh_job",
-    selection=dg.AssetSelection.assets(*REFRESH_ASSETS),
+    selection=REFRESH,
     executor_def=dg.in_process_executor,
     description="Each business day: ingest the new day, recompute features, forecast from the "
     "served versions (no retraining), validate matured forecasts, drift, correlation, shadow.",

@@ -16,15 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 from dagster_gcp import BigQueryResource
 from pydantic import Field
 
-from cbi_platform.defs.deploy.resources import VertexDeployResource
-from cbi_platform.market.schema import MarketBundle
+from cbi_platform.defs.vertex_resource import VertexDeployResource
+from cbi_platform.market.schema import MarketBundle, target_series
 from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
 from cbi_platform.models.registry import RETURN_KINDS
-from cbi_platform.settings import DEFAULT_HOME, home_path
+from cbi_platform.settings import DEFAULT_HOME, HORIZON_KEYS, home_path
 
 WAREHOUSE_SCHEMA = "cbi"
 
@@ -123,6 +124,11 @@ class MarketSourceResource(dg.ConfigurableResource):
 
     def target(self) -> str:
         return target_symbol(self.source_config())
+
+    def target_prices(self, market_prices: pl.DataFrame) -> pl.DataFrame:
+        """The target symbol's rows of `market_prices`, in date order: the prologue of every
+        asset that models, scores or monitors the target."""
+        return target_series(market_prices, self.target())
 
     def reference_date(self) -> dt.date:
         return reference_date(self.source_config())
@@ -299,7 +305,7 @@ class OperationsResource(dg.ConfigurableResource):
     smtp_sender: str | None = None
     smtp_recipients: str | None = Field(default=None, description="comma-separated")
     horizons: list[str] = Field(
-        default=["1w", "1m", "3m", "6m", "12m"], description="horizons the daily loop serves"
+        default=list(HORIZON_KEYS), description="horizons the daily loop serves"
     )
     planted_bias: str | None = Field(
         default=None,
@@ -336,7 +342,7 @@ class OperationsResource(dg.ConfigurableResource):
         return AlertBook(self.database, sink=self.results_sink())
 
     def audit(self):
-        from cbi_platform.operations.serving_control import AuditLog
+        from cbi_platform.release.control import AuditLog
 
         return AuditLog(self.database, sink=self.results_sink())
 

@@ -24,8 +24,7 @@ from typing import Any
 from google.cloud import aiplatform
 
 from cbi_platform.deploy.serving_container.handler import DEPLOYMENT_FILE
-from cbi_platform.operations.shadow import challenger_version
-from cbi_platform.serving.publish import CHAMPION
+from cbi_platform.release.versions import challenger_version, champion_version
 from cbi_platform.serving.registry import ARTIFACT_PATH, ServedModel
 from cbi_platform.tracking import Tracker, registered_model_name
 
@@ -226,7 +225,7 @@ def deploy_horizon(
 ) -> HorizonDeployment:
     """Serve the horizon's champion (and challenger) from its endpoint, as `traffic_plan` says."""
     name = registered_model_name(horizon)
-    champion = tracker.alias_version(name, CHAMPION)
+    champion = champion_version(tracker, horizon)
     if champion is None:
         return HorizonDeployment(
             horizon, "skipped", f"{name}: no champion (no version passed promotion yet)"

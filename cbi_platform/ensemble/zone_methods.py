@@ -57,8 +57,9 @@ from cbi_platform.ensemble.conformal import (
     _independent_outcomes,
     conformal_zones,
 )
-from cbi_platform.evaluation.metrics import interval_score, pinball_loss
-from cbi_platform.features.contract import HORIZONS, horizon_frame
+from cbi_platform.ensemble.scoring_rules import interval_score, pinball_loss
+from cbi_platform.features.contract import horizon_frame
+from cbi_platform.settings import horizon_days
 
 SPLIT, SPLIT_VOL, ACI = "split", "split_vol", "aci"
 HISTORY, HISTORY_VOL, RW_NORMAL, CQR = "history", "history_vol", "rw_normal", "cqr"
@@ -104,9 +105,7 @@ class ZoneConfig:
 def _horizon_days(frame: pl.DataFrame, horizon: str) -> int:
     if "horizon_days" in frame.columns and frame["horizon_days"].null_count() < frame.height:
         return int(frame["horizon_days"].drop_nulls()[0])
-    if horizon not in HORIZONS:
-        raise ValueError(f"unknown horizon {horizon!r} and no horizon_days column")
-    return HORIZONS[horizon]
+    return horizon_days(horizon)  # no horizon_days column: the horizon's own length
 
 
 def _logret(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -339,7 +338,7 @@ def _features_for(features, horizon: str) -> pl.DataFrame:
 
 
 def _fit_quantiles(X: np.ndarray, y: np.ndarray, cfg: ZoneConfig) -> list:
-    import lightgbm as lgb
+    import lightgbm as lgb  # heavy: delayed
 
     boosters = []
     for alpha in cfg.cqr_alphas:

@@ -19,6 +19,7 @@ from cbi_platform.ensemble.zone_methods import target_zones, zone_scores
 from cbi_platform.evaluation import metrics, walk_forward
 from cbi_platform.evaluation.origins import OriginPlan, protocol_origins, with_live_origin
 from cbi_platform.evaluation.walk_forward import RegimeRowFilter
+from cbi_platform.explain.shap_tables import explain_row
 from cbi_platform.features.contract import DATE, HORIZONS, PRICE, TARGET_LOGRET, feature_columns
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.fit_cache import fit_member
@@ -84,8 +85,6 @@ def member_walk_forward(
     """Walk-forward OOF predictions of the members for one horizon, the SHAP of each feature
     model at each origin from the model fitted at (or last before) that origin (its
     `contributions()` hook), and the fit report."""
-    from cbi_platform.explain.shap_tables import explain_row
-
     frame = frame.sort(DATE)
     plan = origin_plan(frame[DATE], horizon, cfg)
     if plan.notice and progress is not None:

@@ -26,6 +26,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+# The interval and quantile scores are reported here too; they live with the zone methods.
+from cbi_platform.ensemble.scoring_rules import interval_score as interval_score
+from cbi_platform.ensemble.scoring_rules import pinball_loss as pinball_loss
 from cbi_platform.evaluation.origins import SCORED
 
 RANDOM_WALK = "random_walk"
@@ -114,34 +117,6 @@ def interval_width_pct(lo, hi, price) -> float:
     """Mean interval width as a percentage of the price at the origin."""
     low, high, p = _arr(lo), _arr(hi), _arr(price)
     return float(np.mean((high - low) / p) * 100.0) if p.size else math.nan
-
-
-def interval_score(actual, lo, hi, alpha: float, price=None) -> float:
-    """Mean interval (Winkler) score of central (1 - alpha) intervals: width plus 2/alpha times
-    the distance by which the outcome falls outside. Lower is better; it rewards narrow bands
-    only while they keep their coverage. With `price`, each term is in % of that price."""
-    a, low, high = _arr(actual), _arr(lo), _arr(hi)
-    if not a.size:
-        return math.nan
-    score = (high - low) + (2.0 / alpha) * (np.maximum(low - a, 0.0) + np.maximum(a - high, 0.0))
-    if price is not None:
-        score = score / _arr(price) * 100.0
-    return float(np.mean(score))
-
-
-def pinball_loss(actual, quantiles, taus, price=None) -> float:
-    """Mean pinball (quantile) loss over rows and levels: max(tau (y - q), (tau - 1) (y - q)).
-    `quantiles` is (n, k) with one column per tau. With `price`, in % of that price."""
-    a = _arr(actual)
-    q = _arr(quantiles).reshape(a.size, -1)
-    t = _arr(taus).reshape(1, -1)
-    if not a.size:
-        return math.nan
-    diff = a[:, None] - q
-    loss = np.maximum(t * diff, (t - 1.0) * diff)
-    if price is not None:
-        loss = loss / _arr(price)[:, None] * 100.0
-    return float(np.mean(loss))
 
 
 # ---- overlap, Diebold-Mariano -----------------------------------------------------------

@@ -30,6 +30,7 @@ from cbi_platform.models.base import ModelSpec
 from cbi_platform.models.registry import build_model, load_specs
 from cbi_platform.models.volatility import VolatilityModel, fit_volatility, realized_vol
 from cbi_platform.models.volatility_nn import LstmVolatilityModel  # Keras only inside its fit
+from cbi_platform.settings import HORIZON_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def score_volatility(frame: pl.DataFrame, role: str = "scored") -> pl.DataFrame:
         mean_realized=pl.col("realized_vol").mean(),
     )
     naive = table.filter(pl.col("model") == NAIVE).select("horizon", naive_mae=pl.col("mae"))
-    order = {h: i for i, h in enumerate(["1w", "1m", "3m", "6m", "12m"])}
+    order = {h: i for i, h in enumerate(HORIZON_KEYS)}
     return (
         table.join(naive, on="horizon", how="left")
         .with_columns(rel_mae_vs_trailing=pl.col("mae") / pl.col("naive_mae"))

@@ -51,6 +51,7 @@ import numpy as np
 import polars as pl
 
 from cbi_platform.evaluation.origins import LIVE, OriginPlan
+from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, explain_row, shap_table
 from cbi_platform.features.contract import (
     DATE,
     HORIZON,
@@ -774,8 +775,6 @@ def explanation_frame(
     results: dict[tuple[int, str], _SpecResult],
 ) -> pl.DataFrame:
     """The collected contributions in long format, one row set per (horizon, model, origin)."""
-    from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, shap_table
-
     parts = []
     for h, arr in arrays.items():
         p = len(arr.feature_names)
@@ -823,7 +822,5 @@ def run_walk_forward_with_explanations(
     for every row set, base + sum(shap) is the OOF forecast_logret at that origin.
     """
     if explain is None:
-        from cbi_platform.explain.shap_tables import explain_row
-
         explain = explain_row
     return run_walk_forward(frame, specs, build_model, plan, explain=explain, **kwargs)

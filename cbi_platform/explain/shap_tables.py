@@ -4,43 +4,24 @@ A contribution is to the model's own output, the h-day log return: for every row
 `base + sum(shap) == model.predict(row)`, checked on every call. Trees (LightGBM, XGBoost, gbdt
 or DART) get TreeSHAP; ridge gets exact linear SHAP. Models without features (random walk,
 random walk with drift, ARIMA/ETS/Theta, GARCH) have no drivers: they return None. Every
-feature model explains itself through its `contributions(X, feature_names)` hook (p values,
-base last); the walk-forward and serving call the hook, never a per-family switch.
-
-DART: LightGBM stores DART's rescaled leaves in the trees, so every path agrees. XGBoost keeps
-DART's tree weights (`weight_drop`) beside the trees; shap's own tree parser ignores them, so its
-interventional path and `expected_value` read before `shap_values` are wrong for XGBoost DART.
-The path-dependent TreeExplainer delegates to XGBoost's `pred_contribs` (weights applied), which
-is right; `method="auto"` still verifies additivity and falls back to the native call.
+feature model explains itself through its hooks: `shap_values(X, feature_names, method)` for
+many rows and `contributions(X, feature_names)` for the forecast of the last row (p values,
+base last); this module, the walk-forward and serving call the hooks, never a per-family switch
+(the tree and linear SHAP live with their models: models/trees.py, models/linear.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
-import xgboost as xgb
 
 from cbi_platform.features.catalogue import describe_feature, format_feature_value
+from cbi_platform.models.attribution import Method, check_method
 from cbi_platform.models.base import Model, ModelSpec
-from cbi_platform.models.baselines import single_thread
-from cbi_platform.models.linear import RidgeModel
-from cbi_platform.models.trees import LightGBMModel, XGBoostModel
-
-Method = Literal["auto", "tree_explainer", "native"]
-
-# Additivity tolerance, relative to the size of the terms summed (|base| + sum |shap|): a
-# prediction near zero makes a tolerance relative to the prediction itself meaningless.
-ADDITIVITY_RTOL = 1e-6
-# XGBoost predicts and attributes in float32 (eps 1.2e-7, summed over trees and features):
-# measured errors reach ~6e-7 of the terms' size, so its runtime check allows 1e-5.
-FLOAT32_ADDITIVITY_RTOL = 1e-5
 
 SHAP_TABLE_SCHEMA: dict[str, pl.DataType] = {
     "horizon": pl.Utf8(),
@@ -54,103 +35,14 @@ SHAP_TABLE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class ShapAdditivityError(AssertionError):
-    """base + sum(shap) does not reproduce the model's prediction."""
-
-
 # ---- contributions ------------------------------------------------------------------------
-
-
-def _as_matrix(X: np.ndarray, feature_names: Sequence[str], model: Any) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    if X.ndim != 2 or X.shape[1] != len(feature_names):
-        raise ValueError(f"X has shape {X.shape}, expected (n, {len(feature_names)})")
-    fitted = list(getattr(model, "feature_names", []) or [])
-    if fitted and fitted != list(feature_names):
-        raise ValueError(
-            f"{model.spec.name}: feature names differ from the fit's "
-            f"(first fitted: {fitted[:4]}, given: {list(feature_names)[:4]})"
-        )
-    return X
-
-
-def _additivity_error(
-    values: np.ndarray, base: float, prediction: np.ndarray, rtol: float
-) -> float:
-    """Largest |base + sum(shap) - prediction| in units of the allowed tolerance (> 1: fails)."""
-    scale = np.abs(base) + np.abs(values).sum(axis=1)
-    gap = np.abs(base + values.sum(axis=1) - prediction)
-    return float(np.max(gap / (rtol * scale + 1e-15))) if gap.size else 0.0
-
-
-def _check_additivity(model: Model, X: np.ndarray, values: np.ndarray, base: float, how: str):
-    rtol = FLOAT32_ADDITIVITY_RTOL if isinstance(model, XGBoostModel) else ADDITIVITY_RTOL
-    prediction = np.asarray(model.predict(X, np.empty(0)), dtype=np.float64).reshape(-1)
-    excess = _additivity_error(values, base, prediction, rtol)
-    if not excess <= 1.0:
-        raise ShapAdditivityError(
-            f"{model.spec.name}: {how} SHAP values miss the prediction by {excess:.3g}x the "
-            f"tolerance (rtol {rtol:g} of |base| + sum|shap|)"
-        )
-
-
-def _native_tree_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
-    """The library's own TreeSHAP (exact, DART tree weights applied): (values, base)."""
-    booster = model.booster
-    with single_thread():
-        if isinstance(booster, lgb.Booster):
-            phi = booster.predict(X, pred_contrib=True, num_threads=1)
-        elif isinstance(booster, xgb.Booster):
-            dmatrix = xgb.DMatrix(X, feature_names=model.feature_names, missing=np.nan, nthread=1)
-            phi = booster.predict(dmatrix, pred_contribs=True)
-        else:
-            raise TypeError(f"{model.spec.name}: unsupported booster {type(booster).__name__}")
-    phi = np.asarray(phi, dtype=np.float64)
-    if phi.shape != (X.shape[0], X.shape[1] + 1):
-        raise ValueError(
-            f"{model.spec.name}: contributions of shape {phi.shape}, expected "
-            f"({X.shape[0]}, {X.shape[1] + 1}); multi-output boosters unsupported"
-        )
-    bias = phi[:, -1]
-    if not np.allclose(bias, bias[0], rtol=1e-6, atol=1e-12):
-        raise ValueError(f"{model.spec.name}: the bias column varies across rows")
-    return phi[:, :-1], float(bias[0])
-
-
-def _tree_explainer_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
-    """shap.TreeExplainer (path-dependent) on the booster: (values, base)."""
-    import shap  # slow to import; only this path needs it
-
-    with single_thread():
-        explainer = shap.TreeExplainer(model.booster, feature_perturbation="tree_path_dependent")
-        values = np.asarray(explainer.shap_values(X, check_additivity=False), dtype=np.float64)
-    # Read expected_value only after shap_values: before it, shap's parse of an XGBoost DART
-    # model (DART tree weights ignored) gives a wrong base; the call resets it from the bias.
-    base = float(np.ravel(explainer.expected_value)[0])
-    return values.reshape(X.shape), base
-
-
-def _linear_contributions(model: RidgeModel, X: np.ndarray) -> tuple[np.ndarray, float]:
-    """Exact linear SHAP: coef * (z - mean z) on the imputed, standardised features."""
-    if model.ridge is None or model.imputer is None or model.scaler is None:
-        raise RuntimeError(f"{model.spec.name}: explain before fit")
-    coef = np.asarray(model.ridge.coef_, dtype=np.float64).reshape(-1)
-    with single_thread():
-        z = model.scaler.transform(model.imputer.transform(X))
-        # StandardScaler centres on the (weighted) training mean, so the training mean of z is
-        # 0; transforming that mean keeps this exact should the scaler stop centring.
-        z_mean = model.scaler.transform(model.scaler.mean_.reshape(1, -1))[0]
-    values = coef * (z - z_mean)
-    base = float(np.ravel(model.ridge.intercept_)[0] + coef @ z_mean)
-    return values, base
 
 
 def shap_contributions(
     model: Model, X: np.ndarray, feature_names: Sequence[str], method: Method = "auto"
 ) -> tuple[np.ndarray, float] | None:
-    """SHAP values (n_rows x n_features) and the base value of a fitted feature model.
+    """SHAP values (n_rows x n_features) and the base value of a fitted feature model, from its
+    own `shap_values` hook; None for a model without one (no features to explain).
 
     Additivity is verified on every call: base + row sum == model.predict (rtol 1e-6 of
     |base| + sum|shap|; 1e-5 for XGBoost's float32). Trees: `method="auto"` runs
@@ -160,42 +52,11 @@ def shap_contributions(
     Ridge: exact linear SHAP whatever the method. Anything else (random walk, statistical,
     volatility models) has no features to explain: None.
     """
-    if method not in ("auto", "tree_explainer", "native"):
-        raise ValueError(f"unknown method {method!r}; use auto, tree_explainer or native")
-    if isinstance(model, RidgeModel):
-        X = _as_matrix(X, feature_names, model)
-        values, base = _linear_contributions(model, X)
-        _check_additivity(model, X, values, base, "linear")
-        return values, base
-    if not isinstance(model, LightGBMModel | XGBoostModel):
+    check_method(method)
+    hook = getattr(model, "shap_values", None)
+    if hook is None:
         return None
-    X = _as_matrix(X, feature_names, model)
-    if method == "native":
-        values, base = _native_tree_contributions(model, X)
-        _check_additivity(model, X, values, base, "native")
-        return values, base
-    values, base = _tree_explainer_contributions(model, X)
-    try:
-        _check_additivity(model, X, values, base, "TreeExplainer")
-    except ShapAdditivityError as exc:
-        if method == "tree_explainer":
-            raise
-        warnings.warn(f"{exc}; using the library's native TreeSHAP", stacklevel=2)
-        values, base = _native_tree_contributions(model, X)
-        _check_additivity(model, X, values, base, "native")
-    return values, base
-
-
-def row_contributions(model: Model, X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
-    """[shap_1 .. shap_p, base] of a tree or ridge model's forecast for the last row of X: what
-    their `contributions()` hook returns. Native TreeSHAP for trees (the numbers TreeExplainer
-    returns, about 1-3 ms a row instead of 10-25 ms), exact linear SHAP for ridge; additivity
-    checked."""
-    result = shap_contributions(model, np.asarray(X)[-1:], feature_names, method="native")
-    if result is None:
-        raise TypeError(f"{model.spec.name}: no TreeSHAP or linear SHAP for this model")
-    values, base = result
-    return np.append(values[0], base)
+    return hook(X, list(feature_names), method=method)
 
 
 def explain_row(

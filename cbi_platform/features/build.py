@@ -18,7 +18,6 @@ from cbi_platform.features.contract import (
     FEATURE_PREFIX,
     HORIZON,
     HORIZON_DAYS,
-    HORIZONS,
     META_COLUMNS,
     PRICE,
     TARGET_DATE,
@@ -27,6 +26,7 @@ from cbi_platform.features.contract import (
 )
 from cbi_platform.market.schema import TARGET_SYMBOL, MarketDataError
 from cbi_platform.sentiment.features import NEWS_SERIES, SENTIMENT_FEATURES
+from cbi_platform.settings import horizon_days
 
 # Log returns of drivers use prices clipped to this floor (WTI printed -36.98 on 2020-04-20) and
 # are winsorised to +-RETURN_CLIP_PER_SQRT_DAY * sqrt(k) over k rows, so one bad print can't flood.
@@ -64,12 +64,6 @@ class SeriesFeature:
     symbol: str
     kind: str
     lag: int
-
-
-def horizon_days(horizon: str) -> int:
-    if horizon not in HORIZONS:
-        raise ValueError(f"horizon {horizon!r} is not one of {list(HORIZONS)}")
-    return HORIZONS[horizon]
 
 
 def staleness_days(symbol: str) -> int:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import polars as pl
 
-from cbi_platform.settings import HORIZONS as HORIZONS  # re-exported: one source of truth
+# Re-exported: the horizons are defined once, in `cbi_platform.settings`.
+from cbi_platform.settings import HORIZON_KEYS as HORIZON_KEYS
+from cbi_platform.settings import HORIZONS as HORIZONS
+from cbi_platform.settings import Horizon as Horizon
+from cbi_platform.settings import horizon_days as horizon_days
 
 FEATURE_PREFIX = "f_"
 DATE = "date"  # the origin: a trading date of the target

@@ -58,14 +58,14 @@ def _is_apple_silicon() -> bool:
 
 def _detect(backend: str) -> tuple[str, str]:
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: delayed
 
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             return ("metal" if _is_apple_silicon() else "cuda"), gpus[0].name
         return "cpu", "cpu"
     if backend == "torch":
-        import torch
+        import torch  # heavy: delayed
 
         if torch.cuda.is_available():
             return "cuda", f"cuda:0 ({torch.cuda.get_device_name(0)})"
@@ -74,7 +74,7 @@ def _detect(backend: str) -> tuple[str, str]:
             return "metal", "mps"
         return "cpu", "cpu"
     if backend == "jax":
-        import jax
+        import jax  # heavy: delayed
 
         device = jax.devices()[0]
         platform_name = str(device.platform).lower()
@@ -88,7 +88,7 @@ def _detect(backend: str) -> tuple[str, str]:
 
 def detect_device() -> DeviceInfo:
     """The device the active Keras backend computes on, and the precision policy for it."""
-    import keras
+    import keras  # heavy: delayed
 
     backend = keras.backend.backend()
     kind, name = _detect(backend)
@@ -104,14 +104,14 @@ def configure_keras(threads: int | None = None, precision: str | None = None) ->
     change its thread pools once an op has run (RuntimeError); that is swallowed: whatever was
     set first stays. Returns the detected device with the precision in force.
     """
-    import keras
+    import keras  # heavy: delayed
 
     threads = int(os.environ.get("CBI_NEURAL_THREADS", "1")) if threads is None else threads
     wanted = precision or os.environ.get("CBI_NEURAL_PRECISION", "auto")
     if wanted not in ("auto", "float32", "mixed_float16"):
         raise ValueError(f"precision must be auto, float32 or mixed_float16, not {wanted!r}")
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: delayed
 
         for setter in (
             tf.config.threading.set_intra_op_parallelism_threads,
@@ -136,7 +136,7 @@ def peak_memory_bytes() -> PeakMemory:
     accelerator = None
     if "tensorflow" in sys.modules:
         try:
-            import tensorflow as tf
+            import tensorflow as tf  # heavy: delayed
 
             if tf.config.list_physical_devices("GPU") and not _is_apple_silicon():
                 accelerator = int(tf.config.experimental.get_memory_info("GPU:0")["peak"])

@@ -12,6 +12,13 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
+from cbi_platform.models.attribution import (
+    Method,
+    as_matrix,
+    check_additivity,
+    check_method,
+    last_row_contributions,
+)
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.baselines import single_thread, training_weights
 
@@ -61,12 +68,30 @@ class RidgeModel:
             standardised = self.scaler.transform(self.imputer.transform(X))
             return np.asarray(self.ridge.predict(standardised), dtype=np.float64)
 
+    def shap_values(
+        self, X: np.ndarray, feature_names: list[str], method: Method = "auto"
+    ) -> tuple[np.ndarray, float]:
+        """Exact linear SHAP (whatever the method): coef * (z - mean z) on the imputed,
+        standardised features, and the base value; additivity checked."""
+        check_method(method)
+        X = as_matrix(X, feature_names, self)
+        if self.ridge is None or self.imputer is None or self.scaler is None:
+            raise RuntimeError(f"{self.spec.name}: explain before fit")
+        coef = np.asarray(self.ridge.coef_, dtype=np.float64).reshape(-1)
+        with single_thread():
+            z = self.scaler.transform(self.imputer.transform(X))
+            # StandardScaler centres on the (weighted) training mean, so the training mean of
+            # z is 0; transforming that mean keeps this exact should the scaler stop centring.
+            z_mean = self.scaler.transform(self.scaler.mean_.reshape(1, -1))[0]
+        values = coef * (z - z_mean)
+        base = float(np.ravel(self.ridge.intercept_)[0] + coef @ z_mean)
+        check_additivity(self, X, values, base, "linear")
+        return values, base
+
     def contributions(self, X: np.ndarray, feature_names: list[str]) -> np.ndarray:
         """The explanation hook: SHAP of the forecast for the last row of X, as p values with
         the base value last (base + sum == the forecast; checked)."""
-        from cbi_platform.explain.shap_tables import row_contributions
-
-        return row_contributions(self, X, feature_names)
+        return last_row_contributions(self, X, feature_names)
 
     def feature_importance(self) -> dict[str, float]:
         """|coefficient| on the standardised scale, in feature order."""

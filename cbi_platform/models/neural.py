@@ -54,8 +54,10 @@ from typing import Any
 
 import numpy as np
 
+from cbi_platform.models.attribution import ADDITIVITY_RTOL
 from cbi_platform.models.base import MAX_LOOKBACK, FitData, ModelSpec
 from cbi_platform.models.baselines import training_weights
+from cbi_platform.models.device import configure_keras, peak_memory_bytes
 
 RECURRENT_BATCH_CAP = 32
 BATCH_CAPS = {
@@ -77,7 +79,6 @@ PREDICT_CHUNK = 1024  # windows per forward call (bounds the activations held at
 # Kernel SHAP: background windows sampled once at fit time, and coalitions per explanation.
 SHAP_BACKGROUND = 16
 SHAP_NSAMPLES = 512
-ADDITIVITY_RTOL = 1e-6  # of |base| + sum|shap|, as in cbi_platform.explain.shap_tables
 
 _COMMON = {
     "lookback",
@@ -175,7 +176,7 @@ def _custom_objects() -> dict[str, Any]:
     """The one custom layer (learned positions), defined and registered on first use."""
     if _CUSTOM:
         return _CUSTOM
-    import keras
+    import keras  # heavy: delayed
 
     @keras.saving.register_keras_serializable(package="cbi_platform")
     class PositionEmbedding(keras.layers.Layer):
@@ -197,8 +198,8 @@ def _custom_objects() -> dict[str, Any]:
 
 
 def _build_network(model: NeuralModel, p: int) -> Any:
-    import keras
-    from keras import layers
+    import keras  # heavy: delayed
+    from keras import layers  # heavy: delayed
 
     L, units, dropout = model.lookback, model.units, model.dropout
     inputs = keras.Input(shape=(L, p), name="window")
@@ -375,9 +376,7 @@ class NeuralModel:
     # -- fit --------------------------------------------------------------------------------
 
     def fit(self, data: FitData) -> NeuralModel:
-        import keras
-
-        from cbi_platform.models.device import configure_keras, peak_memory_bytes
+        import keras  # heavy: delayed
 
         start = time.perf_counter()
         data = self._recent(data)
@@ -484,7 +483,7 @@ class NeuralModel:
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """Standardised windows -> forecasts in target units (float64)."""
-        import keras
+        import keras  # heavy: delayed
 
         net = self.network
         windows = np.asarray(windows, dtype=np.float32)
@@ -525,7 +524,7 @@ class NeuralModel:
         SHAP_NSAMPLES coalitions (all 2^p - 2 when fewer). base + sum == predict(X)[-1] is
         checked (rtol ADDITIVITY_RTOL of |base| + sum|phi|).
         """
-        import shap
+        import shap  # heavy: delayed
 
         if list(feature_names) != self.feature_names:
             raise ValueError(f"{self.spec.name}: feature names differ from the fit's")
@@ -621,7 +620,7 @@ class NeuralModel:
     def save(self, folder: Path) -> list[Path]:
         """model.keras, a TensorFlow SavedModel (TensorFlow backend only; skipped otherwise)
         and scaler.json (means, stds, target mean/scale, lookback, feature names)."""
-        import keras
+        import keras  # heavy: delayed
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -637,7 +636,7 @@ class NeuralModel:
 
     @classmethod
     def load(cls, folder: Path, spec: ModelSpec) -> NeuralModel:
-        import keras
+        import keras  # heavy: delayed
 
         folder = Path(folder)
         model = cls(spec)
@@ -665,7 +664,7 @@ class NeuralModel:
         self.__dict__.update(state)
         self._net = None
         if blob is not None:
-            import keras
+            import keras  # heavy: delayed
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model.keras")

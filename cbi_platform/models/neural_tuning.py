@@ -10,9 +10,10 @@ validation slice the search ranks trials by; the rest trains. The budget is smal
 The search space stays inside the make-run budget: units, dropout and learning rate only (the
 window, depth and batch size stay as specs.yaml fixes them).
 
-`tuned_params(family, horizon)` reads the recorded choice; `registry.load_specs(horizon=h)`
-applies it to every network spec of that family at that horizon (params named in the record
-override the spec's; nothing else changes).
+`evaluation.tuning_data.development_data` cuts the rows; `models.neural_tuned.tuned_params`
+reads the recorded choice, and `registry.load_specs(horizon=h)` applies it to every network
+spec of that family at that horizon (params named in the record override the spec's; nothing
+else changes).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import tempfile
+import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,10 @@ import numpy as np
 import yaml
 
 from cbi_platform.models.base import FitData, ModelSpec
+from cbi_platform.models.device import configure_keras
+from cbi_platform.models.neural import NeuralModel, _build_network, split_train_val
+from cbi_platform.models.neural_tuned import TUNED_PATH, tuned_table
 
-TUNED_PATH = Path(__file__).with_name("neural_tuned.yaml")
 SEARCH_SPACE: dict[str, list[Any]] = {
     "units": [8, 16, 32],
     "dropout": [0.0, 0.1, 0.2],
@@ -54,52 +57,8 @@ class TuningResult:
     seconds: float
 
 
-def development_data(frame, horizon: str, cfg) -> tuple[FitData, dt.date]:
-    """The rows a search may see: those whose target is known by the LAST development origin of
-    the protocol at this horizon (and the feature history up to that origin), and its date."""
-    import polars as pl
-
-    from cbi_platform.evaluation.horizon_run import origin_plan
-    from cbi_platform.evaluation.origins import DEVELOPMENT
-    from cbi_platform.features.contract import (
-        DATE,
-        HORIZONS,
-        PRICE,
-        TARGET_DATE,
-        TARGET_LOGRET,
-        feature_columns,
-    )
-
-    frame = frame.sort(DATE)
-    plan = origin_plan(frame[DATE], horizon, cfg)
-    development = [d for d, r in zip(plan.dates, plan.role, strict=True) if r == DEVELOPMENT]
-    if not development:
-        raise ValueError(f"{horizon}: the protocol has no development origins on this frame")
-    last = max(development)
-    upto = frame.filter(pl.col(DATE) <= last)
-    names = feature_columns(upto)
-    known = upto.select(
-        ((pl.col(TARGET_DATE) <= last) & pl.col(TARGET_LOGRET).is_not_null()).fill_null(False)
-    ).to_series()
-    mask = known.to_numpy()
-    X = upto.select(names).cast(pl.Float64).to_numpy()
-    y = upto[TARGET_LOGRET].cast(pl.Float64).to_numpy()
-    data = FitData(
-        X=X[mask],
-        y=y[mask],
-        prices=upto[PRICE].to_numpy(),
-        horizon_days=HORIZONS[horizon],
-        feature_names=names,
-        history=X,
-        train_rows=np.flatnonzero(mask),
-    )
-    return data, last
-
-
 def _windows(spec: ModelSpec, data: FitData):
     """Standardised windows and targets of the training rows, as NeuralModel.fit builds them."""
-    from cbi_platform.models.neural import NeuralModel, split_train_val
-
     model = NeuralModel(spec)
     X = np.asarray(data.X, dtype=np.float64)
     with np.errstate(all="ignore"):
@@ -127,13 +86,8 @@ def tune(
 
     `data` must hold only rows whose target is known by `last_train_date` (the caller cuts
     them; the result records the date). Returns the best params and every trial's loss."""
-    import time
-
-    import keras
-    import keras_tuner as kt
-
-    from cbi_platform.models.device import configure_keras
-    from cbi_platform.models.neural import _build_network
+    import keras  # heavy: delayed
+    import keras_tuner as kt  # heavy: delayed
 
     started = time.perf_counter()
     configure_keras()
@@ -149,8 +103,6 @@ def tune(
             "dropout": hp.Choice("dropout", SEARCH_SPACE["dropout"]),
             "learning_rate": hp.Choice("learning_rate", SEARCH_SPACE["learning_rate"]),
         }
-        from cbi_platform.models.neural import NeuralModel
-
         model = NeuralModel(ModelSpec(spec.name, spec.family, spec.kind, params))
         net = _build_network(model, p)
         net.compile(optimizer=keras.optimizers.Adam(model.learning_rate), loss="mse")
@@ -241,18 +193,3 @@ def write_tuned(
     )
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
     tuned_table.cache_clear()
-
-
-@cache
-def tuned_table(path: str = str(TUNED_PATH)) -> dict[str, dict[str, dict[str, Any]]]:
-    file = Path(path)
-    if not file.is_file():
-        return {}
-    document = yaml.safe_load(file.read_text()) or {}
-    return document.get("tuned") or {}
-
-
-def tuned_params(family: str, horizon: str, path: str | None = None) -> dict[str, Any]:
-    """The recorded hyperparameters of a network family at a horizon ({} when none)."""
-    table = tuned_table(path or str(TUNED_PATH))
-    return dict(table.get(family, {}).get(horizon, {}))

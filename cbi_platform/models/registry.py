@@ -23,23 +23,21 @@ from cbi_platform.features.contract import HORIZONS
 from cbi_platform.models.base import Model, ModelSpec
 from cbi_platform.models.baselines import RandomWalk, RandomWalkDrift
 from cbi_platform.models.linear import RidgeModel
+from cbi_platform.models.neural import NeuralModel
+from cbi_platform.models.neural_tuned import tuned_params
 from cbi_platform.models.statistical import ArimaModel, EtsModel, ThetaForecaster
 from cbi_platform.models.trees import LightGBMModel, XGBoostModel
 from cbi_platform.models.volatility import GarchModel, GjrGarchModel
+from cbi_platform.models.volatility_nn import LstmVolatilityModel
 
 DEFAULT_SPECS_PATH = Path(__file__).with_name("specs.yaml")
 
 
 def _neural(spec: ModelSpec) -> Model:
-    # Imported on first use: the neural module itself imports Keras only inside fit.
-    from cbi_platform.models.neural import NeuralModel
-
-    return NeuralModel(spec)
+    return NeuralModel(spec)  # Keras is imported only inside fit
 
 
 def _neural_vol(spec: ModelSpec) -> Model:
-    from cbi_platform.models.volatility_nn import LstmVolatilityModel
-
     return LstmVolatilityModel(spec)
 
 
@@ -244,8 +242,6 @@ def load_specs(
 def _with_tuned(spec: ModelSpec, horizon: str) -> ModelSpec:
     """A network spec of the zoo with the hyperparameters Keras Tuner chose for its family at
     this horizon on the development window (models/neural_tuned.yaml), when recorded."""
-    from cbi_platform.models.neural_tuning import tuned_params
-
     tuned = tuned_params(spec.family, horizon)
     return replace(spec, params={**spec.params, **tuned}) if tuned else spec
 

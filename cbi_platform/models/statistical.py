@@ -256,7 +256,7 @@ class ArimaModel(_StatisticalModel):
         self._results: Any = None
 
     def _estimate(self, log_window: np.ndarray) -> None:
-        from statsmodels.tsa.arima.model import ARIMA
+        from statsmodels.tsa.arima.model import ARIMA  # heavy: delayed
 
         model = ARIMA(log_window, order=self.params["order"], trend=self.params["trend"])
         self._results = model.fit()
@@ -277,7 +277,7 @@ class EtsModel(_StatisticalModel):
         self._results: Any = None
 
     def _model(self, log_window: np.ndarray) -> Any:
-        from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+        from statsmodels.tsa.exponential_smoothing.ets import ETSModel  # heavy: delayed
 
         return ETSModel(
             log_window, error="add", trend="add", damped_trend=bool(self.params["damped_trend"])
@@ -315,7 +315,7 @@ class ThetaForecaster(_StatisticalModel):
         self.alpha = float("nan")
 
     def _estimate(self, log_window: np.ndarray) -> None:
-        from statsmodels.tsa.forecasting.theta import ThetaModel
+        from statsmodels.tsa.forecasting.theta import ThetaModel  # heavy: delayed
 
         results = ThetaModel(log_window, period=1, deseasonalize=False).fit()
         self.b0, self.alpha = (float(v) for v in np.asarray(results.params))

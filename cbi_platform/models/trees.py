@@ -8,6 +8,7 @@ the library booster, ready for shap.TreeExplainer.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,16 @@ import lightgbm as lgb
 import numpy as np
 import xgboost as xgb
 
+from cbi_platform.models.attribution import (
+    ADDITIVITY_RTOL,
+    FLOAT32_ADDITIVITY_RTOL,
+    Method,
+    ShapAdditivityError,
+    as_matrix,
+    check_additivity,
+    check_method,
+    last_row_contributions,
+)
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.baselines import single_thread, training_weights
 
@@ -68,6 +79,7 @@ class _TreeModel:
     """Shared fit bookkeeping; subclasses train and predict with their library."""
 
     default_n_estimators = 100
+    additivity_rtol = ADDITIVITY_RTOL
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -91,12 +103,35 @@ class _TreeModel:
             raise RuntimeError(f"{self.spec.name}: not fitted")
         return self._booster
 
+    def shap_values(
+        self, X: np.ndarray, feature_names: list[str], method: Method = "auto"
+    ) -> tuple[np.ndarray, float]:
+        """TreeSHAP values (n_rows x n_features) and the base value, additivity checked.
+
+        `method="auto"` runs shap.TreeExplainer on the booster and falls back (with a warning)
+        to the library's native TreeSHAP if additivity fails; "tree_explainer" and "native"
+        force one path (the native one is what TreeExplainer calls underneath)."""
+        check_method(method)
+        X = as_matrix(X, feature_names, self)
+        if method == "native":
+            values, base = native_tree_contributions(self, X)
+            check_additivity(self, X, values, base, "native")
+            return values, base
+        values, base = tree_explainer_contributions(self, X)
+        try:
+            check_additivity(self, X, values, base, "TreeExplainer")
+        except ShapAdditivityError as exc:
+            if method == "tree_explainer":
+                raise
+            warnings.warn(f"{exc}; using the library's native TreeSHAP", stacklevel=2)
+            values, base = native_tree_contributions(self, X)
+            check_additivity(self, X, values, base, "native")
+        return values, base
+
     def contributions(self, X: np.ndarray, feature_names: list[str]) -> np.ndarray:
         """The explanation hook: SHAP of the forecast for the last row of X, as p values with
         the base value last (base + sum == the forecast; checked)."""
-        from cbi_platform.explain.shap_tables import row_contributions
-
-        return row_contributions(self, X, feature_names)
+        return last_row_contributions(self, X, feature_names)
 
     def _checked_predict_array(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -159,6 +194,7 @@ class XGBoostModel(_TreeModel):
     """
 
     default_n_estimators = 100
+    additivity_rtol = FLOAT32_ADDITIVITY_RTOL  # float32 predictions and attributions
 
     def fit(self, data: FitData) -> XGBoostModel:
         X, y = _checked_training_arrays(self.spec, data)
@@ -240,3 +276,47 @@ def check_monotone(
     if individual:
         monotone = monotone and bool(np.all(sign * np.diff(predictions, axis=0) >= -tol))
     return monotone
+
+
+# ---- TreeSHAP -----------------------------------------------------------------------------
+# DART: LightGBM stores DART's rescaled leaves in the trees, so every path agrees. XGBoost keeps
+# DART's tree weights (`weight_drop`) beside the trees; shap's own tree parser ignores them, so
+# its interventional path and `expected_value` read before `shap_values` are wrong for XGBoost
+# DART. The path-dependent TreeExplainer delegates to XGBoost's `pred_contribs` (weights
+# applied), which is right; `method="auto"` still verifies additivity and falls back to native.
+
+
+def native_tree_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
+    """The library's own TreeSHAP (exact, DART tree weights applied): (values, base)."""
+    booster = model.booster
+    with single_thread():
+        if isinstance(booster, lgb.Booster):
+            phi = booster.predict(X, pred_contrib=True, num_threads=1)
+        elif isinstance(booster, xgb.Booster):
+            dmatrix = xgb.DMatrix(X, feature_names=model.feature_names, missing=np.nan, nthread=1)
+            phi = booster.predict(dmatrix, pred_contribs=True)
+        else:
+            raise TypeError(f"{model.spec.name}: unsupported booster {type(booster).__name__}")
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.shape != (X.shape[0], X.shape[1] + 1):
+        raise ValueError(
+            f"{model.spec.name}: contributions of shape {phi.shape}, expected "
+            f"({X.shape[0]}, {X.shape[1] + 1}); multi-output boosters unsupported"
+        )
+    bias = phi[:, -1]
+    if not np.allclose(bias, bias[0], rtol=1e-6, atol=1e-12):
+        raise ValueError(f"{model.spec.name}: the bias column varies across rows")
+    return phi[:, :-1], float(bias[0])
+
+
+def tree_explainer_contributions(model: LightGBMModel | XGBoostModel, X: np.ndarray):
+    """shap.TreeExplainer (path-dependent) on the booster: (values, base)."""
+    import shap  # heavy: delayed (only this path needs it)
+
+    with single_thread():
+        explainer = shap.TreeExplainer(model.booster, feature_perturbation="tree_path_dependent")
+        values = np.asarray(explainer.shap_values(X, check_additivity=False), dtype=np.float64)
+    # Read expected_value only after shap_values: before it, shap's parse of an XGBoost DART
+    # model (DART tree weights ignored) gives a wrong base; the call resets it from the bias.
+    base = float(np.ravel(explainer.expected_value)[0])
+    return values.reshape(X.shape), base

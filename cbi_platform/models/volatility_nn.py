@@ -118,7 +118,7 @@ def vol_targets(returns: np.ndarray, horizon_days: Sequence[int]) -> np.ndarray:
 
 
 def _masked_mse(y_true: Any, y_pred: Any) -> Any:
-    from keras import ops
+    from keras import ops  # heavy: delayed
 
     known = ops.logical_not(ops.isnan(y_true))
     weight = ops.cast(known, y_pred.dtype)
@@ -168,7 +168,7 @@ def _early_stopping(keras: Any, X_val: np.ndarray, Y_val: np.ndarray, patience: 
 def _keras() -> Any:
     """Keras with TensorFlow held to one thread (as the other models use one BLAS thread)."""
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: delayed
 
         if tf.config.threading.get_intra_op_parallelism_threads() != 1:
             tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -176,7 +176,7 @@ def _keras() -> Any:
             tf.config.threading.set_inter_op_parallelism_threads(1)
     except (ImportError, RuntimeError):  # another backend, or TF already initialised
         pass
-    import keras
+    import keras  # heavy: delayed
 
     return keras
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cbi_platform.conditions import Condition
 from cbi_platform.operations.alerts import AlertBook, AlertEvent, Mailer, deliver
-from cbi_platform.operations.conditions import Condition
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cbi_platform.operations.conditions import Condition
+from cbi_platform.conditions import Condition
 from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 

@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cbi_platform.operations.conditions import CORRELATION_BREAK, Condition
+from cbi_platform.conditions import CORRELATION_BREAK, Condition
 
 # pair -> (target symbol, partner candidates in order of preference). "Soy" is ZL, the target;
 # `monitor_correlations` substitutes its own `target` argument for the first element.

@@ -1,7 +1,8 @@
 """One day of operations, Dagster-free: what the operations assets (and `cbi replay`) call.
 
-refresh -> validation against actuals -> drift -> correlation breaks -> shadow comparison.
-Each monitor returns its tables and its `Condition`s; the assets record the conditions in the
+refresh -> validation against actuals -> drift -> correlation breaks. (The shadow comparison,
+which may promote, is the release room's: `cbi_platform.release.shadow.shadow_review`.) Each
+monitor returns its tables and its `Condition`s; the assets record the conditions in the
 condition log, where the alert and retraining sensors read them.
 """
 
@@ -12,26 +13,18 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
+from cbi_platform.conditions import STALE_DATA, Condition
 from cbi_platform.features.contract import DATE, HORIZONS, feature_columns, horizon_frame
 from cbi_platform.market.schema import target_series
 from cbi_platform.operations import correlation, drift, validation
-from cbi_platform.operations.conditions import STALE_DATA, Condition
 from cbi_platform.operations.config import MonitoringConfig
 from cbi_platform.operations.refresh import Perturbation, RefreshResult, refresh_horizon
-from cbi_platform.operations.serving_control import AUTO_PROMOTE, AuditLog, promote
-from cbi_platform.operations.shadow import (
-    challenger_version,
-    compare,
-    decide_with_shadow,
-    shadow_record,
-)
-from cbi_platform.serving.publish import CHAMPION
-from cbi_platform.serving.store import SERVED, SHADOW
+from cbi_platform.release.versions import served_version
+from cbi_platform.serving.store import SERVED
 from cbi_platform.tracking import Tracker, registered_model_name
 
 
@@ -89,8 +82,7 @@ def version_tags(tracker: Tracker, horizon: str, version: str | None) -> dict[st
 
 def served_tag(tracker: Tracker, horizon: str, tag: str) -> str | None:
     """A registry tag of the version that serves the horizon (the champion, else the newest)."""
-    name = registered_model_name(horizon)
-    version = tracker.alias_version(name, CHAMPION) or tracker.latest_version(name)
+    version = served_version(tracker, horizon)
     value = version_tags(tracker, horizon, version).get(tag)
     return value if value not in (None, "", "nan") else None
 
@@ -289,80 +281,3 @@ def correlation_report(
     return results, correlation.correlation_conditions(results, as_of, link)
 
 
-# ---- shadow mode
-
-
-@dataclass
-class ShadowOutcome:
-    horizon: str
-    champion: str | None
-    challenger: str | None
-    comparison: dict[str, Any] | None
-    decision: dict[str, Any] | None
-    promoted: bool = False
-
-
-def shadow_report(
-    tracker: Tracker,
-    history: pl.DataFrame,
-    target: pl.DataFrame,
-    audit: AuditLog,
-    *,
-    horizons: Sequence[str],
-    config: MonitoringConfig,
-) -> list[ShadowOutcome]:
-    """Champion against challenger on the same matured targets; with `auto_promote`, a
-    challenger the combined rule favours is promoted (an audit row says why)."""
-    from cbi_platform.evaluation.promotion import Decision
-
-    settings = config.shadow
-    outcomes = []
-    for horizon in horizons:
-        name = registered_model_name(horizon)
-        champion = tracker.alias_version(name, CHAMPION)
-        challenger = challenger_version(tracker, horizon) if champion else None
-        if champion is None or challenger is None:
-            outcomes.append(ShadowOutcome(horizon, champion, challenger, None, None))
-            continue
-        tags = tracker.version_tags(name, challenger)
-        failed = tuple(json.loads(tags.get("failed_gates", "[]")))
-        walk_forward = Decision(
-            promote=False,  # it was not promoted when registered (else it would be champion)
-            reasons=failed or ("not promoted on the walk-forward record",),
-            failed_gates=failed,
-        )
-        shadowed = (
-            history.filter(pl.col("role").is_in([SERVED, SHADOW])) if history.height else history
-        )
-        record = shadow_record(
-            shadowed, target.select("date", "value"), horizon, champion, challenger
-        )
-        comparison = compare(record, HORIZONS[horizon]) if record.height else None
-        decision = decide_with_shadow(
-            walk_forward,
-            comparison,
-            min_shadow=settings.min_outcomes,
-            margin=settings.margin,
-            dm_alpha=settings.dm_alpha,
-        )
-        outcome = ShadowOutcome(
-            horizon,
-            champion,
-            challenger,
-            comparison.as_dict() if comparison else None,
-            decision.as_dict(),
-        )
-        if decision.promote and settings.auto_promote:
-            promote(
-                tracker,
-                audit,
-                horizon,
-                challenger,
-                actor="shadow_comparison",
-                reason="; ".join(decision.reasons),
-                evidence=outcome.comparison,
-                action=AUTO_PROMOTE,
-            )
-            outcome.promoted = True
-        outcomes.append(outcome)
-    return outcomes

@@ -73,7 +73,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from cbi_platform.operations.conditions import DRIFT, Condition
+from cbi_platform.conditions import DRIFT, Condition
 
 PSI_EPSILON = 1e-4  # floor of a bin's share, so an empty bin does not give log(0)
 FEATURE_DRIFT_SCHEMA: dict[str, pl.DataType] = {

@@ -4,7 +4,7 @@ For each horizon: the served version (the champion; with no champion, the newest
 flagged provisional with the gates it failed) is loaded from the registry and forecasts from the
 last row of today's features through `ServedModel.predict` (issue 4's load-and-predict path),
 with today's regime and its volatility model's forecast as context. The challenger (the newest
-version above the champion, see `operations.shadow`) forecasts beside it through the same path;
+version above the champion, see `release.versions`) forecasts beside it through the same path;
 its row is logged with role "shadow" and never served. Rows are built by
 `serving.publish.forecast_record`, exactly as the pipeline's publication builds them.
 """
@@ -12,7 +12,6 @@ its row is logged with role "shadow" and never served. Rows are built by
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,38 +23,14 @@ import polars as pl
 
 from cbi_platform.evaluation.volatility_eval import live_volatility
 from cbi_platform.features.contract import DATE, HORIZONS
-from cbi_platform.operations.shadow import challenger_version
-from cbi_platform.serving.publish import CHAMPION, forecast_record
+from cbi_platform.release.versions import Serving, serving_versions
+from cbi_platform.serving.publish import forecast_record
 from cbi_platform.serving.registry import ServedModel, load_version
 from cbi_platform.serving.store import SERVED, SHADOW
 from cbi_platform.tracking import Tracker, registered_model_name
 
 # A replay may plant a degradation: a function (horizon, version, as_of, logret) -> logret.
 Perturbation = Callable[[str, str, dt.date, float], float]
-
-
-@dataclass(frozen=True)
-class Serving:
-    """Which versions forecast a horizon today."""
-
-    served: str
-    provisional: bool
-    failed_gates: tuple[str, ...]
-    challenger: str | None
-
-
-def serving_versions(tracker: Tracker, horizon: str) -> Serving:
-    name = registered_model_name(horizon)
-    champion = tracker.alias_version(name, CHAMPION)
-    if champion is not None:
-        return Serving(champion, False, (), challenger_version(tracker, horizon))
-    newest = tracker.latest_version(name)
-    if newest is None:
-        raise LookupError(
-            f"{name}: no registered version to serve; train first (`make run` or `cbi run`)"
-        )
-    failed = tuple(json.loads(tracker.version_tags(name, newest).get("failed_gates", "[]")))
-    return Serving(newest, True, failed, None)
 
 
 @dataclass

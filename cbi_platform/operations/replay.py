@@ -2,12 +2,16 @@
 
 On each simulated business day the replay wraps the configured source so it delivers only what
 was published by that day (`market.replay.published_by`), then runs the production code paths
-in-process against one Dagster instance: the `daily_refresh_job` selection (ingest, features,
-served and shadow forecasts, validation, drift, correlation breaks, shadow comparison, with their
-checks), the alert sensor and the retraining sensor (each ticked twice a day: the second tick
-must change nothing), and any retraining run the sensor requests (`retrain_job`'s selection for
-the requested partition). Halfway through, the "daemon" restarts: sensor state is read back from
-disk, as Dagster reads a sensor's cursor from its storage. Alerts go to a real SMTP server.
+in-process: the daily refresh (ingest, features, served and shadow forecasts, validation, drift,
+correlation breaks, shadow comparison, with their checks), the alert sensor and the retraining
+sensor (each ticked twice a day: the second tick must change nothing), and any retraining run the
+sensor requests (market data and the requested horizon's pipeline). Halfway through, the
+"daemon" restarts: sensor state is read back from disk, as Dagster reads a sensor's cursor from
+its storage. Alerts go to a real SMTP server.
+
+The replay is orchestrator-free: it runs the pipeline through a `ReplayDriver` it is given (the
+Dagster one is `cbi_platform.replay_driver.DagsterReplayDriver`), so this layer never imports the
+Dagster wiring above it.
 
 It begins from a champion trained on data up to the day before `start`. If that version fails
 the promotion gates it is promoted by the replay (an audit row says so and names the gates),
@@ -20,16 +24,17 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-import dagster as dg
 import numpy as np
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import polars as pl
+
+from cbi_platform.settings import HORIZON_KEYS
 
 
 @dataclass
@@ -38,7 +43,7 @@ class ReplaySettings:
     days: int
     home: Path
     env: dict[str, str]  # build_resources settings (source, manifest, protocol, ...)
-    horizons: tuple[str, ...] = ("1w", "1m", "3m", "6m", "12m")
+    horizons: tuple[str, ...] = HORIZON_KEYS
     protocol_overrides: dict[str, Any] = field(default_factory=dict)
     model_kinds: tuple[str, ...] | None = None
     planted_bias: str | None = None  # "HORIZON:LOGRET:FROM[:TO]"
@@ -70,102 +75,70 @@ def _business_days(start: dt.date, n: int) -> list[dt.date]:
     return out
 
 
-def _resources(settings: ReplaySettings, through: dt.date) -> dict:
-    from cbi_platform.defs.resources import build_resources
+@dataclass(frozen=True)
+class RetrainRequest:
+    """A retraining run the retraining sensor asked for (its run key makes it idempotent)."""
 
-    # A replay is a rehearsal: its results never go to the production results dataset.
-    env = {**settings.env, "CBI_HOME": str(settings.home), "CBI_RESULTS": "none"}
-    if settings.smtp:
-        env.update(
-            CBI_SMTP_HOST=settings.smtp[0],
-            CBI_SMTP_PORT=str(settings.smtp[1]),
-            CBI_SMTP_SECURITY="none",
-            CBI_SMTP_SENDER="cbi-replay@localhost",
-            CBI_SMTP_RECIPIENTS="buyer@localhost",
-        )
-    resources = build_resources(env)
-    updates: dict[str, Any] = dict(settings.protocol_overrides)
-    if settings.model_kinds:
-        updates["model_kinds"] = list(settings.model_kinds)
-    # New instances (Dagster builds a resource from its config, not from edited attributes).
-    for key, changes in (
-        ("market_source", {"replay_through": through.isoformat()}),
-        ("protocol", updates),
-        (
-            "operations",
-            {"horizons": list(settings.horizons), "planted_bias": settings.planted_bias},
-        ),
-    ):
-        resource = resources[key]
-        resources[key] = type(resource)(**{**_config_of(resource), **changes})
-    return resources
+    run_key: str
+    horizon: str
+    tags: dict[str, str]
 
 
-def _config_of(resource: dg.ConfigurableResource) -> dict[str, Any]:
-    return {
-        name: getattr(resource, name)
-        for name in type(resource).model_fields
-        if getattr(resource, name) is not None
-    }
+@dataclass(frozen=True)
+class RetrainingTick:
+    cursor: str | None
+    requests: list[RetrainRequest]
 
 
-def _materialize(selection, checks, resources, instance, partition=None, tags=None):
-    from cbi_platform.defs.pipeline import ALL_ASSETS
+class ReplayDriver(Protocol):
+    """What the replay runs each simulated day, on data published by that day: the production
+    pipeline, sensors and stores (one orchestrator instance for the whole replay)."""
 
-    return dg.materialize(
-        [*ALL_ASSETS, *checks],
-        selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
-        partition_key=partition,
-        resources=resources,
-        instance=instance,
-        raise_on_error=False,
-        tags=tags or {},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    def resources(self, through: dt.date) -> Mapping[str, Any]:
+        """The configured resources (stores, tracker, source) seeing data published by `through`."""
+        ...
 
+    def train_shared(self, through: dt.date, tags: Mapping[str, str]) -> str | None:
+        """Market data and the shared assets; the failure's text, or None on success."""
+        ...
 
-def _failure(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
-            cause = err.cause.message if err and err.cause else (err.message if err else "")
-            return f"{event.step_key}: {cause.strip()[:300]}"
-    return "unknown failure"
+    def train_horizon(self, through: dt.date, horizon: str, tags: Mapping[str, str]) -> str | None:
+        """One horizon's pipeline (registers a version, runs the promotion gates)."""
+        ...
+
+    def refresh(self, day: dt.date) -> str | None:
+        """The daily refresh with its checks."""
+        ...
+
+    def alert_tick(self, day: dt.date) -> None:
+        """One tick of the alert sensor."""
+        ...
+
+    def retraining_tick(self, day: dt.date, cursor: str | None) -> RetrainingTick:
+        """One tick of the retraining sensor from `cursor`."""
+        ...
 
 
 def train(
-    settings: ReplaySettings,
+    driver: ReplayDriver,
     through: dt.date,
-    instance,
     horizons: Sequence[str],
-    tags=None,
+    tags: Mapping[str, str] | None = None,
     say: Callable[[str], None] | None = None,
-):
+) -> None:
     """Market data and the horizon pipeline on data published by `through` (registers a
     version per horizon and runs the promotion gates)."""
-    from cbi_platform.defs.pipeline import (
-        HORIZON_ASSETS,
-        HORIZON_CHECKS,
-        SHARED_ASSETS,
-        SHARED_CHECKS,
-    )
-
-    resources = _resources(settings, through)
-    result = _materialize(SHARED_ASSETS, SHARED_CHECKS, resources, instance, tags=tags)
-    if not result.success:
-        raise RuntimeError(f"replay: market data through {through} failed: {_failure(result)}")
+    tags = dict(tags or {})
+    failure = driver.train_shared(through, tags)
+    if failure is not None:
+        raise RuntimeError(f"replay: market data through {through} failed: {failure}")
     for horizon in horizons:
         started = time.perf_counter()
-        result = _materialize(
-            HORIZON_ASSETS, HORIZON_CHECKS, resources, instance, partition=horizon, tags=tags
-        )
+        failure = driver.train_horizon(through, horizon, tags)
         if say is not None:
             say(f"    trained {horizon} through {through} in {time.perf_counter() - started:.0f}s")
-        if not result.success:
-            raise RuntimeError(
-                f"replay: training {horizon} through {through} failed: {_failure(result)}"
-            )
-    return resources
+        if failure is not None:
+            raise RuntimeError(f"replay: training {horizon} through {through} failed: {failure}")
 
 
 class _SensorState:
@@ -182,32 +155,31 @@ class _SensorState:
 def run_replay(
     settings: ReplaySettings,
     stream: TextIO,
+    driver: Callable[[ReplaySettings], ReplayDriver],
     progress: Callable[[str], None] | None = None,
 ) -> ReplayReport:
-    from cbi_platform.defs.market.checks import market_checks
-    from cbi_platform.defs.operations.checks import OPERATIONS_CHECKS
-    from cbi_platform.defs.operations.sensors import build_sensors
-    from cbi_platform.defs.pipeline import ALL_CHECKS, REFRESH_ASSETS, retrain_job
-    from cbi_platform.operations.serving_control import promote
-    from cbi_platform.serving.publish import CHAMPION
+    """Replay `settings.days` business days through the driver `driver(settings)` builds."""
+    from cbi_platform.release.control import promote
+    from cbi_platform.release.versions import champion_version
     from cbi_platform.tracking import registered_model_name
 
     say = progress or (lambda line: (stream.write(line + "\n"), stream.flush()))
     started = time.perf_counter()
     settings.home.mkdir(parents=True, exist_ok=True)
-    instance = dg.DagsterInstance.ephemeral()
+    run = driver(settings)
     days = _business_days(settings.start, settings.days)
     before = settings.start - dt.timedelta(days=1)
     say(
         f"replay: training the starting champion on data published by {before} "
         f"({', '.join(settings.horizons)})"
     )
-    resources = train(settings, before, instance, settings.horizons, say=say)
+    train(run, before, settings.horizons, say=say)
+    resources = run.resources(before)
     tracker = resources["mlflow"].tracker()
     audit = resources["operations"].audit()
     for horizon in settings.horizons:
         name = registered_model_name(horizon)
-        if tracker.alias_version(name, CHAMPION) is None:
+        if champion_version(tracker, horizon) is None:
             version = tracker.latest_version(name)
             failed = json.loads(tracker.version_tags(name, version).get("failed_gates", "[]"))
             promote(
@@ -220,10 +192,8 @@ def run_replay(
                 f"the gates: {'; '.join(failed) or 'none recorded'}",
             )
             say(f"  {horizon}: v{version} failed the gates ({len(failed)}); promoted to start")
-    sensors = {s.name: s for s in build_sensors(retrain_job, ALL_CHECKS)}
     state = _SensorState(settings.home / "replay_sensor_state.json")
     restart_at = settings.restart_at if settings.restart_at is not None else len(days) // 2
-    refresh_checks = [*market_checks, *OPERATIONS_CHECKS]
     retrains: list[dict[str, Any]] = []
     duplicates = 0
     per_day: list[float] = []
@@ -233,48 +203,34 @@ def run_replay(
         if i == restart_at:
             say(f"  {day}: daemon restart (sensor state re-read from disk)")
             state = _SensorState(state.path)
-        resources = _resources(settings, day)
-        result = _materialize(
-            REFRESH_ASSETS,
-            refresh_checks,
-            resources,
-            instance,
-            tags={"cbi/replay_day": day.isoformat()},
-        )
-        if not result.success:
-            say(f"  {day}: refresh failed: {_failure(result)}")
+        resources = run.resources(day)
+        failure = run.refresh(day)
+        if failure is not None:
+            say(f"  {day}: refresh failed: {failure}")
         launched = set(state.data.get("launched", []))
         requests = []
         for tick in range(2):  # a second tick must change nothing
-            for name in ("alert_sensor", "retraining_sensor"):
-                with dg.build_sensor_context(
-                    instance=instance,
-                    cursor=state.data.get(f"cursor:{name}"),
-                    resources=resources,
-                    sensor_name=name,
-                ) as context:
-                    out = sensors[name](context)
-                if name == "retraining_sensor":
-                    state.data[f"cursor:{name}"] = out.cursor
-                    for request in out.run_requests or []:
-                        if request.run_key in launched:
-                            duplicates += 1
-                            continue
-                        launched.add(request.run_key)
-                        requests.append(request)
-                    if tick == 1 and out.run_requests:
-                        duplicates += len(out.run_requests)
+            run.alert_tick(day)
+            out = run.retraining_tick(day, state.data.get("cursor:retraining_sensor"))
+            state.data["cursor:retraining_sensor"] = out.cursor
+            for request in out.requests:
+                if request.run_key in launched:
+                    duplicates += 1
+                    continue
+                launched.add(request.run_key)
+                requests.append(request)
+            if tick == 1 and out.requests:
+                duplicates += len(out.requests)
         state.data["launched"] = sorted(launched)
         state.save()
         for request in requests:
-            horizon = request.partition_key
+            horizon = request.horizon
             say(f"  {day}: retraining {horizon} ({request.tags.get('cbi/retrain_reason')})")
             r0 = time.perf_counter()
             try:
                 train(
-                    settings,
+                    run,
                     day,
-                    instance,
                     [horizon],
                     tags={"cbi/run_key": request.run_key, **request.tags},
                     say=say,
@@ -308,7 +264,7 @@ def run_replay(
     from cbi_platform.operations.validation import score_matured, summary
 
     prices = ops_target = None
-    bundle_resources = _resources(settings, days[-1])
+    bundle_resources = run.resources(days[-1])
     prices = bundle_resources["market_source"].load().prices
     ops_target = target_series(prices, bundle_resources["market_source"].target())
     window = history.filter(pl.col("as_of") >= settings.start) if history.height else history

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbi_platform.operations.conditions import CORRELATION_BREAK, Condition
+from cbi_platform.conditions import CORRELATION_BREAK, Condition
 
 
 @dataclass(frozen=True)

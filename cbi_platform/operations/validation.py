@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cbi_platform.operations.conditions import ACCURACY, COVERAGE, REGIME_FAILURE, Condition
+from cbi_platform.conditions import ACCURACY, COVERAGE, REGIME_FAILURE, Condition
 from cbi_platform.settings import HORIZONS
 
 SERVED = "served"

@@ -43,6 +43,7 @@ from cbi_platform.features.contract import (
     feature_columns,
     horizon_frame,
 )
+from cbi_platform.models.base import FitData
 from cbi_platform.models.registry import build_model, load_specs
 from cbi_platform.procurement.backtest import forecast_skill
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
@@ -284,8 +285,6 @@ def build_decision_series(
 
 
 def _rw_fit_data(horizon: str):
-    from cbi_platform.models.base import FitData
-
     return FitData(
         X=np.zeros((1, 0)),
         y=np.zeros(1),

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cbi_platform.operations.conditions import DECISION_QUALITY, Condition
+from cbi_platform.conditions import DECISION_QUALITY, Condition
 from cbi_platform.procurement.backtest import context_for_day, decision_quality
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
 from cbi_platform.procurement.policies import Decision, build_policy
 from cbi_platform.procurement.programme import ProcurementConfig, Programme
 from cbi_platform.results_sink import NullSink, ResultsSink
+from cbi_platform.settings import horizon_days
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "ops.recommendations"
@@ -113,7 +114,7 @@ def served_decision_rows(latest: pl.DataFrame) -> pl.DataFrame:
                 "date": r["as_of"],
                 "known_at": r["as_of"],
                 "horizon": r["horizon"],
-                "horizon_days": _horizon_days(r["horizon"]),
+                "horizon_days": horizon_days(r["horizon"]),
                 "price": r["price"],
                 "forecast": r["forecast"],
                 **{c: r.get(c) for c in ZONE_LEVELS},
@@ -126,12 +127,6 @@ def served_decision_rows(latest: pl.DataFrame) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(rows, schema=DECISION_SCHEMA)
-
-
-def _horizon_days(horizon: str) -> int:
-    from cbi_platform.features.contract import HORIZONS
-
-    return HORIZONS[horizon]
 
 
 class RecommendationLog:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cbi_platform.settings import HORIZON_KEYS, horizon_days
+
 TRADING_DAYS_PER_MONTH = 21
 DEFAULT_CONFIG = Path(__file__).with_name("procurement.yaml")
 
@@ -109,7 +111,8 @@ class BacktestSettings:
 class PipelineSettings:
     """What the pipeline and the daily refresh do (procurement.yaml `pipeline:`)."""
 
-    horizons: tuple[str, ...] = ("1w", "1m", "3m")  # decision forecasts the policies read
+    # The decision forecasts the policies read: a choice among the horizons, not their list.
+    horizons: tuple[str, ...] = HORIZON_KEYS[:3]  # 1w, 1m, 3m
     series_from: str = "scored"  # the daily series starts at this window's first origin
     recommend: str = "cvar"  # the policy whose decision the buyer is shown
     quality_windows: int = 6  # decision-quality drift: completed windows in the rolling mean
@@ -117,6 +120,8 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "horizons", tuple(self.horizons))
+        for horizon in self.horizons:
+            horizon_days(horizon)  # an unknown horizon fails here, naming the valid ones
         if self.series_from not in ("calibration", "development", "scored"):
             raise ValueError(f"pipeline.series_from: unknown window {self.series_from!r}")
         if self.quality_windows < 1:

@@ -63,7 +63,7 @@ class FinBertScorer:
         batch_size: int = MAX_BATCH_SIZE,
         max_length: int = MAX_SEQUENCE_LENGTH,
     ) -> None:
-        import torch
+        import torch  # heavy: delayed
 
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH_SIZE}, got {batch_size}")
@@ -80,8 +80,8 @@ class FinBertScorer:
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> FinBertScorer:
         """From a folder written by `save_pretrained`, or a cached hub id; never downloads."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # heavy: delayed
+        from transformers.utils import logging as hf_logging  # heavy: delayed
 
         hf_logging.disable_progress_bar()
         source = str(path)
@@ -91,7 +91,7 @@ class FinBertScorer:
 
     def score_texts(self, texts: Sequence[str]) -> pl.DataFrame:
         """Per text: P(positive) - P(negative) and the three label probabilities, in order."""
-        import torch
+        import torch  # heavy: delayed
 
         texts = [t or "" for t in texts]
         # Similar lengths batched together pad less; results go back to the input order.
@@ -129,7 +129,7 @@ def label_indices(id2label: dict) -> dict[str, int]:
 
 
 def _cached_hub_config(model_id: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: delayed
 
     found = try_to_load_from_cache(model_id, "config.json")
     return Path(found) if isinstance(found, str) else None
@@ -162,7 +162,7 @@ def load_scorer(model_path: str | Path | None = None) -> tuple[Scorer, ScorerInf
         folder = Path(where)
         missing = f"FinBERT weights not found at {where}"
     else:
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.constants import HF_HUB_CACHE  # heavy: delayed
 
         where = FINBERT_MODEL_ID
         config = _cached_hub_config(FINBERT_MODEL_ID)

@@ -39,7 +39,7 @@ class LexiconScorer:
     kind = LEXICON_KIND
 
     def __init__(self, reason: str | None = None) -> None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # heavy: delayed
 
         self.reason = reason
         self.analyzer = SentimentIntensityAnalyzer()

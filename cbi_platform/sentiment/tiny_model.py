@@ -38,7 +38,7 @@ def vocabulary(words: Iterable[str] = (), size: int | None = None) -> list[str]:
 
 def build_tokenizer(folder: Path, tokens: list[str]):
     """A BertTokenizer from a vocab file written into `folder`."""
-    from transformers import BertTokenizer
+    from transformers import BertTokenizer  # heavy: delayed
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file = folder / "vocab.txt"
@@ -57,8 +57,8 @@ def build_classifier(
     id2label: dict[int, str] | None = None,
 ):
     """A randomly initialised BertForSequenceClassification (FinBERT's id2label by default)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    import torch  # heavy: delayed
+    from transformers import BertConfig, BertForSequenceClassification  # heavy: delayed
 
     id2label = dict(id2label or FINBERT_ID2LABEL)
     torch.manual_seed(seed)
@@ -88,8 +88,8 @@ def save_tiny_finbert(
     `favour` names a label whose output gets a large bias, so every text lands on it: a test
     can then see that labels are read through id2label, not by position.
     """
-    import torch
-    from transformers.utils import logging as hf_logging
+    import torch  # heavy: delayed
+    from transformers.utils import logging as hf_logging  # heavy: delayed
 
     hf_logging.disable_progress_bar()
     folder = Path(folder)

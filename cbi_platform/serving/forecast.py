@@ -9,6 +9,7 @@ import numpy as np
 
 from cbi_platform.ensemble.conformal import default_band
 from cbi_platform.serving.calibration import achieved_band
+from cbi_platform.serving.record import ForecastRecord
 
 
 def p50_note(forecast: float, p50: float | None, unit: str = "c/lb") -> str | None:
@@ -47,7 +48,7 @@ def assemble_forecast(
     unit: str = "c/lb",
     symbol: str = "ZL",
 ) -> dict:
-    """One row of the forecast history from the served forecast's zone row.
+    """One row of the forecast history (a `ForecastRecord` as a dict) from the zone row.
 
     The stated probability is the one the band achieved on the series' past resolved
     forecasts (`past_pit`, their PIT values), with their number; the nominal level stays
@@ -86,7 +87,7 @@ def assemble_forecast(
     behind = int(np.busday_count(np.datetime64(last, "D"), np.datetime64(data_reference_date, "D")))
     forecast = float(zone["forecast"])
     p50 = _num(zone.get("p50"))
-    return {
+    record = {
         "as_of": last,
         "horizon": horizon,
         "model_version": model_version,
@@ -122,6 +123,7 @@ def assemble_forecast(
         "data_business_days_behind": max(behind, 0),
         "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
     }
+    return ForecastRecord(**record).as_dict()  # a missing or unknown field fails here
 
 
 def _business_days_ahead(day: dt.date, n: int) -> dt.date:

@@ -19,38 +19,39 @@ import duckdb
 import polars as pl
 
 from cbi_platform.results_sink import NullSink, ResultsSink
+from cbi_platform.serving.record import Column, record_columns
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 
 TABLE = "cbi.forecast_history"
+KEY = ("as_of", "horizon", "model_version")
+# The history's columns: every field of the forecast record, then the row's role in the history
+# (not part of the forecast: the writer sets it). A column's type comes from the record.
+ROLE = Column(
+    name="role",
+    python_type=str | None,
+    duckdb_type="VARCHAR",
+    polars_type=pl.Utf8(),
+    doc='"served" (null in older rows) or "shadow"',
+    added=True,
+    json=False,
+    api=None,
+    always=False,
+)
+COLUMNS: tuple[Column, ...] = (*record_columns(), ROLE)
+_FIRST_RELEASE = ",\n    ".join(f"{c.name} {c.duckdb_type}" for c in COLUMNS if not c.added)
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS cbi;
 CREATE TABLE IF NOT EXISTS {TABLE} (
-    as_of DATE, horizon VARCHAR, model_version VARCHAR, target_date DATE,
-    price DOUBLE, forecast DOUBLE, p10 DOUBLE, p30 DOUBLE, p50 DOUBLE, p70 DOUBLE, p90 DOUBLE,
-    lo90 DOUBLE, hi90 DOUBLE, band_lo DOUBLE, band_hi DOUBLE, band_probability DOUBLE,
-    statement VARCHAR, regime VARCHAR, regime_outlook VARCHAR, drivers VARCHAR,
-    volatility DOUBLE, combiner VARCHAR, shrink_weight DOUBLE, data_last_date DATE,
-    data_reference_date DATE, data_business_days_behind INTEGER, created_at TIMESTAMP,
-    PRIMARY KEY (as_of, horizon, model_version)
+    {_FIRST_RELEASE},
+    PRIMARY KEY ({", ".join(KEY)})
 );
 """
 # Columns added after the first release: (name, type). The writer adds missing ones in place.
-ADDED_COLUMNS = (
-    ("band_probability_nominal", "DOUBLE"),  # what the CDF says; band_probability: achieved
-    ("band_hits", "INTEGER"),  # past resolved forecasts inside the band's CDF levels
-    ("band_resolved", "INTEGER"),  # past resolved forecasts
-    ("p50_note", "VARCHAR"),  # why P50 and the point forecast differ
-    ("drivers_detail", "VARCHAR"),  # JSON: [{feature, value, contribution_pct, model, used}]
-    ("driver_note", "VARCHAR"),
-    ("vol_model", "VARCHAR"),  # the volatility model behind `volatility` and the zones
-    ("registered_version", "VARCHAR"),  # the version this run registered (may not serve)
-    ("provisional", "BOOLEAN"),  # no version passed the promotion gates
-    ("failed_gates", "VARCHAR"),  # JSON list of the gates the served version failed
-    ("protocol_hash", "VARCHAR"),
-    ("role", "VARCHAR"),  # "served" (null in older rows) or "shadow"
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (c.name, c.duckdb_type) for c in COLUMNS if c.added
 )
 SERVED, SHADOW = "served", "shadow"
-JSON_COLUMNS = ("drivers", "drivers_detail", "failed_gates")
+JSON_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.json)
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -58,9 +59,6 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(DDL)
     for name, kind in ADDED_COLUMNS:
         con.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
-
-
-KEY = ("as_of", "horizon", "model_version")
 
 
 class ForecastStore:
@@ -72,7 +70,7 @@ class ForecastStore:
         """Insert new keys; existing keys are kept as issued. Returns the rows inserted."""
         if not rows:
             return 0
-        known = {"as_of", "horizon", "model_version"}
+        known = set(KEY)
         missing = [k for k in sorted(known) if any(r.get(k) is None for r in rows)]
         if missing:
             raise ValueError(f"forecast rows need {sorted(known)}; missing or null: {missing}")

@@ -17,8 +17,8 @@ import pytest
 
 from cbi_platform.api import create_app
 from cbi_platform.api.keys import create_key
+from cbi_platform.conditions import Condition
 from cbi_platform.operations.condition_log import ConditionLog
-from cbi_platform.operations.conditions import Condition
 from cbi_platform.procurement.live import RecommendationLog
 from cbi_platform.serving.store import ForecastStore
 from cbi_platform.settings import HORIZONS

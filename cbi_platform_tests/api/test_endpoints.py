@@ -191,3 +191,15 @@ def test_openapi_documents_every_endpoint(shared_client):
     horizon = spec["components"]["schemas"]["Horizon"]
     assert horizon["enum"] == list(HORIZONS)
     assert {"APIKeyHeader", "HTTPBearer"} <= set(spec["components"]["securitySchemes"])
+
+
+def test_meta_serves_the_one_horizon_table_to_the_page_without_a_key(tmp_path):
+    from cbi_platform.settings import HORIZON_NAMES
+
+    client = TestClient(create_app(tmp_path, max_business_days_behind=2))  # an empty home
+    body = client.get("/meta").json()
+    assert [(h["key"], h["days"], h["name"]) for h in body["horizons"]] == [
+        (h, days, HORIZON_NAMES[h]) for h, days in HORIZONS.items()
+    ]
+    assert body["zone_levels"] == ["p10", "p30", "p50", "p70", "p90"]
+    assert "/meta" in client.get("/openapi.json").json()["paths"]

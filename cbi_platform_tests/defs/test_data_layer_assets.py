@@ -5,29 +5,19 @@ import duckdb
 import polars as pl
 
 from cbi_platform.defs.features.assets import features
-from cbi_platform.defs.market.assets import market_prices, raw_market_data
-from cbi_platform.defs.pipeline import (
-    ALL_ASSETS,
-    HORIZON_CHECKS,
-    SENTIMENT_RUN_ASSETS,
-    SHARED_CHECKS,
-)
+from cbi_platform.defs.pipeline import MARKET, MONITOR_CHECKS, NEWS
 from cbi_platform.defs.regimes.assets import regime_calendar, regime_datasets
+from cbi_platform.runner import materialize
 from cbi_platform_tests.conftest import file_resources
 
-DATA_ASSETS = [raw_market_data, market_prices, *SENTIMENT_RUN_ASSETS, regime_calendar]
-FEATURE_ASSETS = [features, regime_datasets]
+DATA = (MARKET | NEWS | dg.AssetSelection.assets(regime_calendar)) - MONITOR_CHECKS
+FEATURES = dg.AssetSelection.assets(features, regime_datasets)
 
 
 def _materialize(resources, partition=None, raise_on_error=True):
-    selection, checks = (
-        (DATA_ASSETS, SHARED_CHECKS) if partition is None else (FEATURE_ASSETS, HORIZON_CHECKS)
-    )
-    return dg.materialize(
-        [*ALL_ASSETS, *checks],
-        selection=dg.AssetSelection.assets(*selection)
-        | dg.AssetSelection.checks_for_assets(*selection),
-        partition_key=partition,
+    return materialize(
+        DATA if partition is None else FEATURES,
+        partition,
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from cbi_platform.defs.partitions import HORIZON_KEYS
-from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, HORIZON_ASSETS
+from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, HORIZON
 
 
 def _graph():
@@ -28,12 +28,15 @@ def test_definitions_load_with_expected_assets():
 
 
 def test_horizon_assets_are_partitioned_with_backfill_policy_and_partition_expr():
-    for asset in HORIZON_ASSETS:
-        for spec in asset.specs:
-            assert spec.partitions_def is not None
-            assert list(spec.partitions_def.get_partition_keys()) == list(HORIZON_KEYS)
-            assert spec.metadata.get("partition_expr") == "horizon"
-        assert asset.backfill_policy is not None
+    _, graph = _graph()
+    keys = HORIZON.resolve(graph)
+    assert len(keys) >= 17
+    for key in keys:
+        node = graph.get(key)
+        assert node.partitions_def is not None, key
+        assert list(node.partitions_def.get_partition_keys()) == list(HORIZON_KEYS)
+        assert node.metadata.get("partition_expr") == "horizon", key
+        assert node.backfill_policy is not None, key
 
 
 def test_gates_are_blocking_and_every_asset_reports_a_group():

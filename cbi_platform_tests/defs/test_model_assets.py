@@ -8,9 +8,10 @@ import polars as pl
 from mlflow import MlflowClient
 
 from cbi_platform.defs.partitions import horizon_partitions
-from cbi_platform.defs.pipeline import ALL_ASSETS, HORIZON_ASSETS, HORIZON_CHECKS, SHARED_ASSETS
+from cbi_platform.defs.pipeline import HORIZON, SHARED
 from cbi_platform.defs.resources import ProtocolResource
-from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS
+from cbi_platform.release.gates import LEAKAGE_CHECKS
+from cbi_platform.runner import materialize
 from cbi_platform_tests.conftest import file_resources, write_small_manifest
 
 SMALL = ProtocolResource(
@@ -29,13 +30,8 @@ SMALL = ProtocolResource(
 
 
 def _run(resources, selection, partition=None):
-    checks = HORIZON_CHECKS if partition else []
-    return dg.materialize(
-        [*ALL_ASSETS, *checks],
-        selection=dg.AssetSelection.assets(*selection) | dg.AssetSelection.checks(*checks),
-        partition_key=partition,
-        resources=resources,
-        instance=dg.DagsterInstance.ephemeral(),
+    return materialize(
+        selection, partition, resources=resources, instance=dg.DagsterInstance.ephemeral()
     )
 
 
@@ -45,8 +41,8 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     manifest = write_small_manifest(data, n_days=1400)
     home = tmp_path / "home"
     resources = {**file_resources(manifest, home), "protocol": SMALL}
-    assert _run(resources, SHARED_ASSETS).success
-    result = _run(resources, HORIZON_ASSETS, "1m")
+    assert _run(resources, SHARED.without_checks()).success
+    result = _run(resources, HORIZON, "1m")
     assert result.success
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         oof = con.sql("select * from cbi.oof_predictions").pl()
@@ -79,13 +75,14 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert "probability ZL is between" in row["statement"] and row["p10"] < row["p90"]
     assert row["regime"] in {"crisis", "bull", "bear", "normal"} and row["drivers"]
     # The history is append-only: the same as-of and version is not written twice.
-    mat = next(
-        e.materialization
+    mats = {
+        e.materialization.asset_key.to_user_string(): e.materialization
         for e in result.get_asset_materialization_events()
-        if e.materialization.asset_key.to_user_string() == "forecasts"
-    )
+    }
+    mat = mats["forecasts"]
     assert mat.metadata["history_rows_inserted"].value == 1
-    promotion = mat.metadata["promotion"].value["1m"]
+    # Registration and serving are two steps: the promotion is the registered version's.
+    promotion = mats["registered_version"].metadata["promotion"].value["1m"]
     assert promotion["version"] == "1" and "would_promote_at_2pct_margin" in promotion
     # Promotion read the real blocking checks of this run from the instance: all passed.
     assert promotion["leakage"] == {name: True for name in LEAKAGE_CHECKS}
@@ -94,6 +91,7 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert row["registered_version"] == "cbi-zl-1m/v1"
     assert row["provisional"] == (not promotion["promoted"])
     assert row["failed_gates"] == promotion["failed_gates"]
+    assert promotion["serving_failed_gates"] == (row["failed_gates"] if row["provisional"] else [])
     if row["provisional"]:
         assert row["statement"].startswith("PROVISIONAL") and row["failed_gates"]
         assert mat.metadata["provisional"].value == {"1m": row["failed_gates"]}
@@ -122,7 +120,8 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     assert abs(zone["forecast_logret"] - expected["forecast_logret"]) < 1e-9
     for column in ("lo90", "p10", "p30", "p50", "p70", "p90", "hi90"):
         assert abs(zone[column] / expected[column] - 1) < 1e-9, column
-    assert promotion["reload_gap_logret"] < 1e-9
+    gap = mat.metadata["reload_gap_logret"].value["1m"]
+    assert (gap is not None) == (promotion["serving_version"] == "1") and (gap or 0) < 1e-9
     if promotion["serving_version"] == "1":
         assert abs(row["forecast"] / expected["forecast"] - 1) < 1e-9
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
@@ -160,8 +159,8 @@ def _check_fixture(name: str, passed: bool):
 
 
 def test_promotion_reads_the_leakage_checks_of_the_partition_from_the_instance():
-    from cbi_platform.defs.forecasts.assets import leakage_check_results
-    from cbi_platform.evaluation.promotion import leakage_failures
+    from cbi_platform.defs.dagster_internals import leakage_check_results
+    from cbi_platform.release.gates import leakage_failures
 
     @dg.asset(name="features", partitions_def=horizon_partitions)
     def features_stub() -> int:

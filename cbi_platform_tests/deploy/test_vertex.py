@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from cbi_platform.deploy import vertex as deploy
-from cbi_platform.serving.publish import CHAMPION
+from cbi_platform.release.versions import CHAMPION
 from cbi_platform.serving.registry import ServedModel, load_version
 from cbi_platform_tests.deploy.conftest import PROTOCOL_HASH, feature_frame, register
 

@@ -11,7 +11,7 @@ import duckdb
 
 from cbi_platform.defs.deploy.assets import DISABLED_MESSAGE, vertex_deployment
 from cbi_platform.defs.resources import build_resources
-from cbi_platform.serving.publish import CHAMPION
+from cbi_platform.release.versions import CHAMPION
 from cbi_platform.tracking import Tracker
 from cbi_platform_tests.deploy.conftest import register
 

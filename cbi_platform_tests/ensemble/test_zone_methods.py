@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from cbi_platform.ensemble.conformal import ZONE_COLUMNS, probability_between
+from cbi_platform.ensemble.scoring_rules import interval_score, pinball_loss
 from cbi_platform.ensemble.zone_methods import (
     METHODS,
     ZoneConfig,
@@ -17,7 +18,6 @@ from cbi_platform.ensemble.zone_methods import (
     target_zones,
     zone_scores,
 )
-from cbi_platform.evaluation.metrics import interval_score, pinball_loss
 from cbi_platform.features.contract import HORIZONS
 
 SMALL = ZoneConfig(cqr_trees=15, cqr_refit_every=25, cqr_min_train=100, min_calibration=20)

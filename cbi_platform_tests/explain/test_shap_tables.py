@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-import cbi_platform.explain.shap_tables as shap_tables
+import cbi_platform.models.trees as trees
 from cbi_platform.evaluation.origins import walk_forward_origins
 from cbi_platform.evaluation.walk_forward import (
     run_walk_forward,
@@ -19,7 +19,6 @@ from cbi_platform.evaluation.walk_forward import (
 )
 from cbi_platform.explain.shap_tables import (
     SHAP_TABLE_SCHEMA,
-    ShapAdditivityError,
     coverage_curve,
     ensemble_shap,
     explain_model,
@@ -29,6 +28,7 @@ from cbi_platform.explain.shap_tables import (
     top_drivers,
 )
 from cbi_platform.features.catalogue import format_feature_value
+from cbi_platform.models.attribution import ShapAdditivityError
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import build_model
 
@@ -146,10 +146,10 @@ def test_auto_falls_back_to_native_when_the_explainer_is_not_additive(monkeypatc
     model = fitted(XGB_DART, X, y)
 
     def off_by_a_tree(model, X):  # what shap's own DART parse would give: a wrong base
-        values, base = shap_tables._native_tree_contributions(model, X)
+        values, base = trees.native_tree_contributions(model, X)
         return values, base + 0.01
 
-    monkeypatch.setattr(shap_tables, "_tree_explainer_contributions", off_by_a_tree)
+    monkeypatch.setattr(trees, "tree_explainer_contributions", off_by_a_tree)
     with pytest.warns(UserWarning, match="native TreeSHAP"):
         values, base = shap_contributions(model, X[:20], FEATURES, method="auto")
     assert_additive(values, base, model.predict(X[:20]))

@@ -11,7 +11,8 @@ import pytest
 
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.origins import DEVELOPMENT, SCORED
-from cbi_platform.models import neural_tuning
+from cbi_platform.evaluation.tuning_data import development_data
+from cbi_platform.models import neural_tuned, neural_tuning
 from cbi_platform.models.base import ModelSpec
 from cbi_platform.models.registry import load_specs
 from cbi_platform.settings import load_protocol
@@ -56,7 +57,7 @@ def _cfg():
 
 def test_the_search_sees_nothing_after_the_last_development_origin():
     frame, cfg = _frame(), _cfg()
-    data, last = neural_tuning.development_data(frame, "1w", cfg)
+    data, last = development_data(frame, "1w", cfg)
     plan = horizon_run.origin_plan(frame["date"], "1w", cfg)
     roles = dict(zip(plan.dates, plan.role, strict=True))
     assert roles[last] == DEVELOPMENT
@@ -75,7 +76,7 @@ def test_random_search_records_a_choice_from_its_space_and_the_registry_applies_
     tmp_path, monkeypatch
 ):
     frame, cfg = _frame(), _cfg()
-    data, last = neural_tuning.development_data(frame, "1w", cfg)
+    data, last = development_data(frame, "1w", cfg)
     spec = ModelSpec("nn_gru_t", "gru", "neural", {"lookback": 4, "batch_size": 32})
     result = neural_tuning.tune(spec, data, "1w", last, max_trials=2, epochs=1)
     assert len(result.trials) == 2
@@ -86,10 +87,10 @@ def test_random_search_records_a_choice_from_its_space_and_the_registry_applies_
 
     path = tmp_path / "neural_tuned.yaml"
     neural_tuning.write_tuned([result], {"data": "synthetic"}, path=path)
-    monkeypatch.setattr(neural_tuning, "TUNED_PATH", path)
-    neural_tuning.tuned_table.cache_clear()
+    monkeypatch.setattr(neural_tuned, "TUNED_PATH", path)
+    neural_tuned.tuned_table.cache_clear()
     try:
-        assert neural_tuning.tuned_params("gru", "1w", str(path)) == result.best
+        assert neural_tuned.tuned_params("gru", "1w", str(path)) == result.best
         gru_1w = {s.name: s for s in load_specs(horizon="1w")}["nn_gru"]
         assert {k: gru_1w.params[k] for k in result.best} == result.best
         # Another horizon, or a family not tuned, keeps the spec's own values.
@@ -97,7 +98,7 @@ def test_random_search_records_a_choice_from_its_space_and_the_registry_applies_
         assert gru_3m.params == {s.name: s for s in load_specs()}["nn_gru"].params
         # A record that differs from every spec default shows the registry applies it.
         path.write_text("tuned:\n  gru:\n    1w: {units: 32, dropout: 0.2}\n")
-        neural_tuning.tuned_table.cache_clear()
+        neural_tuned.tuned_table.cache_clear()
         by_name = {s.name: s for s in load_specs(horizon="1w")}
         assert by_name["nn_gru"].params["units"] == 32
         assert by_name["nn_gru"].params["dropout"] == 0.2
@@ -107,10 +108,10 @@ def test_random_search_records_a_choice_from_its_space_and_the_registry_applies_
         own.write_text("models:\n  - {name: g, family: gru, kind: neural}\n")
         assert load_specs(own, horizon="1w")[0].params == {}
     finally:
-        neural_tuning.tuned_table.cache_clear()
+        neural_tuned.tuned_table.cache_clear()
 
 
 def test_too_little_development_data_is_a_clear_error():
     frame = _frame(n=150)
     with pytest.raises(ValueError, match="too few for the protocol"):
-        neural_tuning.development_data(frame, "1w", _cfg())
+        development_data(frame, "1w", _cfg())

@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import cbi_platform.storage as storage
+from cbi_platform.conditions import ACCURACY, STALE_DATA, Condition
 from cbi_platform.operations.alerts import (
     LOG_SCHEMA,
     STATE_SCHEMA,
@@ -27,7 +28,6 @@ from cbi_platform.operations.alerts import (
     deliver,
     render,
 )
-from cbi_platform.operations.conditions import ACCURACY, STALE_DATA, Condition
 
 DAY = [dt.date(2024, 5, 6) + dt.timedelta(days=i) for i in range(6)]  # DAY[1] = day 1
 LINK = "http://dagster.local/runs/abc123"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cbi_platform.cli import main
-from cbi_platform.operations.serving_control import AuditLog
-from cbi_platform.serving.publish import CHAMPION
+from cbi_platform.release.control import AuditLog
+from cbi_platform.release.versions import CHAMPION
 from cbi_platform.tracking import Tracker
 
 

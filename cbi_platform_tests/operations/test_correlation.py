@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from cbi_platform.conditions import CORRELATION_BREAK
 from cbi_platform.market.simulator import SimulatorConfig, simulate_market
-from cbi_platform.operations.conditions import CORRELATION_BREAK
 from cbi_platform.operations.correlation import (
     BREAK_COLUMNS,
     PAIRS,

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cbi_platform.operations.conditions import DRIFT
+from cbi_platform.conditions import DRIFT
 from cbi_platform.operations.drift import (
     DriftSettings,
     drift_conditions,

@@ -16,6 +16,7 @@ import pytest
 
 from cbi_platform.operations.mailbox import LocalMailbox
 from cbi_platform.operations.replay import ReplaySettings, format_report, run_replay
+from cbi_platform.replay_driver import DagsterReplayDriver
 from cbi_platform_tests.conftest import write_small_manifest
 
 SMALL = dict(
@@ -66,7 +67,7 @@ def test_a_replay_catches_a_planted_degradation_once_and_retrains_once(tmp_path)
     )
     settings.smtp = box.start()
     try:
-        report = run_replay(settings, io.StringIO())
+        report = run_replay(settings, io.StringIO(), DagsterReplayDriver)
     finally:
         box.stop()
     accuracy = report.alerts.filter(pl.col("key") == "accuracy/1w")

@@ -10,6 +10,7 @@ import socket
 import dagster as dg
 import pytest
 
+from cbi_platform.conditions import ACCURACY, CORRELATION_BREAK, COVERAGE, Condition
 from cbi_platform.defs.operations.sensors import build_sensors
 from cbi_platform.defs.pipeline import ALL_CHECKS, retrain_job
 from cbi_platform.defs.resources import (
@@ -18,7 +19,6 @@ from cbi_platform.defs.resources import (
     OperationsResource,
 )
 from cbi_platform.operations.condition_log import ConditionLog
-from cbi_platform.operations.conditions import ACCURACY, CORRELATION_BREAK, COVERAGE, Condition
 from cbi_platform.operations.retraining import plan_retraining
 
 H = ("1w", "1m", "3m", "6m", "12m")

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cbi_platform.operations.conditions import ACCURACY, COVERAGE, REGIME_FAILURE
+from cbi_platform.conditions import ACCURACY, COVERAGE, REGIME_FAILURE
 from cbi_platform.operations.validation import (
     ValidationSettings,
     accuracy_conditions,

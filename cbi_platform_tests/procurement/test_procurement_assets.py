@@ -15,10 +15,10 @@ import pytest
 from cbi_platform.defs.ensemble.assets import horizon_context
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
-    BACKTEST_ASSETS,
-    DECISION_ASSETS,
-    HORIZON_ASSETS,
-    SHARED_ASSETS,
+    BACKTEST,
+    DECISION,
+    HORIZON,
+    SHARED,
 )
 from cbi_platform.defs.procurement.assets import procurement_recommendation
 from cbi_platform.evaluation import horizon_run
@@ -41,7 +41,7 @@ H = "1m"
 def _run(resources, instance, selection, partition=None):
     result = dg.materialize(
         ALL_ASSETS,
-        selection=dg.AssetSelection.assets(*selection),
+        selection=selection,
         partition_key=partition,
         resources=resources,
         instance=instance,
@@ -60,10 +60,10 @@ def trained(tmp_path_factory):
     home = tmp / "home"
     resources = {**file_resources(manifest, home), "protocol": SMALL}
     instance = dg.DagsterInstance.ephemeral()
-    _run(resources, instance, SHARED_ASSETS)
-    _run(resources, instance, HORIZON_ASSETS, H)
-    decision = _run(resources, instance, DECISION_ASSETS, H)
-    backtest = _run(resources, instance, BACKTEST_ASSETS)
+    _run(resources, instance, SHARED)
+    _run(resources, instance, HORIZON, H)
+    decision = _run(resources, instance, DECISION, H)
+    backtest = _run(resources, instance, BACKTEST)
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         tables = {
             t: con.sql(f"select * from cbi.{t}").pl()
@@ -255,8 +255,9 @@ def test_recommendation_is_logged_once_a_day_and_printed_by_the_cli(trained, cap
     from cbi_platform.cli import main
 
     home = trained["home"]
-    first = _run(trained["resources"], trained["instance"], [procurement_recommendation])
-    again = _run(trained["resources"], trained["instance"], [procurement_recommendation])
+    recommendation = dg.AssetSelection.assets(procurement_recommendation)
+    first = _run(trained["resources"], trained["instance"], recommendation)
+    again = _run(trained["resources"], trained["instance"], recommendation)
     logged = [
         e.materialization.metadata["logged"].value
         for e in (

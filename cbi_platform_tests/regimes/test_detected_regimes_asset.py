@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
-from cbi_platform.defs.pipeline import SHARED_CHECKS
+from cbi_platform.defs.pipeline import SHARED_STAGE
 from cbi_platform.defs.regimes.assets import detected_regimes
 from cbi_platform.defs.regimes.checks import detected_regimes_truncation, regime_checks
 from cbi_platform.defs.resources import ProtocolResource
@@ -42,8 +42,10 @@ def _materialized(result) -> set[str]:
 
 
 def test_check_is_registered_as_a_blocking_error_gate():
-    assert detected_regimes_truncation in SHARED_CHECKS
     (spec,) = detected_regimes_truncation.check_specs
+    from cbi_platform.definitions import defs
+
+    assert spec.key in SHARED_STAGE.resolve_checks(defs.resolve_asset_graph())
     assert spec.blocking and spec.asset_key == dg.AssetKey("detected_regimes")
 
 

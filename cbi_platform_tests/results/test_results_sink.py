@@ -16,12 +16,12 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import bigquery
 
+from cbi_platform.conditions import ACCURACY, STALE_DATA, Condition
 from cbi_platform.operations.alerts import AlertBook
 from cbi_platform.operations.condition_log import ConditionLog
-from cbi_platform.operations.conditions import ACCURACY, STALE_DATA, Condition
-from cbi_platform.operations.serving_control import RETRAIN_REQUESTED, AuditLog
 from cbi_platform.operations.validation import score_matured, summary
 from cbi_platform.procurement.live import RecommendationLog
+from cbi_platform.release.control import RETRAIN_REQUESTED, AuditLog
 from cbi_platform.results_sink import (
     HOME_ID_COLUMN,
     BigQuerySink,

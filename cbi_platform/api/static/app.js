@@ -4,12 +4,25 @@
 "use strict";
 
 const KEY_STORAGE = "cbi_api_key";
-const HORIZONS = ["1w", "1m", "3m", "6m", "12m"];
-const HORIZON_NAMES = { "1w": "1 week", "1m": "1 month", "3m": "3 months", "6m": "6 months", "12m": "12 months" };
-const ZONES = ["p10", "p30", "p50", "p70", "p90"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-const state = { horizon: "1m", data: null, explain: {} };
+// `meta` comes from GET /meta: the horizons (key, days, words) and the target-zone levels.
+const state = { horizon: "1m", data: null, explain: {}, meta: null };
+
+// Fetched once, when the page opens (it needs no key); a failed fetch is retried on the next load.
+let metaRequest = null;
+function loadMeta() {
+  if (!metaRequest) {
+    metaRequest = api("/meta").then((meta) => { state.meta = meta; return meta; });
+    metaRequest.catch(() => { metaRequest = null; });
+  }
+  return metaRequest;
+}
+
+function horizonName(h) {
+  const found = state.meta.horizons.find((x) => x.key === h);
+  return found ? found.name : h;
+}
 
 function $(id) { return document.getElementById(id); }
 
@@ -92,8 +105,8 @@ async function loadHealth() {
 async function load() {
   if (!localStorage.getItem(KEY_STORAGE)) { showKeyPanel(""); return; }
   try {
-    const [predictions, regime, history, performance, recommendation, backtest] = await Promise.all([
-      api("/predictions"), optional("/regime/current"), optional("/history?limit=260"),
+    const [, predictions, regime, history, performance, recommendation, backtest] = await Promise.all([
+      loadMeta(), api("/predictions"), optional("/regime/current"), optional("/history?limit=260"),
       optional("/monitoring/performance"), optional("/recommendation"), optional("/backtest"),
     ]);
     state.data = { predictions, regime, history, performance, recommendation, backtest };
@@ -122,10 +135,10 @@ function renderStatic() {
   // Horizon buttons.
   const nav = $("horizons");
   nav.replaceChildren();
-  for (const h of HORIZONS) {
+  for (const { key: h, name } of state.meta.horizons) {
     if (!forecastFor(h)) continue;
     const b = el("button", { type: "button", "data-horizon": h, "aria-pressed": String(h === state.horizon) }, h);
-    b.title = HORIZON_NAMES[h];
+    b.title = name;
     b.addEventListener("click", () => { state.horizon = h; renderHorizon(); });
     nav.append(b);
   }
@@ -193,7 +206,8 @@ function renderStatement(f) {
   const table = $("zones-table");
   table.replaceChildren();
   const head = el("tr");
-  for (const t of ["Horizon", "Target date", "P10", "P30", "P50", "P70", "P90"]) {
+  const levels = state.meta.zone_levels;
+  for (const t of ["Horizon", "Target date", ...levels.map((z) => z.toUpperCase())]) {
     head.append(el("th", t === "Target date" ? { class: "col-date" } : {}, t));
   }
   table.append(head);
@@ -201,7 +215,7 @@ function renderStatement(f) {
     const row = el("tr", { "data-horizon": g.horizon });
     if (g.horizon === f.horizon) row.className = "selected";
     row.append(el("td", {}, g.horizon), el("td", { class: "col-date" }, g.target_date));
-    for (const z of ZONES) row.append(el("td", {}, fmt(g.target_zones[z])));
+    for (const z of levels) row.append(el("td", {}, fmt(g.target_zones[z])));
     table.append(row);
   }
 }
@@ -268,7 +282,7 @@ function renderChart(f) {
   chart.setAttribute("height", height);
   chart.replaceChildren();
   const closes = (state.data.history && state.data.history.closes) || [];
-  const zones = ZONES.map((z) => ({ level: z, value: f.target_zones[z] })).filter((z) => z.value !== null);
+  const zones = state.meta.zone_levels.map((z) => ({ level: z, value: f.target_zones[z] })).filter((z) => z.value !== null);
   const values = closes.map((c) => c.price).concat(zones.map((z) => z.value), [f.price]);
   let lo = Math.min(...values), hi = Math.max(...values);
   const pad = (hi - lo) * 0.08 || 1;
@@ -321,7 +335,7 @@ function renderChart(f) {
     chart.append(svg("text", { class: `zone-label ${l.level}`, x: plotRight + 6, y: l.y, "data-level": l.level }, `${l.level.toUpperCase()} ${l.value.toFixed(2)}`));
   }
   chart.append(svg("text", { x: zoneLeft, y: height - 8 }, f.target_date));
-  $("chart-title").textContent = `ZL price and target zones for ${HORIZON_NAMES[f.horizon]} ahead`;
+  $("chart-title").textContent = `ZL price and target zones for ${horizonName(f.horizon)} ahead`;
   $("zone-caption").textContent =
     `Last close ${fmt(f.price)} c/lb on ${f.as_of}. Target zones for ${f.target_date}: ` +
     `P50 ${fmt(z.p50)} (as likely above as below), P30–P70 ${fmt(z.p30)}–${fmt(z.p70)} (40% of outcomes), ` +
@@ -365,5 +379,6 @@ document.addEventListener("DOMContentLoaded", () => {
     resizeTimer = setTimeout(() => { if (state.data) renderChart(forecastFor(state.horizon)); }, 150);
   });
   loadHealth();
+  loadMeta().catch(() => {});  // load() reports a failure, with the other requests
   load();
 });

@@ -3,8 +3,8 @@
 import dagster as dg
 import polars as pl
 
-from cbi_platform.defs.deploy.resources import VertexDeployResource
 from cbi_platform.defs.resources import MlflowResource, OperationsResource
+from cbi_platform.defs.vertex_resource import VertexDeployResource
 from cbi_platform.reporting import markdown_table
 
 GROUP = "serving"

@@ -10,7 +10,6 @@ from cbi_platform.evaluation import horizon_run
 from cbi_platform.evaluation.origins import DEVELOPMENT, SCORED
 from cbi_platform.evaluation.volatility_eval import best_volatility_model, score_volatility
 from cbi_platform.features.contract import horizon_frame
-from cbi_platform.market.schema import target_series
 from cbi_platform.reporting import markdown_table
 
 WINDOWS = {"development": (DEVELOPMENT,), "scored": (SCORED,)}
@@ -99,7 +98,7 @@ def target_zones(
     protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
     method = protocol.protocol().zone_method
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     history = target.select("date", price="value")
     zones, coverage, windows = [], [], []
     for horizon in context.partition_keys:

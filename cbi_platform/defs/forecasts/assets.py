@@ -1,13 +1,13 @@
-"""The forecast the buyer reads: published by `cbi_platform.serving.publish`, one call per
-horizon, then appended to the forecast history."""
+"""Two steps per horizon, so the UI shows which one failed: `registered_version` (refit,
+register, gates, promotion: `cbi_platform.release.register`) and `forecasts` (serve the version
+the release room chose, build the record, append the history: `cbi_platform.serving.publish`)."""
 
 import json
 
 import dagster as dg
 import polars as pl
-from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from cbi_platform.defs.dagster_internals import leakage_check_results
 from cbi_platform.defs.ensemble.assets import horizon_context
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import (
@@ -19,49 +19,30 @@ from cbi_platform.defs.resources import (
     ProtocolResource,
 )
 from cbi_platform.evaluation import horizon_run
-from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS
 from cbi_platform.features.contract import horizon_frame
-from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.detected import regime_outlook
+from cbi_platform.release.register import HorizonInputs, register_version
 from cbi_platform.reporting import markdown_table
-from cbi_platform.serving.publish import HorizonInputs, publish_horizon
+from cbi_platform.serving.publish import live_zone, serve_version
+from cbi_platform.tracking import registered_model_name
 
 FEATURES = dg.AssetKey("features")
 
 
-def _horizons_of(record) -> list[str]:
-    """The partitions a range run's (partition-less) check evaluation judged, from its evidence."""
-    event = record.event.dagster_event if record.event else None
-    evaluation = event.event_specific_data if event else None
-    value = getattr(evaluation, "metadata", {}).get("horizons")
-    return list(value.value) if value is not None else []
-
-
-def leakage_check_results(instance: dg.DagsterInstance, horizon: str) -> dict[str, bool | None]:
-    """The latest evaluation of each blocking check on `features` for this partition: True
-    (passed), False (failed) or None (none recorded, or planned and never evaluated). A run over
-    several partitions records one partition-less evaluation whose evidence names them."""
-    keys = [dg.AssetCheckKey(FEATURES, name) for name in LEAKAGE_CHECKS]
-    storage = instance.event_log_storage
-    by_partition = storage.get_latest_asset_check_execution_by_key(
-        keys, partition_filter=PartitionKeyFilter(key=horizon)
-    )
-    by_range = storage.get_latest_asset_check_execution_by_key(
-        keys, partition_filter=PartitionKeyFilter(key=None)
-    )
-    results: dict[str, bool | None] = {}
-    for key in keys:
-        records = [by_partition.get(key)]
-        ranged = by_range.get(key)
-        if ranged is not None and horizon in _horizons_of(ranged):
-            records.append(ranged)
-        found = [r for r in records if r is not None]
-        latest = max(found, key=lambda r: r.id) if found else None
-        if latest is None or latest.status == AssetCheckExecutionRecordStatus.PLANNED:
-            results[key.name] = None
-        else:
-            results[key.name] = latest.status == AssetCheckExecutionRecordStatus.SUCCEEDED
-    return results
+PROMOTION_SCHEMA = {
+    "horizon": pl.Utf8,
+    "version": pl.Utf8,
+    "champion_before": pl.Utf8,
+    "promoted": pl.Boolean,
+    "serving_version": pl.Utf8,
+    "provisional": pl.Boolean,
+    "serving_failed_gates": pl.Utf8,  # JSON list
+    "reasons": pl.Utf8,  # JSON list
+    "failed_gates": pl.Utf8,  # JSON list
+    "would_promote_at_2pct_margin": pl.Boolean,
+    "protocol_hash": pl.Utf8,
+}
+JSON_COLUMNS = ("serving_failed_gates", "reasons", "failed_gates")
 
 
 @dg.asset(
@@ -70,35 +51,31 @@ def leakage_check_results(instance: dg.DagsterInstance, horizon: str) -> dict[st
     backfill_policy=horizon_backfill,
     metadata=PARTITION_EXPR,
     kinds={"polars", "duckdb", "mlflow"},
-    description="Latest forecast per horizon from the served (champion) version: price level, "
-    "P10..P90, 90% band, achieved-probability statement, regime, drivers, volatility, data "
-    "freshness; provisional when no version passed promotion; appended to the history.",
+    description="A new version of cbi-zl-<h>: members refitted on all known targets, registered "
+    "in MLflow with its metrics, leakage results and protocol hash, judged by the promotion "
+    "gates (promoted with an audit row when it passes and beats the champion).",
 )
-def forecasts(
+def registered_version(
     context: dg.AssetExecutionContext,
     target_zones: pl.DataFrame,
     oof_predictions: pl.DataFrame,
     detected_regimes: pl.DataFrame,
     volatility_forecasts: pl.DataFrame,
     model_leaderboard: pl.DataFrame,
-    market_prices: pl.DataFrame,
     features: pl.DataFrame,
-    market_source: MarketSourceResource,
     protocol: ProtocolResource,
     mlflow: MlflowResource,
-    forecast_store: ForecastStoreResource,
     operations: OperationsResource,
     home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     tracker = mlflow.tracker()
-    target = target_series(market_prices, market_source.target())
-    outlook = regime_outlook(target["date"], target["value"].to_numpy(), detected_regimes["regime"])
     config = protocol.config()
     frozen = protocol.protocol()
+    audit = operations.audit()
     rows, promotions = [], {}
     for horizon in context.partition_keys:
         ctx, vol_model = horizon_context(horizon, detected_regimes, volatility_forecasts)
-        published = publish_horizon(
+        registration = register_version(
             tracker,
             HorizonInputs(
                 horizon=horizon,
@@ -115,29 +92,106 @@ def forecasts(
                 spacing_days=float(frozen.step),
                 fit_cache=config.fit_cache,
             ),
+            audit=audit,
             card_dir=home.folder("model_cards", horizon),
             run_tags={
                 "dagster.run_id": context.run.run_id,
                 "dagster.partition": horizon,
-                "dagster.asset": "forecasts",
+                "dagster.asset": "registered_version",
             },
-            regime_outlook=outlook,
-            data_reference_date=market_source.reference_date(),
             protocol_hash=frozen.hash(),
         )
-        rows.append(published.record)
-        promotions[horizon] = published.promotion
-        if published.promotion["promoted"]:  # the audit trail also covers the gates' decisions
-            operations.audit().record(
-                horizon,
-                "auto_promote",
-                actor="promotion gates (forecasts asset)",
-                reason="; ".join(published.promotion["reasons"]),
-                from_version=published.promotion["champion_before"],
-                to_version=published.promotion["version"],
-                evidence={"run_id": context.run.run_id},
+        promotion = registration.promotion
+        promotions[horizon] = promotion
+        rows.append(
+            {
+                "horizon": horizon,
+                **{
+                    k: json.dumps(promotion[k]) if k in JSON_COLUMNS else promotion[k]
+                    for k in PROMOTION_SCHEMA
+                    if k != "horizon"
+                },
+            }
+        )
+        verdict = "promoted" if promotion["promoted"] else "not promoted"
+        context.log.info(
+            f"{horizon}: registered v{registration.version} ({verdict}); "
+            f"v{registration.serving_version} serves"
+            + (" provisional" if registration.provisional else "")
+        )
+    out = pl.DataFrame(rows, schema=PROMOTION_SCHEMA)
+    return dg.Output(
+        out,
+        metadata={
+            "dagster/row_count": out.height,
+            "promotion": dg.MetadataValue.json(promotions),
+            "versions": dg.MetadataValue.md(
+                markdown_table(
+                    out.select(
+                        "horizon", "version", "promoted", "serving_version", "provisional"
+                    )
+                )
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name="forecasts",
+    partitions_def=horizon_partitions,
+    backfill_policy=horizon_backfill,
+    metadata=PARTITION_EXPR,
+    kinds={"polars", "duckdb", "mlflow"},
+    description="Latest forecast per horizon from the served (champion) version: price level, "
+    "P10..P90, 90% band, achieved-probability statement, regime, drivers, volatility, data "
+    "freshness; provisional when no version passed promotion; appended to the history.",
+)
+def forecasts(
+    context: dg.AssetExecutionContext,
+    registered_version: pl.DataFrame,
+    target_zones: pl.DataFrame,
+    detected_regimes: pl.DataFrame,
+    volatility_forecasts: pl.DataFrame,
+    model_leaderboard: pl.DataFrame,
+    market_prices: pl.DataFrame,
+    features: pl.DataFrame,
+    market_source: MarketSourceResource,
+    mlflow: MlflowResource,
+    forecast_store: ForecastStoreResource,
+) -> dg.Output[pl.DataFrame]:
+    tracker = mlflow.tracker()
+    target = market_source.target_prices(market_prices)
+    outlook = regime_outlook(target["date"], target["value"].to_numpy(), detected_regimes["regime"])
+    rows, gaps = [], {}
+    for horizon in context.partition_keys:
+        chosen = registered_version.filter(pl.col("horizon") == horizon)
+        if chosen.height != 1:
+            raise ValueError(
+                f"{horizon}: registered_version holds {chosen.height} rows for this horizon "
+                "(expected 1): materialize registered_version for it first"
             )
-        context.log.info(f"{horizon}: {published.record['statement']}")
+        choice = chosen.row(0, named=True)
+        ctx, _ = horizon_context(horizon, detected_regimes, volatility_forecasts)
+        zones = target_zones.filter(pl.col("horizon") == horizon)
+        just_registered = choice["serving_version"] == choice["version"]
+        served = serve_version(
+            tracker,
+            horizon,
+            choice["serving_version"],
+            features=horizon_frame(features, horizon),
+            context=ctx,
+            leaderboard=model_leaderboard.filter(pl.col("horizon") == horizon),
+            regimes=detected_regimes,
+            regime_outlook=outlook,
+            data_reference_date=market_source.reference_date(),
+            registered_version=f"{registered_model_name(horizon)}/v{choice['version']}",
+            provisional=choice["provisional"],
+            failed_gates=json.loads(choice["serving_failed_gates"]),
+            live=live_zone(zones, horizon) if just_registered else None,
+        )
+        rows.append(served.record)
+        gaps[horizon] = served.reload_gap_logret
+        context.log.info(f"{horizon}: {served.record['statement']}")
     inserted = forecast_store.store().append(rows)
     json_columns = ("drivers", "drivers_detail", "failed_gates")
     out = pl.DataFrame(
@@ -186,7 +240,8 @@ def forecasts(
             "provisional": dg.MetadataValue.json(
                 {r["horizon"]: r["failed_gates"] for r in rows if r["provisional"]}
             ),
-            "promotion": dg.MetadataValue.json(promotions),
+            # null where the served version is an older champion (nothing to reproduce)
+            "reload_gap_logret": dg.MetadataValue.json(gaps),
             "history_rows_inserted": inserted,
         },
     )

@@ -30,7 +30,6 @@ from cbi_platform.evaluation.walk_forward import (
 )
 from cbi_platform.explain.shap_tables import SHAP_TABLE_SCHEMA, coverage_table
 from cbi_platform.features.contract import HORIZONS, horizon_frame
-from cbi_platform.market.schema import target_series
 from cbi_platform.models.registry import GPU_GROUPS, GROUPS, load_specs
 from cbi_platform.reporting import markdown_table
 
@@ -49,7 +48,7 @@ def volatility_forecasts(
     market_source: MarketSourceResource,
     protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     plan = horizon_run.origin_plan(target["date"], "1w", protocol.config())
     started = time.perf_counter()
     specs = [s for s in load_specs(kinds=["volatility"]) if s.family not in NEURAL_VOL_FAMILIES]
@@ -91,7 +90,7 @@ def neural_volatility(
             volatility_forecasts.clear(),
             metadata={"dagster/row_count": 0, "skipped": "networks not in model_kinds"},
         )
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     plan = horizon_run.origin_plan(target["date"], "1w", protocol.config())
     started = time.perf_counter()
     # In a spawned process, like every network fit: TensorFlow never loads in this one.

@@ -15,9 +15,9 @@ from cbi_platform.defs.resources import (
     PlatformHome,
 )
 from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS, news_input
-from cbi_platform.market.schema import target_series
 from cbi_platform.operations import daily
 from cbi_platform.operations.validation import validation_plot
+from cbi_platform.release.shadow import shadow_review
 from cbi_platform.reporting import markdown_table
 from cbi_platform.results_sink import mirror_validation
 
@@ -161,7 +161,7 @@ def forecast_validation(
     home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     config = operations.config()
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     reference = market_source.reference_date()
     link = operations.run_link(context.run.run_id)
     report = daily.validate(
@@ -306,13 +306,17 @@ def shadow_comparison(
     forecast_store: ForecastStoreResource,
     operations: OperationsResource,
 ) -> dg.Output[pl.DataFrame]:
-    outcomes = daily.shadow_report(
+    settings = operations.config().shadow
+    outcomes = shadow_review(
         mlflow.tracker(),
         forecast_store.store().history(),
-        target_series(market_prices, market_source.target()),
+        market_source.target_prices(market_prices),
         operations.audit(),
         horizons=operations.horizons,
-        config=operations.config(),
+        min_outcomes=settings.min_outcomes,
+        margin=settings.margin,
+        dm_alpha=settings.dm_alpha,
+        auto_promote=settings.auto_promote,
     )
     rows = [
         {

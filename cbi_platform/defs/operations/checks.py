@@ -8,7 +8,6 @@ from cbi_platform.defs.operations.assets import correlation_monitor, live_featur
 from cbi_platform.defs.resources import MarketSourceResource, OperationsResource
 from cbi_platform.defs.sentiment.assets import SENTIMENT_IN_FEATURES, SENTIMENT_SETTINGS
 from cbi_platform.features.contract import horizon_frame
-from cbi_platform.market.schema import target_series
 from cbi_platform.operations.daily import stale_condition
 
 
@@ -23,7 +22,7 @@ def market_prices_fresh(
     operations: OperationsResource,
 ) -> dg.AssetCheckResult:
     cond = stale_condition(
-        target_series(market_prices, market_source.target()),
+        market_source.target_prices(market_prices),
         market_source.reference_date(),
         operations.config().refresh.max_business_days_behind,
     )

@@ -1,10 +1,12 @@
 """Sensors: alerts by email, failed runs, sensor-driven retraining; and the daily schedule."""
 
+import datetime as dt
 import json
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from cbi_platform.conditions import FAILED_CHECK, FAILED_RUN, Condition
+from cbi_platform.defs.dagster_internals import latest_check_evaluations
 from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.resources import (
     ForecastStoreResource,
@@ -12,41 +14,31 @@ from cbi_platform.defs.resources import (
     OperationsResource,
 )
 from cbi_platform.operations.alerting import alert_tick
-from cbi_platform.operations.conditions import FAILED_CHECK, FAILED_RUN, Condition
+from cbi_platform.operations.daily import trained_through
 from cbi_platform.operations.retraining import plan_retraining
-from cbi_platform.operations.serving_control import RETRAIN_REQUESTED
+from cbi_platform.release.control import RETRAIN_REQUESTED
 
 
 def failed_check_conditions(
     instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], link_base: str
 ) -> list[Condition]:
     """A condition per blocking check: firing while its latest evaluation failed."""
-    import datetime as dt
-
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
     out = []
-    for key, record in latest.items():
-        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
-            continue
-        event = record.event.dagster_event if record.event else None
-        evaluation = getattr(event, "event_specific_data", None)
+    for key, evaluation in latest_check_evaluations(instance, check_keys).items():
         day = (
-            dt.datetime.fromtimestamp(record.event.timestamp).date()
-            if record.event
+            dt.datetime.fromtimestamp(evaluation.timestamp).date()
+            if evaluation.timestamp is not None
             else dt.date.today()
         )
         out.append(
             Condition(
                 key=f"failed_check/{key.asset_key.to_user_string()}/{key.name}",
                 kind=FAILED_CHECK,
-                firing=record.status == AssetCheckExecutionRecordStatus.FAILED,
+                firing=evaluation.failed,
                 title=f"blocking check {key.name} on {key.asset_key.to_user_string()} failed",
                 as_of=day,
-                evidence={
-                    "description": getattr(evaluation, "description", None),
-                    "run_id": record.run_id,
-                },
-                link=f"{link_base.rstrip('/')}/runs/{record.run_id}",
+                evidence={"description": evaluation.description, "run_id": evaluation.run_id},
+                link=f"{link_base.rstrip('/')}/runs/{evaluation.run_id}",
             )
         )
     return out
@@ -157,8 +149,6 @@ def build_sensors(retrain_job, checks) -> list:
 
 def served_trained_through(mlflow: MlflowResource, horizons) -> dict:
     """The last training date of each horizon's served version (its registry tag)."""
-    from cbi_platform.operations.daily import trained_through
-
     return trained_through(mlflow.tracker(), horizons)
 
 
@@ -184,8 +174,6 @@ def served_drivers(forecast_store: ForecastStoreResource) -> dict[str, list[str]
 
 
 def _run_condition(context, operations: OperationsResource, firing: bool) -> None:
-    import datetime as dt
-
     run = context.dagster_run
     cond = Condition(
         key=f"failed_run/{run.job_name}",

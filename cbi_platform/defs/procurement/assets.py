@@ -18,7 +18,6 @@ from cbi_platform.defs.resources import (
     PlatformHome,
     ProtocolResource,
 )
-from cbi_platform.market.schema import target_series
 from cbi_platform.procurement import backtest as bt
 from cbi_platform.procurement import live
 from cbi_platform.procurement.contract import validate_decision_forecasts
@@ -35,8 +34,9 @@ from cbi_platform.reporting import markdown_table
 GROUP = "procurement"
 
 
-def closes(market_prices: pl.DataFrame, target: str) -> pl.DataFrame:
-    return target_series(market_prices, target).select("date", price="value").sort("date")
+def closes(target_prices: pl.DataFrame) -> pl.DataFrame:
+    """The target's closes as (date, price), what the procurement policies read."""
+    return target_prices.select("date", price="value").sort("date")
 
 
 @dg.asset(
@@ -119,7 +119,7 @@ def decision_forecasts(
         validate_decision_forecasts(out)
     except (ValueError, AssertionError) as exc:
         problems.append(str(exc))
-    alarm = skill_alarm(out, closes(market_prices, market_source.target()))
+    alarm = skill_alarm(out, closes(market_source.target_prices(market_prices)))
     if not alarm.passed:
         problems.append(alarm.summary)
     yield dg.Output(
@@ -171,7 +171,7 @@ def procurement_backtest(
 ):
     config = load_config()
     settings = config.backtest
-    prices = closes(market_prices, market_source.target())
+    prices = closes(market_source.target_prices(market_prices))
     usable = decision_forecasts.filter(pl.col("horizon").is_in(list(config.pipeline.horizons)))
     if usable.height == 0:
         raise ValueError(
@@ -242,7 +242,7 @@ def procurement_recommendation(
     home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     config = load_config()
-    prices = closes(market_prices, market_source.target())
+    prices = closes(market_source.target_prices(market_prices))
     latest = forecast_store.store().latest()
     served = live.served_decision_rows(
         latest.filter(pl.col("horizon").is_in(list(config.pipeline.horizons)))

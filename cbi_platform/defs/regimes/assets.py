@@ -6,7 +6,6 @@ import polars as pl
 from cbi_platform.defs.partitions import PARTITION_EXPR, horizon_backfill, horizon_partitions
 from cbi_platform.defs.resources import MarketSourceResource, PlatformHome, ProtocolResource
 from cbi_platform.features.contract import horizon_frame
-from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.calendar import DEFAULT_CALENDAR_PATH, load_regime_calendar
 from cbi_platform.regimes.datasets import write_regime_datasets
 from cbi_platform.regimes.detected import (
@@ -112,7 +111,7 @@ def detected_regimes(
     market_source: MarketSourceResource,
     protocol: ProtocolResource,
 ) -> dg.Output[pl.DataFrame]:
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     dates, prices = target["date"], target["value"].to_numpy()
     labels = label_regimes(dates, prices)
     scores, _ = walk_forward_regime_scores(

@@ -7,7 +7,6 @@ import polars as pl
 
 from cbi_platform.defs.regimes.assets import detected_regimes
 from cbi_platform.defs.resources import MarketSourceResource
-from cbi_platform.market.schema import target_series
 from cbi_platform.regimes.truncation import regime_truncation_gate
 
 
@@ -23,7 +22,7 @@ def detected_regimes_truncation(
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
 ) -> dg.AssetCheckResult:
-    target = target_series(market_prices, market_source.target())
+    target = market_source.target_prices(market_prices)
     started = time.perf_counter()
     gate = regime_truncation_gate(
         target["date"], target["value"].to_numpy(), written=detected_regimes

@@ -5,8 +5,13 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS, Decision
-from cbi_platform.serving.publish import candidate, candidate_from_tags, serving_choice
+from cbi_platform.release.gates import (
+    LEAKAGE_CHECKS,
+    Decision,
+    candidate,
+    candidate_from_tags,
+    serving_choice,
+)
 from cbi_platform.serving.store import ForecastStore
 from cbi_platform_tests.serving.test_forecast import _record
 

@@ -4,6 +4,9 @@ A monitor states, for each condition it judges (e.g. "accuracy of 1w versus the 
 whether it fires now and the evidence. The alert book turns the changes into mails (one when it
 starts firing, one "resolved" when it clears); the retraining sensor turns firing conditions of
 the retraining kinds into run requests for the affected horizons.
+
+A message type at the bottom of the layers: operations' monitors, procurement's live decision
+check and the results sink all raise or store conditions, and none may import another's layer.
 """
 
 from __future__ import annotations

@@ -11,11 +11,15 @@ favours it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 
+from cbi_platform.ensemble.combiners import ENSEMBLE
+from cbi_platform.ensemble.conformal import coverage_report
 from cbi_platform.evaluation.metrics import diebold_mariano, dm_lags
 
 # The blocking checks on `features` whose evaluation for the partition gates promotion.
@@ -140,3 +144,58 @@ def decide(
         lags,
         len(common),
     )
+
+
+def candidate(
+    version: str, leaderboard: pl.DataFrame, zones: pl.DataFrame, leakage: Mapping
+) -> Candidate:
+    """The ensemble as promotion judges it: overall MASE and coverage, and its MASE term at
+    every scored origin (|error| / the naive h-step error there) for paired comparisons."""
+    ens_zones = zones.filter(pl.col("model") == ENSEMBLE)
+    if "naive_scale" not in ens_zones.columns:
+        raise ValueError("target zones lack naive_scale: the MASE terms cannot be computed")
+    board = leaderboard.filter(pl.col("model") == ENSEMBLE)
+    cov = coverage_report(ens_zones)
+    cov_all = cov.filter(pl.col("regime") == "all") if cov.height else cov
+    scored = ens_zones.filter(
+        (pl.col("role") == "scored") & pl.col("actual").is_not_null() & (pl.col("naive_scale") > 0)
+    )
+    terms = {
+        str(o): abs(f - a) / s
+        for o, f, a, s in scored.select("origin", "forecast", "actual", "naive_scale").iter_rows()
+    }
+
+    def first(frame: pl.DataFrame, column: str) -> float:
+        value = frame[column][0] if frame.height else None
+        return float("nan") if value is None else float(value)
+
+    return Candidate(
+        version=version,
+        mase=first(board, "mase"),
+        coverage90=first(cov_all, "coverage90"),
+        leakage=dict(leakage),
+        errors=terms,
+    )
+
+
+def candidate_from_tags(version: str, tags: Mapping[str, str]) -> Candidate:
+    """A registered version's candidate from its tags (older versions lack some: they then
+    fail the gates that need them, which is what an unverifiable champion deserves)."""
+    return Candidate(
+        version=version,
+        mase=float(tags.get("mase", "nan")),
+        coverage90=float(tags.get("coverage90", "nan")),
+        leakage=json.loads(tags.get("leakage", "{}")),
+        errors={k: float(v) for k, v in json.loads(tags.get("mase_terms", "{}")).items()},
+    )
+
+
+def serving_choice(
+    registered: str, champion_before: str | None, decision: Decision
+) -> tuple[str, bool, tuple[str, ...]]:
+    """(version that serves, provisional?, the gates it failed). The champion serves; with no
+    champion at all, the new version serves flagged provisional with its failing gates."""
+    champion = registered if decision.promote else champion_before
+    if champion is not None:
+        return champion, False, ()
+    return registered, True, decision.failed_gates or decision.reasons

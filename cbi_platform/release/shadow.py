@@ -7,26 +7,32 @@ mature, `shadow_record` pairs the two versions' forecasts for the same origins a
 `compare` summarises them (against each other and the random walk), and `decide_with_shadow`
 lets a strong shadow record promote a challenger that the walk-forward test alone did not.
 
-The challenger of a horizon (`challenger_version`) is the newest registered version above the
-champion that was not rolled back: versions older than the champion, and versions an operator
-rolled back from, are not challengers.
+The challenger of a horizon (`release.versions.challenger_version`) is the newest registered
+version above the champion that was not rolled back.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-import mlflow
 import numpy as np
 import polars as pl
 
 from cbi_platform.evaluation.metrics import diebold_mariano, dm_lags, effective_sample_size
-from cbi_platform.evaluation.promotion import Decision
+from cbi_platform.features.contract import HORIZONS
+from cbi_platform.release.control import AUTO_PROMOTE, AuditLog, promote
+from cbi_platform.release.gates import Decision
+from cbi_platform.release.versions import (
+    challenger_version,
+    champion_version,
+    model_version_label,
+)
+from cbi_platform.serving.store import SERVED, SHADOW
 from cbi_platform.tracking import Tracker, registered_model_name
-
-CHAMPION = "champion"  # the serving alias (cbi_platform.serving.publish.CHAMPION)
-ROLLED_BACK_TAG = "rolled_back"  # set on a version an operator rolled back from
 
 RECORD_SCHEMA = {
     "as_of": pl.Date,
@@ -47,41 +53,6 @@ NO_RECORD = "no_record"  # no shadow record, or no matured common outcome yet
 INSUFFICIENT = "insufficient"  # fewer matured common outcomes than min_shadow
 FAVOURS_CHALLENGER = "favours_challenger"  # better by the margin and DM favours it
 NOT_BETTER = "not_better"  # enough outcomes, but not better by the margin or DM does not agree
-
-
-def model_version_label(horizon: str, version: str) -> str:
-    """The forecast history's `model_version` ("cbi-zl-1w/v3") for a version ("3", "v3", or
-    already a label)."""
-    version = str(version)
-    if "/" in version:
-        return version
-    return f"{registered_model_name(horizon)}/v{version.removeprefix('v')}"
-
-
-def registered_versions(tracker: Tracker, horizon: str) -> dict[int, dict[str, str]]:
-    """Every registered version of the horizon's model: number -> tags (empty when none)."""
-    name = registered_model_name(horizon)
-    try:
-        found = tracker.client.search_model_versions(f"name = '{name}'")
-    except mlflow.exceptions.MlflowException:  # an unknown model name: no versions
-        return {}
-    return {int(v.version): dict(v.tags or {}) for v in found}
-
-
-def challenger_version(tracker: Tracker, horizon: str) -> str | None:
-    """The version the horizon shadows: the highest registered version number above the
-    champion's, skipping versions tagged `rolled_back` (an operator took them out of service).
-
-    None when nothing is registered or no eligible version is newer than the champion (the
-    newest IS the champion, or everything newer was rolled back). Versions older than the
-    champion are never challengers: they were superseded. With no champion at all, the newest
-    eligible version is returned (it has no champion to be compared with yet).
-    """
-    versions = registered_versions(tracker, horizon)
-    champion = tracker.alias_version(registered_model_name(horizon), CHAMPION)
-    floor = int(champion) if champion is not None else 0
-    eligible = [v for v, tags in versions.items() if v > floor and ROLLED_BACK_TAG not in tags]
-    return str(max(eligible)) if eligible else None
 
 
 def _model_rows(history: pl.DataFrame, horizon: str, label: str, prefix: str) -> pl.DataFrame:
@@ -368,3 +339,83 @@ def decide_with_shadow(
     return CombinedDecision(
         verdict == FAVOURS_CHALLENGER, tuple(_used(r, used) for r in reasons), used, False, verdict
     )
+
+
+# ---- the daily review: shadow evidence, and promotion on it
+
+
+@dataclass
+class ShadowOutcome:
+    horizon: str
+    champion: str | None
+    challenger: str | None
+    comparison: dict[str, Any] | None
+    decision: dict[str, Any] | None
+    promoted: bool = False
+
+
+def shadow_review(
+    tracker: Tracker,
+    history: pl.DataFrame,
+    target: pl.DataFrame,
+    audit: AuditLog,
+    *,
+    horizons: Sequence[str],
+    min_outcomes: int,
+    margin: float,
+    dm_alpha: float,
+    auto_promote: bool,
+) -> list[ShadowOutcome]:
+    """Champion against challenger on the same matured targets; with `auto_promote`, a
+    challenger the combined rule favours is promoted (an audit row says why). The thresholds
+    are the `shadow` section of monitoring.yaml."""
+    outcomes = []
+    for horizon in horizons:
+        name = registered_model_name(horizon)
+        champion = champion_version(tracker, horizon)
+        challenger = challenger_version(tracker, horizon) if champion else None
+        if champion is None or challenger is None:
+            outcomes.append(ShadowOutcome(horizon, champion, challenger, None, None))
+            continue
+        tags = tracker.version_tags(name, challenger)
+        failed = tuple(json.loads(tags.get("failed_gates", "[]")))
+        walk_forward = Decision(
+            promote=False,  # it was not promoted when registered (else it would be champion)
+            reasons=failed or ("not promoted on the walk-forward record",),
+            failed_gates=failed,
+        )
+        shadowed = (
+            history.filter(pl.col("role").is_in([SERVED, SHADOW])) if history.height else history
+        )
+        record = shadow_record(
+            shadowed, target.select("date", "value"), horizon, champion, challenger
+        )
+        comparison = compare(record, HORIZONS[horizon]) if record.height else None
+        decision = decide_with_shadow(
+            walk_forward,
+            comparison,
+            min_shadow=min_outcomes,
+            margin=margin,
+            dm_alpha=dm_alpha,
+        )
+        outcome = ShadowOutcome(
+            horizon,
+            champion,
+            challenger,
+            comparison.as_dict() if comparison else None,
+            decision.as_dict(),
+        )
+        if decision.promote and auto_promote:
+            promote(
+                tracker,
+                audit,
+                horizon,
+                challenger,
+                actor="shadow_comparison",
+                reason="; ".join(decision.reasons),
+                evidence=outcome.comparison,
+                action=AUTO_PROMOTE,
+            )
+            outcome.promoted = True
+        outcomes.append(outcome)
+    return outcomes

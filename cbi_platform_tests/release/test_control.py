@@ -8,15 +8,16 @@ import json
 
 import pytest
 
-from cbi_platform.operations import serving_control as sc
-from cbi_platform.operations.serving_control import (
+from cbi_platform.release import control as sc
+from cbi_platform.release import versions
+from cbi_platform.release.control import (
     AuditLog,
     AuditSession,
     ServingControlError,
     promote,
     rollback,
 )
-from cbi_platform.operations.shadow import ROLLED_BACK_TAG, challenger_version
+from cbi_platform.release.versions import ROLLED_BACK_TAG, challenger_version
 from cbi_platform.tracking import Tracker, registered_model_name
 
 _names = itertools.count(1)
@@ -58,7 +59,7 @@ def register(tracker: Tracker, artifact, horizon: str, count: int) -> list[str]:
 
 
 def champion(tracker: Tracker, horizon: str) -> str | None:
-    return tracker.alias_version(registered_model_name(horizon), sc.CHAMPION)
+    return tracker.alias_version(registered_model_name(horizon), versions.CHAMPION)
 
 
 def test_challenger_is_the_newest_version_above_the_champion(tracker, artifact, horizon):
@@ -66,15 +67,15 @@ def test_challenger_is_the_newest_version_above_the_champion(tracker, artifact, 
     assert challenger_version(tracker, horizon) is None  # nothing registered
     register(tracker, artifact, horizon, 1)
     assert challenger_version(tracker, horizon) == "1"  # no champion: the newest
-    tracker.set_alias(name, sc.CHAMPION, "1")
+    tracker.set_alias(name, versions.CHAMPION, "1")
     assert challenger_version(tracker, horizon) is None  # the newest IS the champion
     register(tracker, artifact, horizon, 2)
     assert challenger_version(tracker, horizon) == "3"
-    tracker.set_alias(name, sc.CHAMPION, "2")
+    tracker.set_alias(name, versions.CHAMPION, "2")
     assert challenger_version(tracker, horizon) == "3"
-    tracker.set_alias(name, sc.CHAMPION, "3")
+    tracker.set_alias(name, versions.CHAMPION, "3")
     assert challenger_version(tracker, horizon) is None  # v1, v2 are older: not challengers
-    tracker.set_alias(name, sc.CHAMPION, "1")
+    tracker.set_alias(name, versions.CHAMPION, "1")
     tracker.set_version_tags(name, "3", {ROLLED_BACK_TAG: "x"})
     assert challenger_version(tracker, horizon) == "2"  # v3 was rolled back from
 
@@ -161,7 +162,7 @@ def test_rollback_errors_and_explicit_target(tracker, artifact, horizon, audit):
     register(tracker, artifact, horizon, 3)
     with pytest.raises(ServingControlError, match="has no champion"):
         rollback(tracker, audit, horizon, actor="bo", reason="r")
-    tracker.set_alias(name, sc.CHAMPION, "3")  # set outside promote (a publication run)
+    tracker.set_alias(name, versions.CHAMPION, "3")  # set outside promote (a publication run)
     with pytest.raises(ServingControlError, match="no promotion of .*known versions: v1, v2, v3"):
         rollback(tracker, audit, horizon, actor="bo", reason="r")
     with pytest.raises(ServingControlError, match="already serves"):

@@ -11,7 +11,7 @@ to writing its row, so two operators cannot interleave; readers use the Parquet 
 the audit row cannot be written, the alias is moved back: a move is never left unrecorded.
 
 Rolling back from a version tags it `rolled_back`, so the shadow scorer stops treating it as
-the challenger (`cbi_platform.operations.shadow.challenger_version`); promoting it again by
+the challenger (`cbi_platform.release.versions.challenger_version`); promoting it again by
 hand removes the tag.
 """
 
@@ -28,7 +28,13 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from cbi_platform.operations.shadow import CHAMPION, ROLLED_BACK_TAG, registered_versions
+from cbi_platform.release.versions import (
+    ROLLED_BACK_TAG,
+    champion_version,
+    clear_champion,
+    registered_versions,
+    set_champion,
+)
 from cbi_platform.results_sink import NullSink, ResultsSink
 from cbi_platform.storage import publish_snapshot, read_snapshot, write_connection
 from cbi_platform.tracking import Tracker, registered_model_name
@@ -237,8 +243,7 @@ def _move(
     evidence: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """Move the alias, then record it; if the record fails, move the alias back."""
-    name = registered_model_name(horizon)
-    tracker.set_alias(name, CHAMPION, target)
+    set_champion(tracker, horizon, target)
     try:
         return session.append(
             horizon,
@@ -251,9 +256,9 @@ def _move(
         )
     except BaseException:
         if current is None:
-            tracker.client.delete_registered_model_alias(name, CHAMPION)
+            clear_champion(tracker, horizon)
         else:
-            tracker.set_alias(name, CHAMPION, current)
+            set_champion(tracker, horizon, current)
         raise
 
 
@@ -283,7 +288,7 @@ def promote(
     with audit.session() as session:
         versions = registered_versions(tracker, horizon)
         _require_known(name, target, versions)
-        current = tracker.alias_version(name, CHAMPION)
+        current = champion_version(tracker, horizon)
         if current == target:
             return ControlResult(
                 False,
@@ -348,7 +353,7 @@ def rollback(
     name = registered_model_name(horizon)
     with audit.session() as session:
         versions = registered_versions(tracker, horizon)
-        current = tracker.alias_version(name, CHAMPION)
+        current = champion_version(tracker, horizon)
         if current is None:
             raise ServingControlError(f"{name} has no champion: there is nothing to roll back")
         if to_version is None:

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from cbi_platform.evaluation.promotion import Decision
-from cbi_platform.operations.shadow import (
+from cbi_platform.release.gates import Decision
+from cbi_platform.release.shadow import (
     FAVOURS_CHALLENGER,
     INSUFFICIENT,
     NO_RECORD,
@@ -19,9 +19,9 @@ from cbi_platform.operations.shadow import (
     ShadowComparison,
     compare,
     decide_with_shadow,
-    model_version_label,
     shadow_record,
 )
+from cbi_platform.release.versions import model_version_label
 
 D = dt.date
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cbi_platform.evaluation.promotion import LEAKAGE_CHECKS, Candidate, decide
+from cbi_platform.release.gates import LEAKAGE_CHECKS, Candidate, decide
 
 PASSED = {name: True for name in LEAKAGE_CHECKS}
 ONE_MONTH = {"horizon_days": 21, "spacing_days": 25.6}  # DM lags 0
