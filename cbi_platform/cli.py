@@ -145,7 +145,13 @@ def _control(args: argparse.Namespace, action: str) -> int:
     try:
         if action == "promote":
             result = promote(
-                tracker, audit, args.horizon, args.version, actor=actor, reason=args.reason
+                tracker,
+                audit,
+                args.horizon,
+                args.version,
+                actor=actor,
+                reason=args.reason,
+                force=args.force,
             )
         else:
             result = rollback(
@@ -155,6 +161,7 @@ def _control(args: argparse.Namespace, action: str) -> int:
                 actor=actor,
                 reason=args.reason,
                 to_version=args.to_version,
+                force=args.force,
             )
     except ServingControlError as exc:
         return _fail(str(exc))
@@ -329,12 +336,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("version", help="version number, e.g. 3 or v3")
     p.add_argument("--reason", required=True)
     p.add_argument("--actor", help="who (default: $USER)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="serve a version that failed its promotion gates (it serves provisional; recorded)",
+    )
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("rollback", help="serve the previous champion (writes an audit row)")
     p.add_argument("horizon", choices=list(HORIZONS))
     p.add_argument("--reason", required=True)
     p.add_argument("--to-version", help="default: the champion before the current one")
     p.add_argument("--actor", help="who (default: $USER)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="serve a version that failed its promotion gates (it serves provisional; recorded)",
+    )
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("replay", help="replay the daily loop over history (report + plot)")
     p.add_argument("--manifest", help="files source (default: the simulator)")

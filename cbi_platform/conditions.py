@@ -25,6 +25,7 @@ STALE_DATA = "stale_data"
 FAILED_CHECK = "failed_check"  # a blocking asset check failed
 FAILED_RUN = "failed_run"
 DECISION_QUALITY = "decision_quality"  # recommended purchases cost more than even buying
+RELOAD_MISMATCH = "reload_mismatch"  # the served version does not reproduce on reload
 KINDS = (
     ACCURACY,
     DRIFT,
@@ -35,6 +36,7 @@ KINDS = (
     FAILED_CHECK,
     FAILED_RUN,
     DECISION_QUALITY,
+    RELOAD_MISMATCH,
 )
 RETRAIN_KINDS = (ACCURACY, DRIFT, CORRELATION_BREAK)
 

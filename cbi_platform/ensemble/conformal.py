@@ -410,6 +410,31 @@ def _independent_outcomes(origins: list[date], targets: list[date]) -> int:
     return count
 
 
+COVERAGE_INTERVAL_LEVEL = 0.95  # the confidence of every coverage interval the platform reports
+
+
+def coverage_interval(
+    coverage: float, n_effective: int, level: float = COVERAGE_INTERVAL_LEVEL
+) -> tuple[float, float]:
+    """Wilson score interval for a coverage rate observed on `n_effective` independent
+    outcomes (overlapping targets counted once per non-overlapping window, never more).
+
+    Binomial on the effective sample size, not on the row count: daily or closely spaced
+    origins with long horizons share most of their target windows, so each row adds little
+    evidence. (nan, nan) without evidence (n_effective < 1 or coverage undefined).
+    """
+    if not (n_effective >= 1 and math.isfinite(coverage)):
+        return (math.nan, math.nan)
+    from scipy.stats import norm  # heavy: delayed (scipy.stats)
+
+    z = float(norm.ppf(0.5 + level / 2))
+    n = float(n_effective)
+    p = min(max(coverage, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def coverage_report(zones: pl.DataFrame) -> pl.DataFrame:
     """Empirical coverage (40/80/90%) and mean width (% of price) per horizon and per regime
     ("all" included), on scored origins with a known actual, with the effective number of
@@ -454,6 +479,9 @@ def coverage_report(zones: pl.DataFrame) -> pl.DataFrame:
                     "coverage80": float(sub["hit80"].mean()),
                     "coverage90": cov90,
                     "coverage90_se": se90,
+                    # 95% Wilson interval on the independent outcomes (coverage_interval)
+                    "coverage90_lo": coverage_interval(cov90, n_eff)[0],
+                    "coverage90_hi": coverage_interval(cov90, n_eff)[1],
                     "width80_pct": float(sub["w80"].mean()),
                     "width90_pct": float(sub["w90"].mean()),
                     "note": note,

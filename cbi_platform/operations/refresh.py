@@ -1,5 +1,9 @@
 """The daily refresh: today's data through the registered versions, with no retraining.
 
+Which version serves, and whether it still reproduces its registered forecast on reload, is the
+release room's (`release.reproduction.checked_serving`); a version that does not reproduce
+raises a `reload_mismatch` condition and does not serve.
+
 For each horizon: the served version (the champion; with no champion, the newest version,
 flagged provisional with the gates it failed) is loaded from the registry and forecasts from the
 last row of today's features through `ServedModel.predict` (issue 4's load-and-predict path),
@@ -21,10 +25,12 @@ from typing import Any
 
 import polars as pl
 
+from cbi_platform.conditions import RELOAD_MISMATCH, Condition
 from cbi_platform.evaluation.volatility_eval import live_volatility
 from cbi_platform.features.contract import DATE, HORIZONS
-from cbi_platform.release.versions import Serving, serving_versions
-from cbi_platform.serving.publish import forecast_record
+from cbi_platform.release.reproduction import ReloadCheck, checked_serving
+from cbi_platform.release.versions import Serving
+from cbi_platform.serving.publish import forecast_record, random_walk_record
 from cbi_platform.serving.registry import ServedModel, load_version
 from cbi_platform.serving.store import SERVED, SHADOW
 from cbi_platform.tracking import Tracker, registered_model_name
@@ -39,6 +45,7 @@ class HorizonRefresh:
     rows: list[dict[str, Any]]  # the served row first, then the shadow row (if any)
     seconds: float
     serving: Serving
+    reload: ReloadCheck | None = None  # the release room's choice, loaded and checked
 
 
 @dataclass
@@ -49,6 +56,34 @@ class RefreshResult:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return [r for h in self.horizons for r in h.rows]
+
+    @property
+    def conditions(self) -> list[Condition]:
+        """One reload condition per horizon: firing while its chosen version does not
+        reproduce on reload (and something else serves)."""
+        found = []
+        for h in self.horizons:
+            check = h.reload
+            if check is None or not check.checked:
+                continue
+            found.append(
+                Condition(
+                    key=f"reload/{h.horizon}",
+                    kind=RELOAD_MISMATCH,
+                    firing=not check.ok,
+                    title=check.reason(h.horizon)
+                    + ("" if check.ok else f"; serving {h.serving.served}"),
+                    as_of=self.as_of,
+                    horizon=h.horizon,
+                    evidence={
+                        "version": check.version,
+                        "gap_logret": check.gap,
+                        "tolerance": check.tolerance,
+                        "served": h.serving.served,
+                    },
+                )
+            )
+        return found
 
 
 def _forecast_with(
@@ -121,8 +156,20 @@ def refresh_horizon(
     features = features.sort(DATE)
     as_of = features[DATE][-1]
     closes = target.filter(pl.col("date") <= as_of).sort("date")["value"]
-    serving = serving_versions(tracker, horizon)
+    chosen = checked_serving(tracker, horizon, cache)
+    serving = chosen.serving
     name = registered_model_name(horizon)
+    if chosen.model is None:  # nothing can serve: the random walk, provisional, with why
+        row = random_walk_record(
+            horizon,
+            target.filter(pl.col("date") <= as_of),
+            regimes=regimes,
+            regime_outlook=regime_outlook,
+            data_reference_date=data_reference_date,
+            reasons=serving.failed_gates,
+        )
+        rows = [{**row, "role": SERVED}]
+        return HorizonRefresh(horizon, rows, time.perf_counter() - started, serving, chosen.check)
     common = {
         "features": features,
         "closes": closes,
@@ -132,13 +179,11 @@ def refresh_horizon(
         "serving": serving,
         "perturb": perturb,
     }
-    rows = [
-        _forecast_with(load_version(tracker, name, serving.served, cache), role=SERVED, **common)
-    ]
+    rows = [_forecast_with(chosen.model, role=SERVED, **common)]
     if serving.challenger is not None:
         challenger = load_version(tracker, name, serving.challenger, cache)
         rows.append(_forecast_with(challenger, role=SHADOW, **common))
-    return HorizonRefresh(horizon, rows, time.perf_counter() - started, serving)
+    return HorizonRefresh(horizon, rows, time.perf_counter() - started, serving, chosen.check)
 
 
 def planted_bias(spec: str, tracker: Tracker) -> Perturbation:

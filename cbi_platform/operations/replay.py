@@ -190,8 +190,12 @@ def run_replay(
                 actor="replay",
                 reason="replay starts from the version trained to its start date; it failed "
                 f"the gates: {'; '.join(failed) or 'none recorded'}",
+                force=True,  # it serves provisional, flagged with its gates (issue 18)
             )
-            say(f"  {horizon}: v{version} failed the gates ({len(failed)}); promoted to start")
+            say(
+                f"  {horizon}: v{version} failed the gates ({len(failed)}); promoted to start, "
+                "served provisional"
+            )
     state = _SensorState(settings.home / "replay_sensor_state.json")
     restart_at = settings.restart_at if settings.restart_at is not None else len(days) // 2
     retrains: list[dict[str, Any]] = []

@@ -10,6 +10,10 @@ The audit log lives in its own DuckDB file, shared as the platform's stores are
 to writing its row, so two operators cannot interleave; readers use the Parquet snapshot. If
 the audit row cannot be written, the alias is moved back: a move is never left unrecorded.
 
+A version that failed any promotion gate (its `failed_gates` tag; a version never judged counts
+as failing) serves provisional whoever promoted it, so moving the alias to one by hand needs
+`force=True` (`--force`), and its audit row records that it was forced and which gates failed.
+
 Rolling back from a version tags it `rolled_back`, so the shadow scorer stops treating it as
 the challenger (`cbi_platform.release.versions.challenger_version`); promoting it again by
 hand removes the tag.
@@ -28,6 +32,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from cbi_platform.release.gates import version_failed_gates
 from cbi_platform.release.versions import (
     ROLLED_BACK_TAG,
     champion_version,
@@ -219,6 +224,25 @@ def plain_version(horizon: str, version: str | int) -> str:
     return str(int(text))
 
 
+def _forced_evidence(
+    name: str,
+    target: str,
+    versions: Mapping[int, Any],
+    evidence: Mapping[str, Any] | None,
+    force: bool,
+) -> dict[str, Any]:
+    """The audit evidence of a move to `target`; refuses a version that failed its gates
+    unless forced (then the evidence says so, with the gates)."""
+    failed = version_failed_gates(versions[int(target)])
+    if failed and not force:
+        raise ServingControlError(
+            f"{name} v{target} failed its promotion gates ({'; '.join(failed)}): it would serve "
+            "provisional; pass --force (force=True) to serve it anyway"
+        )
+    extra = {"forced": True, "failed_gates": list(failed)} if failed else {}
+    return {**dict(evidence or {}), **extra}
+
+
 def _known(versions: Mapping[int, Any]) -> str:
     return ", ".join(f"v{v}" for v in sorted(versions)) if versions else "none registered"
 
@@ -272,13 +296,15 @@ def promote(
     reason: str,
     evidence: Mapping[str, Any] | None = None,
     action: str = PROMOTE,
+    force: bool = False,
 ) -> ControlResult:
     """Make `version` the champion of the horizon and record who did it and why.
 
     `version`: "3", "v3" or "cbi-zl-1w/v3". An unknown version is an error that lists the
     known ones. Promoting the current champion changes nothing and writes no audit row
     (`changed` is False and the message says so). `action`: "promote" (by hand) or
-    "auto_promote" (a sensor or publication acting on a promotion decision).
+    "auto_promote" (a sensor or publication acting on a promotion decision). A version that
+    failed its gates needs `force` (see the module docstring).
     """
     _require_text(actor=actor, reason=reason)
     if action not in PROMOTIONS:
@@ -289,6 +315,7 @@ def promote(
         versions = registered_versions(tracker, horizon)
         _require_known(name, target, versions)
         current = champion_version(tracker, horizon)
+        evidence = _forced_evidence(name, target, versions, evidence, force)
         if current == target:
             return ControlResult(
                 False,
@@ -338,6 +365,7 @@ def rollback(
     reason: str,
     to_version: str | int | None = None,
     evidence: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> ControlResult:
     """Put the previous champion back (or `to_version`) and record it as a "rollback".
 
@@ -378,6 +406,7 @@ def rollback(
         _require_known(name, target, versions)
         if target == current:
             raise ServingControlError(f"{name} v{target} already serves: nothing to roll back")
+        evidence = _forced_evidence(name, target, versions, evidence, force)
         row = _move(
             tracker,
             session,

@@ -2,11 +2,22 @@
 
 Gates every candidate must pass: (1) the blocking leakage checks on `features` passed for its
 partition (a check with no recorded evaluation counts as not passed), (2) its 90% coverage is
-within 5 points of nominal, (3) its MASE is defined. The first ensemble that passes the gates
+consistent with nominal, (3) its MASE is defined. The first ensemble that passes the gates
 becomes champion. A challenger that passes them replaces the champion only if, on the origins
 both scored (and there must be at least `min_common` of them), (4) its MASE is lower by
 `margin` (default 10%) and (5) a Diebold-Mariano test with horizon-appropriate Newey-West lags
 favours it.
+
+The coverage gate's rule (fixed before any result was re-run under it, issue 18): the 90% zone
+fails only when 0.90 lies outside the 95% Wilson interval of its observed coverage on the
+*effective* number of independent outcomes (`ensemble.conformal.coverage_interval`: scored
+origins counted once per non-overlapping target window). A scored window of 60 origins holds
+about 19, 11 and 5 independent outcomes at 3m, 6m and 12m, so a fixed band such as
+|coverage - 0.90| <= 0.05 would judge noise there: 4 hits of 5 independent 12m outcomes says
+nothing against 90%, 3 of 5 does. A version with no independent outcome fails (no evidence).
+
+Whoever promotes, a served version that failed any gate is served provisional with the gates
+it failed (`version_failed_gates`); promoting or rolling back to one by hand needs `force`.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from cbi_platform.ensemble.combiners import ENSEMBLE
-from cbi_platform.ensemble.conformal import coverage_report
+from cbi_platform.ensemble.conformal import coverage_interval, coverage_report
 from cbi_platform.evaluation.metrics import diebold_mariano, dm_lags
 
 # The blocking checks on `features` whose evaluation for the partition gates promotion.
@@ -46,6 +57,7 @@ class Candidate:
     coverage90: float
     leakage: Mapping[str, bool | None]
     errors: dict[str, float] = field(default_factory=dict)
+    coverage90_n_effective: int | None = None  # independent outcomes behind coverage90
 
 
 @dataclass(frozen=True)
@@ -71,16 +83,44 @@ def leakage_failures(leakage: Mapping[str, bool | None]) -> list[str]:
     return failures
 
 
-def gates(c: Candidate, coverage_tolerance: float = 0.05) -> list[str]:
+def coverage_failure(coverage90: float, n_effective: int | None) -> str | None:
+    """The coverage gate (see the module docstring): None when it passes, else the reason."""
+    if not np.isfinite(coverage90):
+        return "90% coverage undefined"
+    if n_effective is None or n_effective < 1:
+        return (
+            f"90% coverage {coverage90:.3f} with no recorded count of independent outcomes: "
+            "it cannot be judged"
+        )
+    lo, hi = coverage_interval(coverage90, n_effective)
+    if lo <= 0.90 <= hi:
+        return None
+    return (
+        f"90% coverage {coverage90:.3f} on {n_effective} independent outcomes: its 95% "
+        f"interval [{lo:.2f}, {hi:.2f}] excludes 0.90"
+    )
+
+
+def gates(c: Candidate) -> list[str]:
     """The candidate's own gates (no champion needed); empty when every gate passes."""
     failures = leakage_failures(c.leakage)
-    if not np.isfinite(c.coverage90) or abs(c.coverage90 - 0.90) > coverage_tolerance:
-        failures.append(
-            f"90% coverage {c.coverage90:.3f} is not within {coverage_tolerance:.0%} of 0.90"
-        )
+    coverage = coverage_failure(c.coverage90, c.coverage90_n_effective)
+    if coverage is not None:
+        failures.append(coverage)
     if not np.isfinite(c.mase):
         failures.append("MASE undefined")
     return failures
+
+
+NOT_JUDGED = "no gate evaluation recorded for this version"
+
+
+def version_failed_gates(tags: Mapping[str, str]) -> tuple[str, ...]:
+    """The gates a registered version failed when it was judged (its `failed_gates` tag); a
+    version never judged counts as failing (nothing vouches for it)."""
+    if "failed_gates" not in tags:
+        return (NOT_JUDGED,)
+    return tuple(json.loads(tags["failed_gates"]))
 
 
 def decide(
@@ -175,6 +215,7 @@ def candidate(
         coverage90=first(cov_all, "coverage90"),
         leakage=dict(leakage),
         errors=terms,
+        coverage90_n_effective=int(first(cov_all, "n_effective")) if cov_all.height else None,
     )
 
 
@@ -187,15 +228,23 @@ def candidate_from_tags(version: str, tags: Mapping[str, str]) -> Candidate:
         coverage90=float(tags.get("coverage90", "nan")),
         leakage=json.loads(tags.get("leakage", "{}")),
         errors={k: float(v) for k, v in json.loads(tags.get("mase_terms", "{}")).items()},
+        coverage90_n_effective=(
+            int(tags["coverage90_n_effective"]) if "coverage90_n_effective" in tags else None
+        ),
     )
 
 
 def serving_choice(
-    registered: str, champion_before: str | None, decision: Decision
+    registered: str,
+    champion_before: str | None,
+    decision: Decision,
+    champion_failed: tuple[str, ...] = (),
 ) -> tuple[str, bool, tuple[str, ...]]:
-    """(version that serves, provisional?, the gates it failed). The champion serves; with no
+    """(version that serves, provisional?, the gates it failed). The champion serves, flagged
+    provisional when it failed any gate (`champion_failed`: a hand-promoted version); with no
     champion at all, the new version serves flagged provisional with its failing gates."""
-    champion = registered if decision.promote else champion_before
-    if champion is not None:
-        return champion, False, ()
+    if decision.promote:
+        return registered, False, ()
+    if champion_before is not None:
+        return champion_before, bool(champion_failed), tuple(champion_failed)
     return registered, True, decision.failed_gates or decision.reasons

@@ -3,15 +3,18 @@
 The steps, in order: check that the ensemble state rebuilt from the walk-forward predictions
 reproduces the pipeline's live forecast; fit every member on all known targets
 (`fit_final_models`); save the members, ensemble state and calibration as a new version of
-`cbi-zl-<h>` with its metrics, leakage results and protocol hash as tags; decide promotion
-(`release.gates.decide`) and, when it passes, move the champion alias with an audit row
-(`release.control.promote`). Dagster-free: the `registered_version` asset calls it. Serving the
-champion is the next step's job (`serving.publish.serve_version`).
+`cbi-zl-<h>` with its metrics, leakage results and protocol hash as tags; load it back and
+check that it reproduces the live forecast (`release.reproduction`: a version that does not is
+refused like a failed gate); decide promotion (`release.gates.decide`) and, when it passes,
+move the champion alias with an audit row (`release.control.promote`). Dagster-free: the
+`registered_version` asset calls it. Serving is the next step's job
+(`serving.publish.serve_version`).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +26,21 @@ from cbi_platform.ensemble.combiners import ENSEMBLE, EnsembleConfig, ensemble_s
 from cbi_platform.evaluation import horizon_run
 from cbi_platform.features.contract import DATE, HORIZONS, feature_columns
 from cbi_platform.models.base import ModelSpec
+from cbi_platform.release import reproduction
 from cbi_platform.release.control import AUTO_PROMOTE, AuditLog, promote
 from cbi_platform.release.gates import (
     Candidate,
+    Decision,
     candidate,
     candidate_from_tags,
     decide,
     serving_choice,
+    version_failed_gates,
 )
 from cbi_platform.release.versions import champion_version
 from cbi_platform.serving.calibration import CalibrationState
-from cbi_platform.serving.publish import live_zone
-from cbi_platform.serving.registry import ServedModel
+from cbi_platform.serving.publish import context_at, live_zone, reproduction_gap
+from cbi_platform.serving.registry import ServedModel, load_version
 from cbi_platform.tracking import Tracker, registered_model_name
 
 REPRODUCTION_TOLERANCE = 1e-9  # log-return gap allowed between the exported state and the pipeline
@@ -137,6 +143,18 @@ def _write_card(card_dir: Path, inputs: HorizonInputs, bundle: ServedModel) -> P
     return card
 
 
+def _refuse_unless(reload: reproduction.ReloadCheck, decision: Decision, horizon: str) -> Decision:
+    """A version that does not reproduce on reload fails like a gate: never promoted."""
+    if reload.ok:
+        return decision
+    failure = reload.reason(horizon)
+    return Decision(
+        False,
+        (*decision.failed_gates, failure) if decision.failed_gates else (failure,),
+        failed_gates=(*decision.failed_gates, failure),
+    )
+
+
 def register_version(
     tracker: Tracker,
     inputs: HorizonInputs,
@@ -153,17 +171,36 @@ def register_version(
     name = registered_model_name(horizon)
     bundle = _bundle(inputs, protocol_hash)
     card = _write_card(card_dir, inputs, bundle)
+    probe = reproduction.probe_path(card_dir)
+    inputs.features.sort(DATE).write_parquet(probe)
+    reference = reproduction.reference_path(card_dir)
+    inputs.zones.filter(pl.col("model") == ENSEMBLE).select(
+        "origin", "role", "forecast_logret"
+    ).write_parquet(reference)
     pending = candidate("pending", inputs.leaderboard, inputs.zones, inputs.leakage)
     with tracker.run(f"forecasts[{horizon}]", run_tags) as run_id:
-        for path in (card, *bundle.save(card_dir)):
+        for path in (card, probe, reference, *bundle.save(card_dir)):
             if path.is_dir():  # networks/: Keras files and SavedModels, folders kept
                 tracker.log_artifacts(run_id, path, f"ensemble/{path.name}")
             else:
                 tracker.log_artifact(run_id, path, "ensemble")
         version = tracker.register(run_id, "ensemble", name)
     challenger = Candidate(
-        version, pending.mase, pending.coverage90, pending.leakage, pending.errors
+        version,
+        pending.mase,
+        pending.coverage90,
+        pending.leakage,
+        pending.errors,
+        pending.coverage90_n_effective,
     )
+    live = live_zone(inputs.zones, horizon)
+    context_live = context_at(inputs.context, bundle.trained_through)
+    with tempfile.TemporaryDirectory() as tmp:
+        reloaded = load_version(tracker, name, version, Path(tmp))
+        gap = reproduction_gap(
+            reloaded.predict(inputs.features.sort(DATE), None, context_live).zone, live
+        )
+    reload = reproduction.ReloadCheck(version, gap, reproduction.tolerance(bundle))
     champion_before = champion_version(tracker, horizon)
     champion = (
         candidate_from_tags(champion_before, tracker.version_tags(name, champion_before))
@@ -171,8 +208,10 @@ def register_version(
         else None
     )
     common = {"horizon_days": HORIZONS[horizon], "spacing_days": inputs.spacing_days}
-    decision = decide(challenger, champion, margin=margin, **common)
-    at_2pct = decide(challenger, champion, margin=0.02, **common)
+    decision = _refuse_unless(
+        reload, decide(challenger, champion, margin=margin, **common), horizon
+    )
+    at_2pct = _refuse_unless(reload, decide(challenger, champion, margin=0.02, **common), horizon)
     tracker.set_version_tags(
         name,
         version,
@@ -180,12 +219,16 @@ def register_version(
             "horizon": horizon,
             "mase": challenger.mase,
             "coverage90": challenger.coverage90,
+            "coverage90_n_effective": challenger.coverage90_n_effective,
             "mase_terms": json.dumps({k: round(v, 6) for k, v in challenger.errors.items()}),
             "leakage": json.dumps(dict(challenger.leakage)),
             "failed_gates": json.dumps(list(decision.failed_gates)),
             "promoted": decision.promote,
             "protocol_hash": protocol_hash or "",
             "trained_through": bundle.trained_through.isoformat(),
+            "reload_gap_logret": repr(gap),
+            "reload_tolerance": repr(reload.tolerance),
+            **reproduction.live_tags(live, context_live),
         },
     )
     if decision.promote:  # the alias moves under the audit log's lock, with its row
@@ -199,7 +242,14 @@ def register_version(
             evidence={"run_id": run_tags.get("dagster.run_id")},
             action=AUTO_PROMOTE,
         )
-    served, provisional, failed = serving_choice(version, champion_before, decision)
+    champion_failed = (
+        version_failed_gates(tracker.version_tags(name, champion_before))
+        if champion_before is not None
+        else ()
+    )
+    served, provisional, failed = serving_choice(
+        version, champion_before, decision, champion_failed
+    )
     promotion = {
         "version": version,
         "champion_before": champion_before,
@@ -213,6 +263,8 @@ def register_version(
         "provisional": provisional,
         "serving_failed_gates": list(failed),
         "leakage": {k: challenger.leakage.get(k) for k in sorted(challenger.leakage)},
+        "reload_gap_logret": gap,
+        "reload_tolerance": reload.tolerance,
         "protocol_hash": protocol_hash,
     }
     return Registration(version, promotion, bundle)

@@ -9,11 +9,11 @@ the daily refresh, monitors, deployment) asks here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import mlflow
 
+from cbi_platform.release.gates import version_failed_gates
 from cbi_platform.tracking import Tracker, registered_model_name
 
 CHAMPION = "champion"  # the MLflow alias of the serving version
@@ -90,16 +90,18 @@ class Serving:
 
 def serving_versions(tracker: Tracker, horizon: str) -> Serving:
     """The champion serves (and the challenger shadows it); with no champion, the newest version
-    serves, flagged provisional with the gates it failed. LookupError when nothing is
+    serves. Either is flagged provisional, with its gates, when it failed any gate, whoever
+    promoted it (a version with no champion above it always is). LookupError when nothing is
     registered."""
     name = registered_model_name(horizon)
     champion = champion_version(tracker, horizon)
     if champion is not None:
-        return Serving(champion, False, (), challenger_version(tracker, horizon))
+        failed = version_failed_gates(tracker.version_tags(name, champion))
+        return Serving(champion, bool(failed), failed, challenger_version(tracker, horizon))
     newest = tracker.latest_version(name)
     if newest is None:
         raise LookupError(
             f"{name}: no registered version to serve; train first (`make run` or `cbi run`)"
         )
-    failed = tuple(json.loads(tracker.version_tags(name, newest).get("failed_gates", "[]")))
-    return Serving(newest, True, failed, None)
+    failed = version_failed_gates(tracker.version_tags(name, newest))
+    return Serving(newest, True, failed or ("no version passed the promotion gates",), None)

@@ -52,7 +52,8 @@ def assemble_forecast(
 
     The stated probability is the one the band achieved on the series' past resolved
     forecasts (`past_pit`, their PIT values), with their number; the nominal level stays
-    beside it. A provisional forecast (no version passed the promotion gates) says so.
+    beside it. A provisional forecast (the served version failed a promotion gate, or could not
+    serve and a fallback does) says so, with the reasons.
     """
     target_date = zone.get("target_date") or _business_days_ahead(zone["origin"], horizon_days)
     calibrated = all(zone.get(k) is not None for k in ("p10", "p50", "p90", "lo90", "hi90"))
@@ -80,7 +81,8 @@ def assemble_forecast(
         )
     if provisional:
         statement = (
-            f"PROVISIONAL (no version passed the promotion gates: {'; '.join(failed_gates)}). "
+            f"PROVISIONAL (the served version failed the promotion gates or cannot serve: "
+            f"{'; '.join(failed_gates)}). "
             + statement
         )
     last = zone["origin"]

@@ -78,7 +78,7 @@ def member_shap(served: ServedModel, forecast: ServedForecast, origin: dt.date) 
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def _context_at(context: pl.DataFrame, day: dt.date) -> dict[str, Any]:
+def context_at(context: pl.DataFrame, day: dt.date) -> dict[str, Any]:
     ctx = context.rename({"date": "origin"}) if "date" in context.columns else context
     row = ctx.filter(pl.col("origin") == day)
     found = row.row(0, named=True) if row.height else {}
@@ -170,7 +170,7 @@ def serve_version(
     features = features.sort(DATE)
     with tempfile.TemporaryDirectory() as tmp:
         model = load_version(tracker, name, version, Path(tmp))
-    context_now = _context_at(context, features[DATE][-1])
+    context_now = context_at(context, features[DATE][-1])
     forecast = model.predict(features, None, context_now)
     gap = reproduction_gap(forecast.zone, live) if live is not None else None
     record = forecast_record(
@@ -194,3 +194,56 @@ def _finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+RANDOM_WALK_VERSION = "random_walk"  # the history's model_version when no version can serve
+RW_VOL_WINDOW = 252  # trading days of daily log returns behind the random walk's normal band
+RW_CDF_KNOTS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+
+
+def random_walk_record(
+    horizon: str,
+    closes: pl.DataFrame,
+    *,
+    regimes: pl.DataFrame,
+    regime_outlook: Mapping[str, float],
+    data_reference_date: dt.date,
+    reasons: tuple[str, ...] | list[str],
+) -> dict[str, Any]:
+    """The forecast record when no registered version can serve: no change from the last close,
+    with the random walk's normal band (trailing daily volatility x sqrt(h)), always provisional
+    with the reasons. `closes`: the target's (date, value) up to today."""
+    from scipy.stats import norm  # heavy: delayed (scipy.stats)
+
+    closes = closes.sort("date")
+    price = float(closes["value"][-1])
+    as_of = closes["date"][-1]
+    logs = np.log(closes["value"].to_numpy()[-(RW_VOL_WINDOW + 1) :])
+    sigma = float(np.std(np.diff(logs), ddof=1)) * math.sqrt(HORIZONS[horizon])
+    levels = {"lo90": 0.05, "p10": 0.10, "p30": 0.30, "p50": 0.50, "p70": 0.70, "p90": 0.90}
+    zone = {
+        "origin": as_of,
+        "target_date": None,
+        "price": price,
+        "forecast_logret": 0.0,
+        "forecast": price,
+        **{k: price * math.exp(float(norm.ppf(q)) * sigma) for k, q in levels.items()},
+        "hi90": price * math.exp(float(norm.ppf(0.95)) * sigma),
+        "cdf_logret": [float(norm.ppf(q)) * sigma for q in RW_CDF_KNOTS],
+        "cdf_prob": list(RW_CDF_KNOTS),
+        "combiner": RANDOM_WALK_VERSION,
+    }
+    regime = regimes.filter(pl.col("date") == as_of)["regime"]
+    return assemble_forecast(
+        zone,
+        horizon=horizon,
+        horizon_days=HORIZONS[horizon],
+        model_version=RANDOM_WALK_VERSION,
+        regime=regime[0] if regime.len() else None,
+        regime_outlook=regime_outlook,
+        drivers=["no drivers: the random walk serves (no change from the last close)"],
+        volatility=None,
+        data_reference_date=data_reference_date,
+        provisional=True,
+        failed_gates=tuple(reasons),
+    )

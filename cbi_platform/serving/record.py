@@ -75,7 +75,10 @@ class ForecastRecord:
         "the version this run registered (it may not serve)", added=True
     )
     provisional: bool = _field(
-        "no version passed the promotion gates", added=True, api=True, always=True
+        "the served version failed a promotion gate (or a fallback serves)",
+        added=True,
+        api=True,
+        always=True,
     )
     failed_gates: list[str] = _field(
         "the gates the served version failed",

@@ -26,6 +26,13 @@ def test_the_champion_serves_and_a_version_that_failed_is_provisional_only_witho
     assert serving_choice("1", None, REFUSED) == ("1", True, REFUSED.reasons)
 
 
+def test_a_hand_promoted_champion_that_failed_its_gates_serves_provisional():
+    # Issue 18: before, a champion that failed the coverage gate (promoted by hand or by the
+    # replay's start) was served with provisional False and no gates.
+    failed = ("90% coverage 0.600 on 5 independent outcomes: ...",)
+    assert serving_choice("3", "1", REFUSED, failed) == ("1", True, failed)
+
+
 def test_a_candidate_carries_its_mase_terms_per_scored_origin_and_its_tags_read_back():
     zones = pl.DataFrame(
         {
@@ -55,6 +62,7 @@ def test_a_candidate_carries_its_mase_terms_per_scored_origin_and_its_tags_read_
         "coverage90": "1.0",
         "leakage": json.dumps(leakage),
         "mase_terms": json.dumps(c.errors),
+        "coverage90_n_effective": "2",
     }
     assert candidate_from_tags("4", tags) == c
     assert candidate_from_tags("4", {}).leakage == {}  # an old version: gates will refuse it

@@ -48,14 +48,18 @@ def audit(tmp_path) -> AuditLog:
     return AuditLog(tmp_path / "ops" / "audit.duckdb")
 
 
-def register(tracker: Tracker, artifact, horizon: str, count: int) -> list[str]:
-    """`count` new versions of cbi-zl-<horizon>, as publish.py registers them."""
+def register(
+    tracker: Tracker, artifact, horizon: str, count: int, failed_gates: tuple[str, ...] = ()
+) -> list[str]:
+    """`count` new versions of cbi-zl-<horizon>, judged by the gates as registration judges
+    them (`failed_gates` tag)."""
+    name = registered_model_name(horizon)
     with tracker.run(f"forecasts[{horizon}]", {"cbi.test": "1"}) as run_id:
         tracker.log_artifact(run_id, artifact, "ensemble")
-        return [
-            tracker.register(run_id, "ensemble", registered_model_name(horizon))
-            for _ in range(count)
-        ]
+        made = [tracker.register(run_id, "ensemble", name) for _ in range(count)]
+    for version in made:
+        tracker.set_version_tags(name, version, {"failed_gates": json.dumps(list(failed_gates))})
+    return made
 
 
 def champion(tracker: Tracker, horizon: str) -> str | None:

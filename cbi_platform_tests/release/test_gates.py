@@ -18,7 +18,12 @@ def _errors(values, start=0):
 
 
 def _candidate(version, errors, **kw):
-    fields = {"mase": float(np.mean(list(errors.values()))), "coverage90": 0.9, "leakage": PASSED}
+    fields = {
+        "mase": float(np.mean(list(errors.values()))),
+        "coverage90": 0.9,
+        "leakage": PASSED,
+        "coverage90_n_effective": 60,
+    }
     return Candidate(version, errors=errors, **{**fields, **kw})
 
 
@@ -58,7 +63,7 @@ def test_a_missing_leakage_evaluation_counts_as_not_passed():
 def test_coverage_off_nominal_refuses_on_its_own():
     decision = decide(_candidate("1", _errors(CHAMPION_ERRORS), coverage90=0.80), None, **ONE_MONTH)
     assert not decision.promote and len(decision.reasons) == 1
-    assert "90% coverage 0.800" in decision.reasons[0]
+    assert "90% coverage 0.800 on 60 independent outcomes" in decision.reasons[0]
 
 
 def test_undefined_mase_refuses_on_its_own():
@@ -117,3 +122,27 @@ def test_only_common_origins_count_and_too_few_refuse():
         "only 5 origins scored by both challenger v3 and champion v1 (need 10): "
         "they cannot be compared",
     )
+
+
+def test_the_coverage_gate_judges_against_the_interval_of_the_independent_outcomes():
+    from cbi_platform.release.gates import coverage_failure
+
+    # 12m on a 60-origin scored window: about 5 independent outcomes. 4 of 5 covered says
+    # nothing against 90% (the old fixed band |cov - 0.90| <= 0.05 refused it); 3 of 5 does.
+    assert coverage_failure(0.80, 5) is None
+    assert "excludes 0.90" in coverage_failure(0.60, 5)
+    # 60 independent outcomes (1w): 0.80 is evidence of undercoverage, 0.85 is not.
+    assert "excludes 0.90" in coverage_failure(0.80, 60)
+    assert coverage_failure(0.85, 60) is None
+    assert coverage_failure(1.0, 60) is not None  # overcovering is off nominal too
+    # No count of independent outcomes (an old version's tags): it cannot be judged.
+    assert "cannot be judged" in coverage_failure(0.90, None)
+    assert coverage_failure(float("nan"), 10) == "90% coverage undefined"
+
+
+def test_a_version_never_judged_counts_as_failing():
+    from cbi_platform.release.gates import NOT_JUDGED, version_failed_gates
+
+    assert version_failed_gates({}) == (NOT_JUDGED,)
+    assert version_failed_gates({"failed_gates": "[]"}) == ()
+    assert version_failed_gates({"failed_gates": '["MASE undefined"]'}) == ("MASE undefined",)

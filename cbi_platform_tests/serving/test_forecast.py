@@ -163,7 +163,9 @@ def test_a_provisional_forecast_says_so_with_its_failing_gates():
     assert rec["provisional"] and rec["failed_gates"] == [
         "90% coverage 0.700 is not within 5% of 0.90"
     ]
-    assert rec["statement"].startswith("PROVISIONAL (no version passed the promotion gates: 90%")
+    assert rec["statement"].startswith(
+        "PROVISIONAL (the served version failed the promotion gates or cannot serve: 90%"
+    )
 
 
 OLD_DDL = """

@@ -144,7 +144,8 @@ def registered_version(
     kinds={"polars", "duckdb", "mlflow"},
     description="Latest forecast per horizon from the served (champion) version: price level, "
     "P10..P90, 90% band, achieved-probability statement, regime, drivers, volatility, data "
-    "freshness; provisional when no version passed promotion; appended to the history.",
+    "freshness; provisional when the served version failed a promotion gate; appended to the "
+    "history.",
 )
 def forecasts(
     context: dg.AssetExecutionContext,

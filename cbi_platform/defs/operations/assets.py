@@ -17,6 +17,7 @@ from cbi_platform.defs.resources import (
 from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS, news_input
 from cbi_platform.operations import daily
 from cbi_platform.operations.validation import validation_plot
+from cbi_platform.release.reproduction import served_reference_predictions
 from cbi_platform.release.shadow import shadow_review
 from cbi_platform.reporting import markdown_table
 from cbi_platform.results_sink import mirror_validation
@@ -120,6 +121,8 @@ def live_forecasts(
         perturb=operations.perturbation(tracker),
     )
     inserted = forecast_store.store().append(result.rows)
+    if result.conditions:  # a served version that does not reproduce on reload
+        operations.conditions().record(result.conditions, context.run.run_id)
     for h in result.horizons:
         context.log.info(
             f"{h.horizon}: v{h.serving.served}{' (provisional)' if h.serving.provisional else ''}"
@@ -211,17 +214,23 @@ def forecast_validation(
 def drift_metrics(
     context: dg.AssetExecutionContext,
     live_features: pl.DataFrame,
-    ensemble_predictions: pl.DataFrame,
     market_source: MarketSourceResource,
     mlflow: MlflowResource,
     forecast_store: ForecastStoreResource,
     operations: OperationsResource,
+    home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
-    trained_through = daily.trained_through(mlflow.tracker(), operations.horizons)
+    tracker = mlflow.tracker()
+    trained_through = daily.trained_through(tracker, operations.horizons)
+    # The served version's own walk-forward forecasts (not the newest ensemble_predictions,
+    # which after an unpromoted retrain are the challenger's).
+    reference = served_reference_predictions(
+        tracker, operations.horizons, home.folder("model_cache")
+    )
     report = daily.drift_report(
         live_features,
         forecast_store.store().history(),
-        ensemble_predictions,
+        reference,
         trained_through,
         as_of=market_source.reference_date(),
         config=operations.config(),
