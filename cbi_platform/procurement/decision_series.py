@@ -12,6 +12,12 @@ the close of d, from the walk-forward state at the latest origin o <= d:
   (only where the ensemble at o is not the random walk itself: a random-walk state needs no
   member, and forecasts today's close).
 
+On each origin day of a state with members, every member the ensemble uses is checked against
+its own walk-forward forecast at that origin (`check_members_reproduce`: 1e-9 in log return for
+float64 members, a stated tolerance for networks), then the ensemble's forecast: the rebuilt
+ensemble state alone shares its inputs with the walk-forward (the OOF table), so only the
+members' refits can show that the served path reproduces the walk-forward's models.
+
 Each day is then forecast through `ServedModel.predict`, the load-and-predict path the served
 versions use, on that day's features and the closes up to it (`predict_days`: a sequence member
 runs once over the days a state serves, each day's forecast from the window ending that day, as
@@ -51,12 +57,59 @@ from cbi_platform.serving.calibration import CalibrationState
 from cbi_platform.serving.registry import ServedModel
 from cbi_platform.settings import ENSEMBLE, RANDOM_WALK
 
+# Each member's forecast on its origin day against its own walk-forward (OOF) forecast there:
+# the member fitted at its `fitted_at` on the rows known then, fed the origin's row (the same
+# model and input as the walk-forward), so a float64 member reproduces it to rounding.
 REPRODUCTION_TOLERANCE = 1e-9
-# The daily forecast at an origin against the walk-forward's: network members compute in float32,
-# and the same window in a batch of a different size rounds differently (float32: ~1e-7
-# relative).
-# 1e-6 in log return is 0.0001% of the price.
-DAILY_REPRODUCTION_TOLERANCE = 1e-6
+# Networks compute in float32: the daily path runs a network once over a block of days, the
+# walk-forward over one window, and a batch of another size rounds differently (float32 keeps
+# ~1e-7 of the standardised output; times the target's std, well under 1 in log return). 1e-6 in
+# log return is 0.0001% of the price.
+NETWORK_REPRODUCTION_TOLERANCE = 1e-6
+# Under the mixed_float16 policy (CUDA) the hidden activations are float16 (unit roundoff
+# ~4.9e-4): a few roundings of the standardised output times the target's std (<~0.3 at 12m)
+# stay under 1e-3 in log return (0.1% of the price). Derived, not measured: CPU runs use float32.
+MIXED_PRECISION_REPRODUCTION_TOLERANCE = 1e-3
+
+
+def member_tolerance(model: Any) -> float:
+    """The reproduction tolerance (log return) for one member: by the precision its network was
+    fitted in (`NeuralModel.precision`), float64 otherwise."""
+    precision = getattr(model, "precision", None)
+    if precision is None:
+        return REPRODUCTION_TOLERANCE
+    if precision == "mixed_float16":
+        return MIXED_PRECISION_REPRODUCTION_TOLERANCE
+    return NETWORK_REPRODUCTION_TOLERANCE
+
+
+def check_members_reproduce(
+    horizon: str,
+    origin: dt.date,
+    members: Mapping[str, Any],
+    forecasts: Mapping[str, float],
+    oof_forecasts: Mapping[tuple[str, dt.date], float | None],
+) -> float:
+    """Each member's forecast at `origin` against its own walk-forward forecast there; raises
+    ValueError naming the horizon, origin, member and gap. Returns the ensemble's tolerance (the
+    loosest of its members')."""
+    loosest = REPRODUCTION_TOLERANCE
+    for name, got in forecasts.items():
+        expected = oof_forecasts.get((name, origin))
+        missing_got = got is None or not math.isfinite(got)
+        missing_expected = expected is None or not math.isfinite(expected)
+        if missing_got and missing_expected:
+            continue  # not fitted yet at this origin, on both sides
+        tolerance = member_tolerance(members.get(name))
+        loosest = max(loosest, tolerance)
+        gap = math.inf if missing_got or missing_expected else abs(got - expected)
+        if not gap <= tolerance:
+            raise ValueError(
+                f"{horizon}: member {name} at origin {origin} forecast a log return of {got!r}, "
+                f"its walk-forward forecast there is {expected!r}: gap {gap:.3g} > "
+                f"{tolerance:g} (the refit does not reproduce the walk-forward's model)"
+            )
+    return loosest
 
 
 @dataclass
@@ -205,6 +258,9 @@ def build_decision_series(
     schedule = RefitSchedule(
         oof_h, specs if specs is not None else horizon_run.zoo_specs(horizon), cfg.fit_cache
     )
+    oof_forecasts = {
+        (m, o): f for m, o, f in oof_h.select("model", "origin", "forecast_logret").iter_rows()
+    }
     rw_model = None
     rows: list[dict[str, Any]] = []
     horizon_days = HORIZONS[horizon]
@@ -232,7 +288,8 @@ def build_decision_series(
             schedule,
             stats,
         )
-        if served.ensemble.combiner == RANDOM_WALK and not served.members:
+        rw_state = served.ensemble.combiner == RANDOM_WALK and not served.members
+        if rw_state:  # no member refitted: nothing of its own to reproduce
             rw_model = rw_model or _random_walk_model(horizon).fit(_rw_fit_data(horizon))
             served.members = {RANDOM_WALK: rw_model}
         stats.states += 1
@@ -248,16 +305,22 @@ def build_decision_series(
         for j, out in zip(range(i, end + 1), forecasts, strict=True):
             day = dates[j]
             zone = out.zone
-            if day == origin and not math.isclose(
-                zone["forecast_logret"],
-                served.ensemble.forecast_logret,
-                abs_tol=DAILY_REPRODUCTION_TOLERANCE,
-            ):
-                raise ValueError(
-                    f"{horizon}: the daily forecast at origin {origin} "
-                    f"({zone['forecast_logret']:.6g}) does not reproduce the walk-forward "
-                    f"ensemble ({served.ensemble.forecast_logret:.6g})"
-                )
+            if day == origin:
+                # Each refitted member against its own OOF forecast, then the ensemble.
+                tolerance = REPRODUCTION_TOLERANCE
+                if not rw_state:
+                    tolerance = check_members_reproduce(
+                        horizon, origin, served.members, out.member_logrets, oof_forecasts
+                    )
+                if not math.isclose(
+                    zone["forecast_logret"], served.ensemble.forecast_logret, abs_tol=tolerance
+                ):
+                    raise ValueError(
+                        f"{horizon}: the daily forecast at origin {origin} "
+                        f"({zone['forecast_logret']:.6g}) does not reproduce the walk-forward "
+                        f"ensemble ({served.ensemble.forecast_logret:.6g}; tolerance "
+                        f"{tolerance:g})"
+                    )
             rows.append(
                 {
                     "date": day,

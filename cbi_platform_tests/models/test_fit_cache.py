@@ -73,3 +73,44 @@ def test_later_steps_reuse_the_walk_forward_fits(tmp_path, monkeypatch):
     # Without the cache the same call fits again.
     horizon_run.fit_final_models(frame, regimes, "1w", [spec])
     assert fits == [1]
+
+
+def test_a_change_to_the_code_that_fits_or_its_runtime_is_a_miss(tmp_path, monkeypatch):
+    """The key covers the code that fits, not only its inputs: after a builder default, the
+    fitting code's source, a library version or the precision policy changes, the old entry is
+    not served."""
+    from cbi_platform.models import fit_cache, neural
+
+    data = _data()
+    cache = FitCache(tmp_path)
+    cache.fit(GRU, data, build_model)
+    cache.fit(GRU, data, build_model)
+    assert (cache.misses, cache.hits) == (1, 1)  # unchanged code: a hit
+    code, key = fit_cache.fit_code_version(), fit_key(GRU, data)
+
+    # A builder default (the fewest training rows that get a validation slice): a miss.
+    monkeypatch.setattr(neural, "MIN_VALIDATION_ROWS", neural.MIN_VALIDATION_ROWS + 1)
+    assert fit_cache.fit_code_version() != code
+    cache.fit(GRU, data, build_model)
+    assert (cache.misses, cache.hits) == (2, 1)
+    monkeypatch.undo()
+    assert fit_key(GRU, data) == key
+
+    # A default written in a fitting module's file (say patience=3 in the builder): an edit of
+    # the file is another code version.
+    module = tmp_path / "fitting_module_for_test.py"
+    module.write_text("def build(spec):\n    return {'patience': 3}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fit_cache, "FIT_MODULES", (*fit_cache.FIT_MODULES, module.stem))
+    before = fit_cache.fit_code_version()
+    module.write_text("def build(spec):\n    return {'patience': 4}\n")
+    assert fit_cache.fit_code_version() != before
+    monkeypatch.undo()
+    # The library versions and the precision policy: other keys.
+    monkeypatch.setattr(fit_cache, "_library_version", lambda name: "0.0.0")
+    assert fit_key(GRU, data) != key
+    monkeypatch.undo()
+    monkeypatch.setenv("CBI_NEURAL_PRECISION", "mixed_float16")
+    assert fit_key(GRU, data) != key
+    monkeypatch.undo()
+    assert fit_key(GRU, data) == key

@@ -36,6 +36,8 @@ from cbi_platform_tests.defs.test_model_assets import SMALL
 
 pytestmark = pytest.mark.slow
 H = "1m"
+# Columns that hold what happened at a row's target date (unknown before it).
+OUTCOME_COLUMNS = ("actual", "target_price", "target_logret")
 
 
 def _run(resources, instance, selection, partition=None):
@@ -138,10 +140,32 @@ def test_a_day_of_the_series_does_not_change_when_everything_after_it_is_cut(tra
     day = series.filter(pl.col("date") > scored[len(scored) // 2])["date"][3]  # between origins
 
     def cut(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-        return frame.filter(pl.col(column) <= day)
+        """Rows up to the day, and on them no outcome that resolves after it: a target (and
+        the actual close at it) dated after the day is not known on the day."""
+        kept = frame.filter(pl.col(column) <= day)
+        if "target_date" not in kept.columns:
+            return kept
+        unresolved = pl.col("target_date").is_null() | (pl.col("target_date") > day)
+        return kept.with_columns(
+            pl.when(unresolved).then(None).otherwise(pl.col(c)).alias(c)
+            for c in OUTCOME_COLUMNS
+            if c in kept.columns
+        )
 
+    # The cut bites: each table with targets holds outcomes after the day that it nulls.
+    for name, column in (
+        ("features", "date"),
+        ("oof_predictions", "origin"),
+        ("target_zones", "origin"),
+    ):
+        late = t[name].filter((pl.col(column) <= day) & (pl.col("target_date") > day))
+        outcomes = [c for c in OUTCOME_COLUMNS if c in late.columns]
+        assert (
+            outcomes and late.select(pl.any_horizontal(pl.col(outcomes).is_not_null()).any()).item()
+        ), name
     # Features, regimes and closes truncated at the day; walk-forward tables cut at their
-    # origins (their rows at an origin only use what was known there, which the OOF gates test).
+    # origins (their rows at an origin only use what was known there, which the OOF gates test),
+    # with every outcome that resolves after the day nulled.
     again, _ = build_decision_series(
         cut(t["features"], "date"),
         cut(t["oof_predictions"], "origin"),
@@ -197,6 +221,59 @@ def test_members_refitted_for_a_state_reproduce_the_walk_forward_forecasts(train
             if f is not None
         }
     )
+
+
+def test_a_member_refit_off_by_1e_7_stops_the_build(trained, monkeypatch):
+    """On each origin day the series checks every member the ensemble uses against its own
+    walk-forward forecast (1e-9 in log return for float64 members). A refit 1e-7 off, which the
+    ensemble-level check (1e-6, and weighted) lets through, raises and names the member."""
+    from cbi_platform.models.registry import build_model
+
+    t = trained["tables"]
+    ens = t["ensemble_predictions"].filter(pl.col("horizon") == H).sort("origin")
+    weights = t["ensemble_weights"].filter(
+        (pl.col("horizon") == H) & (pl.col("model") != "random_walk") & (pl.col("weight") != 0)
+    )
+    origins = ens["origin"].to_list()
+    # On this small run the scored states are all the random walk; development ones are not.
+    fitted = [o for o in origins[:-1] if o in set(weights["origin"].to_list())]
+    assert fitted, "no origin where the ensemble uses a member: nothing to perturb"
+    origin = fitted[-1]
+    next_origin = origins[origins.index(origin) + 1]
+    specs = horizon_run.zoo_specs(H, tuple(SMALL.model_kinds))
+    by_name = {s.name: s for s in specs}
+    member = weights.filter(pl.col("origin") == origin).sort("weight", descending=True)["model"][0]
+    ctx, _ = horizon_context(H, t["detected_regimes"], t["volatility_forecasts"])
+
+    def build():
+        return build_decision_series(
+            t["features"].filter(pl.col("date") < next_origin),  # the one state's days
+            t["oof_predictions"],
+            ens,
+            t["ensemble_weights"],
+            t["target_zones"],
+            t["detected_regimes"],
+            ctx,
+            H,
+            horizon_run.ProtocolConfig(protocol=SMALL.protocol(), n_workers=1),
+            start=origin,
+            specs=specs,
+        )
+
+    series, stats = build()  # unperturbed: every member reproduces
+    assert stats.fitted_states == 1 and series["date"][0] == origin
+    expected = ens.filter(pl.col("origin") == origin)["forecast"][0]
+    assert series["forecast"][0] == pytest.approx(expected, rel=1e-9)
+
+    model_class = type(build_model(by_name[member]))
+    original = model_class.predict
+    monkeypatch.setattr(
+        model_class,
+        "predict",
+        lambda self, X, prices: np.asarray(original(self, X, prices), float) + 1e-7,
+    )
+    with pytest.raises(ValueError, match=f"{H}: member .* at origin {origin}.* gap 1e-07"):
+        build()
 
 
 def test_a_planted_look_ahead_is_caught_by_the_skill_alarm_and_the_backtest_alarm(trained):
