@@ -10,6 +10,7 @@ import dagster as dg
 
 from cbi_platform.defs.deploy.assets import vertex_deployment
 from cbi_platform.defs.ensemble.assets import ensemble, target_zones
+from cbi_platform.defs.ensemble.checks import ensemble_checks
 from cbi_platform.defs.evaluation.assets import model_leaderboard
 from cbi_platform.defs.features.assets import features
 from cbi_platform.defs.features.checks import feature_checks
@@ -62,7 +63,14 @@ ALL_ASSETS = [
     procurement_recommendation,
     vertex_deployment,
 ]
-ALL_CHECKS = [*market_checks, *regime_checks, *feature_checks, *model_checks, *OPERATIONS_CHECKS]
+ALL_CHECKS = [
+    *market_checks,
+    *regime_checks,
+    *feature_checks,
+    *model_checks,
+    *ensemble_checks,
+    *OPERATIONS_CHECKS,
+]
 
 MARKET = dg.AssetSelection.groups("market")
 # News scoring runs in the pipeline (once per run, and in the daily refresh) only when

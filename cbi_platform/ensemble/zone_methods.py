@@ -21,6 +21,14 @@ Methods (log-return space; f_t = forecast_logret at t, h = horizon in trading da
   drift is removed, the forecast supplies the centre).
 - history_vol: the same with r_s standardised by a point-in-time EWMA volatility at s (one-day
   returns up to s, half-life max(10, h) days) and rescaled by the EWMA volatility at t.
+- history_vol_mr: history_vol with a mean-reverting volatility term structure (issue 18 §6,
+  the repair candidate): both the standardising vol at s and the rescaling vol at t are the
+  expected mean one-day vol over the next h days, sqrt(L + (v - L) * g(h)), where v is the
+  EWMA variance (as history_vol), L the long-run variance (mean squared one-day return of all
+  history up to that day) and g(h) = (1 - phi^h) / (h (1 - phi)) with phi = 0.5^(1/63): a
+  deviation of today's variance from the long run halves in a quarter (63 trading days), fixed
+  before any number of this method was computed. g is ~0.98 at 1w and ~0.34 at 12m, so the
+  1w band is almost history_vol's and the long-horizon band leans on the long-run vol.
 - rw_normal: the anchor: sigma of all one-day log returns up to t (ddof 1) * sqrt(h), normal
   quantiles, centred on f_t.
 - cqr: conformalised quantile regression (Romano et al. 2019): LightGBM quantile models
@@ -30,6 +38,15 @@ Methods (log-return space; f_t = forecast_logret at t, h = horizon in trading da
   Centred on its own median, not on f_t. Cost on the real ZL (161 origins, ~4,000 rows, 2
   shared cores): ~15-17 s per horizon against < 1.5 s for every other method, so it is over
   the pipeline's budget of a few seconds per horizon: a benchmark candidate.
+
+Repair rule for history_vol at long horizons (issue 18 §6), written before any number of
+history_vol_mr was computed, on the development window only: on the real ZL cut to its last
+3,000 rows (`benchmarks/zone_repair.py`), history_vol_mr replaces history_vol as the protocol's
+zone method only if (a) its mean interval score over the 80% and 90% bands, averaged over 3m,
+6m and 12m, is lower than history_vol's by more than 1% (the selection rule's tie tolerance),
+and (b) at 1w and at 1m its mean interval score is not more than 1% worse. The interval score
+judges, so that width cannot buy coverage. Otherwise history_vol stays and the repair is
+reported as a candidate. The scored window is computed after the decision and only reported.
 
 Probabilities: every method's CDF knots pass through its zone quantiles at their nominal
 probabilities (0.05, 0.10, 0.30, 0.50, 0.70, 0.90, 0.95), so probability statements agree with
@@ -56,6 +73,7 @@ from cbi_platform.ensemble.conformal import (
     _attach_context,
     _independent_outcomes,
     conformal_zones,
+    coverage_interval,
 )
 from cbi_platform.ensemble.scoring_rules import interval_score, pinball_loss
 from cbi_platform.features.contract import horizon_frame
@@ -63,13 +81,19 @@ from cbi_platform.settings import horizon_days
 
 SPLIT, SPLIT_VOL, ACI = "split", "split_vol", "aci"
 HISTORY, HISTORY_VOL, RW_NORMAL, CQR = "history", "history_vol", "rw_normal", "cqr"
+HISTORY_VOL_MR = "history_vol_mr"
 METHODS = (SPLIT, SPLIT_VOL, ACI, HISTORY, HISTORY_VOL, RW_NORMAL, CQR)
+# Repair candidates: built by target_zones, but not among the methods the pre-registered
+# selection (benchmarks/zones.py) chooses from; only their own rule can adopt them.
+CANDIDATE_METHODS = (HISTORY_VOL_MR,)
 METHOD_NOTES = (
     "split = conformal_zones today; split_vol = split always vol-scaled (GARCH vol forecast); "
     "aci = adaptive conformal on split, gamma 0.02, delayed feedback (outcomes count once "
     "resolved); history = all past h-day log returns (every trading day), demeaned, centred "
     "on the forecast; history_vol = the same standardised by a point-in-time EWMA vol "
-    "(half-life max(10, h) days) and rescaled by the vol at the origin; rw_normal = normal "
+    "(half-life max(10, h) days) and rescaled by the vol at the origin; history_vol_mr = "
+    "history_vol with both vols replaced by the expected mean vol over the horizon (deviations "
+    "from the long-run vol halve in 63 days); rw_normal = normal "
     "band, sigma of all past daily returns x sqrt(h), centred on the forecast; cqr = LightGBM "
     "quantile regression (7 alphas, 100 trees) refit every 10 origins, conformalised per level "
     "on resolved CQR scores"
@@ -91,6 +115,7 @@ class ZoneConfig:
     min_daily_returns: int = 60  # one-day returns needed by rw_normal
     ewma_min_halflife: int = 10  # history_vol: EWMA half-life max(this, h) trading days
     ewma_warmup: int = 20  # first returns that seed the EWMA variance
+    vol_reversion_halflife: int = 63  # history_vol_mr: days for a vol deviation to halve
     cqr_alphas: tuple[float, ...] = (0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95)
     cqr_refit_every: int = 10  # origins between LightGBM refits (~256 trading days)
     cqr_trees: int = 100
@@ -222,7 +247,19 @@ def _origin_index(days: np.ndarray, frame: pl.DataFrame) -> np.ndarray:
 # ----------------------------------------------------------------------------- methods
 
 
-def _history_rows(frame, h, history, cfg: ZoneConfig, vol_scaled: bool) -> _Rows:
+def _term_structure(var: np.ndarray, daily: np.ndarray, h: int, cfg: ZoneConfig) -> np.ndarray:
+    """Expected mean one-day variance over the next h days at each row: the long-run variance
+    (mean squared one-day return up to the row) plus the EWMA variance's deviation from it,
+    decaying with a half-life of `vol_reversion_halflife` days (history_vol_mr)."""
+    phi = 0.5 ** (1.0 / cfg.vol_reversion_halflife)
+    g = (1 - phi**h) / (h * (1 - phi))
+    sq = np.concatenate([[np.nan], np.cumsum(daily**2) / np.arange(1, len(daily) + 1)])
+    return sq + (var - sq) * g
+
+
+def _history_rows(
+    frame, h, history, cfg: ZoneConfig, vol_scaled: bool, mean_reverting: bool = False
+) -> _Rows:
     days, logp = _history_arrays(history)
     _, f, _ = _logret(frame)
     k = _origin_index(days, frame)
@@ -237,6 +274,8 @@ def _history_rows(frame, h, history, cfg: ZoneConfig, vol_scaled: bool) -> _Rows
             var[w] = np.mean(daily[:w] ** 2)
             for j in range(w + 1, len(logp)):
                 var[j] = lam * var[j - 1] + (1 - lam) * daily[j - 1] ** 2
+        if mean_reverting:
+            var = _term_structure(var, daily, h, cfg)
         sigma = np.sqrt(var)  # sigma[s]: one-day vol from returns up to row s
         with np.errstate(invalid="ignore"):
             z = r / sigma[: len(r)]
@@ -447,8 +486,10 @@ def target_zones(
     history_vol, rw_normal); `features`: the horizon's feature-contract frame, or a dict of them
     by horizon (cqr); `context`: regime and vol forecast per origin (split, split_vol, aci)."""
     cfg = config or ZoneConfig()
-    if method not in METHODS:
-        raise ValueError(f"unknown zone method {method!r}; choose from {METHODS}")
+    if method not in METHODS + CANDIDATE_METHODS:
+        raise ValueError(
+            f"unknown zone method {method!r}; choose from {METHODS + CANDIDATE_METHODS}"
+        )
     required = ("horizon", "model", "origin", "target_date", "price", "actual", "forecast_logret")
     missing = [c for c in required if c not in forecasts.columns]
     if missing:
@@ -479,8 +520,15 @@ def target_zones(
     for (horizon, _), part in frame.group_by(["horizon", "model"], maintain_order=True):
         part = part.sort("origin")
         h = _horizon_days(part, horizon)
-        if method in (HISTORY, HISTORY_VOL):
-            rows = _history_rows(part, h, history, cfg, vol_scaled=method == HISTORY_VOL)
+        if method in (HISTORY, HISTORY_VOL, HISTORY_VOL_MR):
+            rows = _history_rows(
+                part,
+                h,
+                history,
+                cfg,
+                vol_scaled=method != HISTORY,
+                mean_reverting=method == HISTORY_VOL_MR,
+            )
         elif method == RW_NORMAL:
             rows = _rw_normal_rows(part, h, history, cfg)
         else:
@@ -498,7 +546,8 @@ def zone_scores(zones: pl.DataFrame, roles: Iterable[str] | None = ("scored",)) 
     if None) with a known actual and a zone: n, effective independent n, coverage 40/80/90,
     mean widths, the 80% and 90% interval (Winkler) scores and their mean, and the mean pinball
     loss over P10/P30/P50/P70/P90, all in % of the origin price; `coverage_error` = mean
-    |coverage - nominal| over the 80% and 90% bands."""
+    |coverage - nominal| over the 80% and 90% bands. `coverage80_lo/hi` and `coverage90_lo/hi`:
+    the 95% interval of each coverage on the effective sample size (`coverage_interval`)."""
     frame = zones.filter(pl.col("actual").is_not_null() & pl.col("p10").is_not_null())
     if roles is not None and "role" in frame.columns:
         frame = frame.filter(pl.col("role").is_in(list(roles)))
@@ -514,16 +563,19 @@ def zone_scores(zones: pl.DataFrame, roles: Iterable[str] | None = ("scored",)) 
         s80 = interval_score(a, z["p10"], z["p90"], 0.2, price=p)
         s90 = interval_score(a, z["lo90"], z["hi90"], 0.1, price=p)
         quantiles = np.column_stack([z[c] for c in ("p10", "p30", "p50", "p70", "p90")])
+        n_eff = _independent_outcomes(part["origin"].to_list(), part["target_date"].to_list())
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
                 "n": part.height,
-                "n_effective": _independent_outcomes(
-                    part["origin"].to_list(), part["target_date"].to_list()
-                ),
+                "n_effective": n_eff,
                 "coverage40": cov[40],
                 "coverage80": cov[80],
+                "coverage80_lo": coverage_interval(cov[80], n_eff)[0],
+                "coverage80_hi": coverage_interval(cov[80], n_eff)[1],
                 "coverage90": cov[90],
+                "coverage90_lo": coverage_interval(cov[90], n_eff)[0],
+                "coverage90_hi": coverage_interval(cov[90], n_eff)[1],
                 "coverage_error": (abs(cov[80] - 0.8) + abs(cov[90] - 0.9)) / 2,
                 "width80_pct": float(np.mean((z["p90"] - z["p10"]) / p) * 100),
                 "width90_pct": float(np.mean((z["hi90"] - z["lo90"]) / p) * 100),

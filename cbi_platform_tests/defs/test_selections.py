@@ -15,12 +15,16 @@ from cbi_platform.runner import plan_stages
 MARKET = {"raw_market_prices", "news_articles", "market_prices"}
 # News scoring runs only when sentiment.yaml puts news in some horizon's features.
 NEWS_KEYS = {"news_sentiment"} if SENTIMENT_IN_FEATURES else set()
-SHARED = MARKET | NEWS_KEYS | {
-    "regime_calendar",
-    "detected_regimes",
-    "volatility_forecasts",
-    "neural_volatility",
-}
+SHARED = (
+    MARKET
+    | NEWS_KEYS
+    | {
+        "regime_calendar",
+        "detected_regimes",
+        "volatility_forecasts",
+        "neural_volatility",
+    }
+)
 RANGE = {"features", "regime_datasets", "oof_statistical"}
 MEMBERS = RANGE | {
     "oof_benchmarks",
@@ -77,6 +81,7 @@ FEATURE_CHECKS = {
     )
 }
 MODEL_CHECKS = {"oof_predictions:oof_predictions_monotone"}
+ENSEMBLE_CHECKS = {"target_zones:target_zones_sanity"}  # WARN: the live band's width
 # The operating monitors: in the daily loop and the jobs, not in `cbi run`'s training stages.
 MONITOR_CHECKS = {
     "market_prices:market_prices_fresh",
@@ -87,7 +92,7 @@ MONITOR_CHECKS = {
 DECISION_CHECKS = {"decision_forecasts:decision_forecasts_point_in_time"}
 BACKTEST_CHECKS = {"procurement_backtest:procurement_no_lookahead"}
 SHARED_CHECKS = MARKET_CHECKS | REGIME_CHECKS
-HORIZON_CHECKS = FEATURE_CHECKS | MODEL_CHECKS
+HORIZON_CHECKS = FEATURE_CHECKS | MODEL_CHECKS | ENSEMBLE_CHECKS
 REFRESH_CHECKS = MARKET_CHECKS | MONITOR_CHECKS
 
 
@@ -125,7 +130,7 @@ def test_make_run_stages_run_in_order_with_exactly_their_assets_and_checks(graph
         ("market data", None, (SHARED, SHARED_CHECKS)),
         ("features + statistical members, 1w..12m", None, (RANGE, FEATURE_CHECKS)),
         *[(f"members {h}", h, members_after_range) for h in HORIZON_KEYS],
-        *[(f"ensemble + forecasts {h}", h, (FORECAST, set())) for h in HORIZON_KEYS],
+        *[(f"ensemble + forecasts {h}", h, (FORECAST, ENSEMBLE_CHECKS)) for h in HORIZON_KEYS],
         ("decision forecasts 1m", "1m", (DECISION, DECISION_CHECKS)),
         ("decision forecasts 3m", "3m", (DECISION, DECISION_CHECKS)),
         ("procurement backtest", None, (BACKTEST, BACKTEST_CHECKS)),
@@ -144,8 +149,8 @@ def test_one_horizon_runs_its_whole_member_stage_without_a_range_run(graph):
     got = [(s.label, s.partition, _resolved(s.selection, graph)) for s in stages]
     assert got == [
         ("market data", None, (SHARED, SHARED_CHECKS)),
-        ("members 3m", "3m", (MEMBERS, HORIZON_CHECKS)),
-        ("ensemble + forecasts 3m", "3m", (FORECAST, set())),
+        ("members 3m", "3m", (MEMBERS, FEATURE_CHECKS | MODEL_CHECKS)),
+        ("ensemble + forecasts 3m", "3m", (FORECAST, ENSEMBLE_CHECKS)),
     ]
 
 

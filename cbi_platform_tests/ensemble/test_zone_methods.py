@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cbi_platform.ensemble.conformal import ZONE_COLUMNS, probability_between
+from cbi_platform.ensemble.conformal import ZONE_COLUMNS, coverage_interval, probability_between
 from cbi_platform.ensemble.scoring_rules import interval_score, pinball_loss
 from cbi_platform.ensemble.zone_methods import (
+    CANDIDATE_METHODS,
     METHODS,
     ZoneConfig,
     choose_zone_method,
@@ -99,7 +100,7 @@ def walk_forward_pair():
     return base, make_data(changed, step=3, horizon="1m"), base["history"]["date"][600]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + CANDIDATE_METHODS)
 def test_zones_are_walk_forward(method, walk_forward_pair):
     base, changed, cutoff = walk_forward_pair
     a, b = zones_for(base, method), zones_for(changed, method)
@@ -122,10 +123,11 @@ def gaussian():
 def gaussian_zones(gaussian):
     # no vol context (only split_vol needs it): split stays pooled, and the file stays fast
     plain = {**gaussian, "context": None}
-    return {m: zones_for(gaussian if m == "split_vol" else plain, m) for m in METHODS}
+    every = METHODS + CANDIDATE_METHODS
+    return {m: zones_for(gaussian if m == "split_vol" else plain, m) for m in every}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + CANDIDATE_METHODS)
 def test_zones_are_ordered_and_probabilities_agree(method, gaussian_zones):
     zones = gaussian_zones[method].filter(pl.col("p10").is_not_null())
     assert zones.height > 100
@@ -238,6 +240,33 @@ def test_zone_scores_hand_computed():
     assert everything["n"] == 4
 
 
+def test_zone_scores_interval_uses_the_effective_sample_size():
+    """Coverage intervals count non-overlapping target windows, not rows: 20 daily origins
+    with 10-day targets are 2 independent outcomes, so the interval is far wider than on 20."""
+    origins = pl.date_range(pl.date(2020, 1, 1), pl.date(2020, 1, 20), eager=True)
+    base = {
+        "horizon": "1m",
+        "model": "ensemble",
+        "origin": origins,
+        "role": "scored",
+        "price": 100.0,
+        "actual": [100.0] * 18 + [150.0] * 2,
+        **{
+            c: [float(v)] * 20
+            for c, v in zip(ZONE_COLUMNS, (90, 92, 98, 100, 102, 108, 110), strict=True)
+        },
+    }
+    apart = zone_scores(pl.DataFrame({**base, "target_date": origins}))  # no overlap
+    shared = zone_scores(pl.DataFrame({**base, "target_date": origins.dt.offset_by("10d")}))
+    a, s = apart.row(0, named=True), shared.row(0, named=True)
+    assert a["coverage90"] == s["coverage90"] == pytest.approx(0.9)
+    assert (a["n_effective"], s["n_effective"]) == (20, 2)
+    assert (a["coverage90_lo"], a["coverage90_hi"]) == pytest.approx(coverage_interval(0.9, 20))
+    assert (s["coverage90_lo"], s["coverage90_hi"]) == pytest.approx(coverage_interval(0.9, 2))
+    assert s["coverage90_hi"] - s["coverage90_lo"] > 2 * (a["coverage90_hi"] - a["coverage90_lo"])
+    assert a["coverage80_lo"] < 0.9 < a["coverage80_hi"]
+
+
 # ----------------------------------------------------------------------------- selection rule
 
 
@@ -307,3 +336,21 @@ def test_rule_ignores_12m_and_methods_missing_a_horizon():
     assert choose_zone_method(table)[0] == "bad_12m"
     with pytest.raises(ValueError):
         choose_zone_method(dev_table({"incomplete": missing_6m}))
+
+
+def test_history_vol_mr_leans_on_the_long_run_vol_at_long_horizons_only():
+    """After a calm stretch and a volatile one, history_vol rescales long-horizon returns by the
+    full ratio of today's vol to the calm vol; the mean-reverting term structure shrinks that
+    at 12m and leaves 1w almost as it was."""
+    rng = np.random.default_rng(5)
+    sigma = np.concatenate([np.full(2400, 0.006), np.full(200, 0.025)])
+    logp = np.log(40.0) + np.concatenate([[0.0], np.cumsum(rng.normal(0, sigma[1:]))])
+    width = {}
+    for horizon in ("1w", "12m"):
+        data = make_data(logp, horizon=horizon)
+        for method in ("history_vol", "history_vol_mr"):
+            z = zones_for({**data, "context": None}, method).drop_nulls("p10").sort("origin")
+            last = z.row(-1, named=True)
+            width[(horizon, method)] = math.log(last["hi90"] / last["lo90"])
+    assert width[("12m", "history_vol_mr")] < 0.8 * width[("12m", "history_vol")]
+    assert width[("1w", "history_vol_mr")] == pytest.approx(width[("1w", "history_vol")], rel=0.1)
