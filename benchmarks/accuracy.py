@@ -32,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
+from coverage_intervals import with_intervals  # noqa: E402
 
 from cbi_platform.ensemble.zone_methods import target_zones  # noqa: E402
 from cbi_platform.evaluation import horizon_run  # noqa: E402
@@ -324,7 +326,10 @@ def write_results(
         "## Target zones: coverage, width, interval score and pinball loss (ensemble zones and "
         "the random walk's own band)",
         "",
-        markdown_table(coverage),
+        "`coverage<L> [95%]`: the Wilson interval of the coverage on `n_effective` "
+        "(non-overlapping target windows).",
+        "",
+        markdown_table(with_intervals(coverage).drop(cs.matches(r"^coverage\d+_(lo|hi)$"))),
         "",
     ]
     if spread.height:
@@ -387,6 +392,7 @@ def write_results(
             indent=1,
         )
     )
+    record_run(out / f"accuracy_{source}.md", protocol.hash())
     print(f"wrote {out / f'accuracy_{source}.md'}")
 
 
@@ -398,8 +404,10 @@ def _span(plan, role: str) -> str:
 def headline_table(board: pl.DataFrame, coverage: pl.DataFrame) -> pl.DataFrame:
     ens = board.filter(pl.col("model") == "ensemble")
     rw = board.filter(pl.col("model") == "random_walk").select("horizon", "window", rw_mape="mape")
-    cov = coverage.filter(pl.col("model") == "ensemble").select(
-        "horizon", "window", "coverage80", "coverage90", "width90_pct", "n_effective"
+    cov = with_intervals(
+        coverage.filter(pl.col("model") == "ensemble").select(
+            "horizon", "window", "coverage80", "coverage90", "width90_pct", "n_effective"
+        )
     )
     return (
         ens.join(rw, on=["horizon", "window"], how="left")
@@ -419,7 +427,9 @@ def headline_table(board: pl.DataFrame, coverage: pl.DataFrame) -> pl.DataFrame:
             "rel_mae",
             "target",
             "coverage80",
+            "coverage80 [95%]",
             "coverage90",
+            "coverage90 [95%]",
             "width90_pct",
             "n_effective",
         )

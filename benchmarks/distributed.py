@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 JOB = "shared_data_job_celery"
 
@@ -175,6 +175,7 @@ def main() -> int:
         "",
     ]
     (out / "distributed.md").write_text("\n".join(lines))
+    record_run(out / "distributed.md")
     print("\n".join(lines))
     return 0
 

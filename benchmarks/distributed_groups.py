@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 from distributed import _free_port, _step_seconds  # noqa: E402
 
 JOB = "member_groups_job_celery"
@@ -442,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     (out / f"{stem}.md").write_text("\n".join(lines))
+    record_run(out / f"{stem}.md")
     print("\n".join(lines), flush=True)
     say(f"wrote {out / stem}.md and .json")
     if ok and not args.keep:

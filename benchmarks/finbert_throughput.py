@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 from cbi_platform.market.simulator import simulate_market  # noqa: E402
 from cbi_platform.reporting import markdown_table  # noqa: E402
@@ -182,6 +182,7 @@ def main() -> int:
         "",
     ]
     (out / "finbert_throughput.md").write_text("\n".join(md))
+    record_run(out / "finbert_throughput.md")
     print("\n".join(md))
     return 0
 

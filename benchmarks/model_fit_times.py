@@ -27,6 +27,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _machine import record_run  # noqa: E402
 
 from cbi_platform.features.contract import HORIZONS  # noqa: E402
 from cbi_platform.models.base import FitData, ModelSpec  # noqa: E402
@@ -191,6 +192,7 @@ def main() -> None:
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
+    record_run(args.out)
     print(f"wrote {args.out}")
 
 

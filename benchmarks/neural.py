@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 from accuracy import member_windows  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
@@ -187,6 +187,7 @@ def write_results(args, source, protocol, boards, fits, timings) -> None:
             default=str,
         )
     )
+    record_run(out / f"{name}.md", protocol.hash())
     print(f"wrote {out / name}.md")
 
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
 from cbi_platform.evaluation.tuning_data import development_data  # noqa: E402
@@ -144,6 +144,7 @@ def main() -> int:
             ]
         )
     )
+    record_run(out / f"neural_tuning_{source}.md", protocol.hash())
     print(f"wrote {neural_tuning.TUNED_PATH} and {out}/neural_tuning_{source}.md")
     return 0
 

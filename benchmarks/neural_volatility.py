@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
 from cbi_platform.evaluation.volatility_eval import (  # noqa: E402
@@ -83,6 +83,7 @@ def main() -> int:
             default=str,
         )
     )
+    record_run(out / f"neural_volatility_{source}.md", protocol.hash())
     print("\n".join(lines))
     return 0
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEARCHED = ("expected_cost", "cvar", "value_trigger")
@@ -291,6 +291,9 @@ def main() -> int:
             indent=1,
         )
     )
+    from cbi_platform.settings import load_protocol
+
+    record_run(out, load_protocol(args.protocol).hash())
     print(f"wrote {out} in {time.perf_counter() - started:.0f}s")
     return 0
 

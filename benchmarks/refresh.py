@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 
 def _next_business_days(day: dt.date, n: int) -> list[dt.date]:
@@ -138,6 +138,7 @@ def main() -> int:
         f"**{process_wall:.1f} s** (exit code {proc.returncode})\n\n"
         f"Steps of the last in-process run (s):\n\n| step | seconds |\n|---|---|\n{rows}\n"
     )
+    record_run(out / "refresh_simulated.md")
     print((out / "refresh_simulated.md").read_text())
     return 0
 

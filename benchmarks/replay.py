@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 
 def main() -> int:
@@ -117,6 +117,7 @@ def main() -> int:
             default=str,
         )
     )
+    record_run(out / f"replay_{name}.md")
     print(text)
     print(f"\nwritten: {out / f'replay_{name}.md'}")
     return 0

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 from cbi_platform.evaluation import horizon_run  # noqa: E402
 from cbi_platform.evaluation.metrics import diebold_mariano, dm_lags, leaderboard  # noqa: E402
@@ -277,6 +277,7 @@ def main() -> int:
         "",
     ]
     (out / f"{RESULT_STEM}.md").write_text("\n".join(md))
+    record_run(out / f"{RESULT_STEM}.md", protocol.hash())
     if args.write_config:
         write_config(decisions, stamp, command)
         print(f"wrote {SENTIMENT_CONFIG_PATH}", flush=True)

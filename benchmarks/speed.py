@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 
 class PeakMemory(threading.Thread):
@@ -182,6 +182,7 @@ def main() -> int:
             f"\n## Network fits, {stage}\n\n{table}\n" for stage, table in network_fits.items()
         )
     )
+    record_run(out / f"speed_{source}.md", protocol_hash)
     print(log.getvalue()[-1500:])
     print(json.dumps(result, indent=1))
     return code

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
 
 
 def main() -> int:
@@ -65,6 +65,7 @@ def main() -> int:
         f"{result['summary']}; peak RSS of the largest child process {peak_mib:.0f} MiB\n\n"
         f"## Slowest tests\n\n```\n{slow}\n```\n"
     )
+    record_run(out / "test_suite.md")
     print(tail)
     print(json.dumps(result, indent=1))
     return proc.returncode

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _machine import machine_stamp  # noqa: E402
+from _machine import machine_stamp, record_run  # noqa: E402
+from coverage_intervals import with_intervals  # noqa: E402
 
 from cbi_platform.settings import load_protocol  # noqa: E402
 
@@ -191,8 +192,10 @@ def common_support(zones: pl.DataFrame) -> pl.DataFrame:
 
 
 def window_table(zones: pl.DataFrame, roles: set[str]) -> pl.DataFrame:
-    table = zone_scores(
-        common_support(zones).drop("method").rename({"candidate": "method"}), roles=roles
+    table = with_intervals(
+        zone_scores(
+            common_support(zones).drop("method").rename({"candidate": "method"}), roles=roles
+        )
     )
     order = {h: k for k, h in enumerate(HORIZONS)}
     return table.sort(pl.col("horizon").replace_strict(order), "method")
@@ -205,7 +208,9 @@ SHOW = [
     "n_effective",
     "coverage40",
     "coverage80",
+    "coverage80 [95%]",
     "coverage90",
+    "coverage90 [95%]",
     "width80_pct",
     "width90_pct",
     "interval80_pct",
@@ -237,8 +242,10 @@ def goal_table(scored: pl.DataFrame, chosen: str) -> pl.DataFrame:
             "n",
             "n_effective",
             "coverage80",
+            "coverage80 [95%]",
             "goal80",
             "coverage90",
+            "coverage90 [95%]",
             "goal90",
             "rw_cov80",
             "rw_cov90",
@@ -399,6 +406,7 @@ def main() -> int:
             indent=1,
         )
     )
+    record_run(out / f"zones_{source}.md", PROTOCOL.hash())
     print(f"wrote {out / f'zones_{source}.md'}")
     return 0
 
