@@ -1,7 +1,7 @@
 """Refactor equivalence: the same small pipeline on two commits, table by table.
 
 Usage: .venv/bin/python benchmarks/refactor_equivalence.py [--before 7fbe24a] [--after HEAD]
-       [--horizons 1w,1m]
+       [--horizons 1w,1m] [--repeat 3]
 
 A structural change (issue 17: the release room, selections, one record, the layers) must not
 move a number. Each commit is checked out into its own git worktree and runs `run_pipeline`
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,18 +153,25 @@ def main() -> int:
     parser.add_argument("--before", default="7fbe24a", help="the commit before the change")
     parser.add_argument("--after", default="HEAD")
     parser.add_argument("--horizons", default="1w,1m")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per commit, alternating (timing noise)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cbi-equivalence-"))
-    shas, runs, tables = {}, {}, {}
+    shas, walls, tables = {}, {"before": [], "after": []}, {}
+    commits = (("before", args.before), ("after", args.after))
     try:
-        for label, commit in (("before", args.before), ("after", args.after)):
-            tree = work / label
-            shas[label] = _worktree(commit, tree)
-            print(f"{label}: {shas[label][:10]} running the small pipeline ...", flush=True)
-            runs[label] = _run(tree, work / f"home-{label}", args.horizons)
-            tables[label] = _tables(work / f"home-{label}")
-            print(f"  {runs[label]['wall_s']:.1f} s", flush=True)
+        for label, commit in commits:
+            shas[label] = _worktree(commit, work / label)
+        for round_ in range(args.repeat):
+            for label, _ in commits:
+                home = work / f"home-{label}-{round_}"
+                print(f"{label}: {shas[label][:10]} run {round_ + 1} ...", flush=True)
+                walls[label].append(_run(work / label, home, args.horizons)["wall_s"])
+                if round_ == 0:
+                    tables[label] = _tables(home)
+                print(f"  {walls[label][-1]:.1f} s", flush=True)
     finally:
         for label in ("before", "after"):
             if (work / label).exists():
@@ -184,9 +192,11 @@ def main() -> int:
         "before": shas["before"],
         "after": shas["after"],
         "horizons": args.horizons,
-        "wall_s": {k: round(v["wall_s"], 1) for k, v in runs.items()},
+        "wall_s": {k: [round(w, 1) for w in v] for k, v in walls.items()},
         "tables": report,
     }
+    ratio = statistics.median(walls["after"]) / statistics.median(walls["before"])
+    result["median_ratio"] = round(ratio, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "refactor_equivalence.json").write_text(json.dumps(result, indent=1, default=str))
@@ -198,9 +208,9 @@ def main() -> int:
         f"- command: `.venv/bin/python {result['command']}`",
         f"- before `{shas['before'][:10]}`, after `{shas['after'][:10]}`; horizons "
         f"{args.horizons}; small files source and protocol of the asset tests; no networks",
-        f"- wall time of `run_pipeline` in its own process, side by side: before "
-        f"**{result['wall_s']['before']} s**, after **{result['wall_s']['after']} s** "
-        f"(ratio {result['wall_s']['after'] / result['wall_s']['before']:.2f})",
+        f"- wall time of `run_pipeline` in its own process, alternating runs, side by side: "
+        f"before {result['wall_s']['before']} s, after {result['wall_s']['after']} s; "
+        f"median ratio after/before **{ratio:.2f}**",
         "",
         "| table | rows | columns compared | equal | max abs diff | unequal columns | "
         "columns in one only |",
