@@ -50,6 +50,12 @@ from cbi_platform.features.contract import (
     horizon_frame,
 )
 from cbi_platform.models.base import FitData
+from cbi_platform.models.precision import (
+    FLOAT32_TOLERANCE,
+    FLOAT64_TOLERANCE,
+    MIXED_FLOAT16_TOLERANCE,
+    reproduction_tolerance,
+)
 from cbi_platform.models.registry import build_model, load_specs
 from cbi_platform.procurement.backtest import forecast_skill
 from cbi_platform.procurement.contract import DECISION_SCHEMA, ZONE_LEVELS
@@ -59,28 +65,12 @@ from cbi_platform.settings import ENSEMBLE, RANDOM_WALK
 
 # Each member's forecast on its origin day against its own walk-forward (OOF) forecast there:
 # the member fitted at its `fitted_at` on the rows known then, fed the origin's row (the same
-# model and input as the walk-forward), so a float64 member reproduces it to rounding.
-REPRODUCTION_TOLERANCE = 1e-9
-# Networks compute in float32: the daily path runs a network once over a block of days, the
-# walk-forward over one window, and a batch of another size rounds differently (float32 keeps
-# ~1e-7 of the standardised output; times the target's std, well under 1 in log return). 1e-6 in
-# log return is 0.0001% of the price.
-NETWORK_REPRODUCTION_TOLERANCE = 1e-6
-# Under the mixed_float16 policy (CUDA) the hidden activations are float16 (unit roundoff
-# ~4.9e-4): a few roundings of the standardised output times the target's std (<~0.3 at 12m)
-# stay under 1e-3 in log return (0.1% of the price). Derived, not measured: CPU runs use float32.
-MIXED_PRECISION_REPRODUCTION_TOLERANCE = 1e-3
-
-
-def member_tolerance(model: Any) -> float:
-    """The reproduction tolerance (log return) for one member: by the precision its network was
-    fitted in (`NeuralModel.precision`), float64 otherwise."""
-    precision = getattr(model, "precision", None)
-    if precision is None:
-        return REPRODUCTION_TOLERANCE
-    if precision == "mixed_float16":
-        return MIXED_PRECISION_REPRODUCTION_TOLERANCE
-    return NETWORK_REPRODUCTION_TOLERANCE
+# model and input as the walk-forward), so it reproduces it to the tolerance of its precision
+# (`models.precision`: 1e-9 float64, 1e-6 float32 networks, 1e-3 mixed_float16).
+REPRODUCTION_TOLERANCE = FLOAT64_TOLERANCE
+NETWORK_REPRODUCTION_TOLERANCE = FLOAT32_TOLERANCE
+MIXED_PRECISION_REPRODUCTION_TOLERANCE = MIXED_FLOAT16_TOLERANCE
+member_tolerance = reproduction_tolerance
 
 
 def check_members_reproduce(

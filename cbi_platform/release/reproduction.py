@@ -7,12 +7,11 @@ saved with its artifacts) are recorded. On every daily load the served version f
 probe again and must give the recorded forecast. A library upgrade, a corrupted artifact or a
 change in the loading code then stops it serving instead of quietly serving something else.
 
-Tolerances, in log return (|log(reloaded / recorded)| for the zone levels):
-- 1e-9 when every member computes in float64 (trees, linear, statistical, benchmarks): a
-  reload runs the same arithmetic on the same numbers.
-- 1e-6 when any member is a network. Networks compute in float32 (about 1e-7 relative), and a
-  window predicted in a batch of a different size rounds differently; 1e-6 in log return is
-  0.0001% of the price, far below anything a buyer could read.
+Tolerances, in log return (|log(reloaded / recorded)| for the zone levels), by the loosest
+member's precision (`models.precision`): 1e-9 when every member computes in float64 (a reload
+runs the same arithmetic on the same numbers), 1e-6 when a member is a float32 network (a
+window predicted in a batch of a different size rounds differently; 0.0001% of the price),
+1e-3 under mixed_float16.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from cbi_platform.models import precision
 from cbi_platform.release.gates import version_failed_gates
 from cbi_platform.release.versions import (
     ROLLED_BACK_TAG,
@@ -34,8 +34,8 @@ from cbi_platform.release.versions import (
 from cbi_platform.serving.registry import ARTIFACT_PATH, ServedModel, load_version
 from cbi_platform.tracking import Tracker, registered_model_name
 
-FLOAT64_TOLERANCE = 1e-9
-FLOAT32_TOLERANCE = 1e-6
+FLOAT64_TOLERANCE = precision.FLOAT64_TOLERANCE
+FLOAT32_TOLERANCE = precision.FLOAT32_TOLERANCE
 RANDOM_WALK_SERVES = "random_walk"  # Serving.served when no version can serve
 PROBE_FILE = "probe.parquet"  # the feature frame the version forecast from at registration
 # The version's own walk-forward forecasts (origin, role, forecast_logret): the reference its
@@ -46,10 +46,9 @@ LIVE_TAGS = ("live_forecast_logret", "live_regime", "live_vol_forecast")
 
 
 def tolerance(model: ServedModel) -> float:
-    """1e-9, or 1e-6 when a member of the ensemble is a (float32) network."""
-    members = (model.members.get(m) for m in model.ensemble.members)
-    networks = [m for m in members if callable(getattr(m, "signature", None))]
-    return FLOAT32_TOLERANCE if networks else FLOAT64_TOLERANCE
+    """The loosest tolerance among the ensemble's members (`models.precision`)."""
+    members = [model.members.get(m) for m in model.ensemble.members]
+    return max((precision.reproduction_tolerance(m) for m in members), default=FLOAT64_TOLERANCE)
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,7 @@ def test_networks_get_the_stated_float32_tolerance(tmp_path):
     assert reproduction.tolerance(model) == reproduction.FLOAT64_TOLERANCE
 
     class Network:
-        def signature(self):  # what marks a Keras member (see ServedModel._save_networks)
-            return None
+        precision = "float32"  # what a fitted NeuralModel records
 
     model.members["ridge"] = Network()
     assert reproduction.tolerance(model) == reproduction.FLOAT32_TOLERANCE == 1e-6
