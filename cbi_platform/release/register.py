@@ -164,9 +164,14 @@ def register_version(
     run_tags: Mapping[str, str],
     protocol_hash: str | None = None,
     margin: float = 0.10,
+    cache: Path | None = None,
 ) -> Registration:
     """Refit, register and judge one horizon's new version; promote it when the gates and the
-    comparison with the champion allow (the move is audited as "auto_promote")."""
+    comparison with the champion allow (the move is audited as "auto_promote").
+
+    The reload check downloads the new version from the registry and loads it back: under
+    `cache` (the home's model cache) when given, so the forecast and the daily refresh that
+    follow in this process serve that same reloaded version instead of loading it again."""
     horizon = inputs.horizon
     name = registered_model_name(horizon)
     bundle = _bundle(inputs, protocol_hash)
@@ -196,7 +201,7 @@ def register_version(
     live = live_zone(inputs.zones, horizon)
     context_live = context_at(inputs.context, bundle.trained_through)
     with tempfile.TemporaryDirectory() as tmp:
-        reloaded = load_version(tracker, name, version, Path(tmp))
+        reloaded = load_version(tracker, name, version, cache or Path(tmp), keep=cache is not None)
         gap = reproduction_gap(
             reloaded.predict(inputs.features.sort(DATE), None, context_live).zone, live
         )

@@ -31,7 +31,12 @@ from cbi_platform.release.versions import (
     registered_versions,
     serving_versions,
 )
-from cbi_platform.serving.registry import ARTIFACT_PATH, ServedModel, load_version
+from cbi_platform.serving.registry import (
+    ARTIFACT_PATH,
+    ServedModel,
+    download_version,
+    load_version,
+)
 from cbi_platform.tracking import Tracker, registered_model_name
 
 FLOAT64_TOLERANCE = precision.FLOAT64_TOLERANCE
@@ -170,7 +175,7 @@ def served_reference_predictions(
             version = serving_versions(tracker, horizon).served
         except LookupError:
             continue
-        load_version(tracker, registered_model_name(horizon), version, cache)  # downloads once
+        download_version(tracker, registered_model_name(horizon), version, cache)  # once
         path = reference_path(version_folder(cache, horizon, version))
         if path.exists():
             frames.append(

@@ -161,15 +161,17 @@ def serve_version(
     provisional: bool,
     failed_gates: tuple[str, ...] | list[str] = (),
     live: Mapping[str, Any] | None = None,
+    cache: Path | None = None,
 ) -> Served:
     """Load `version` of the horizon, forecast from the last row of `features` with the context
     the ensemble used at that date, and build the history row. With `live` (the pipeline's live
     zone row, when the version served is the one just registered), the reload's gap to it is
-    measured."""
+    measured. `cache`: the home's model cache (a version this process loaded there is reused);
+    without it, a temporary download."""
     name = registered_model_name(horizon)
     features = features.sort(DATE)
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_version(tracker, name, version, Path(tmp))
+        model = load_version(tracker, name, version, cache or Path(tmp), keep=cache is not None)
     context_now = context_at(context, features[DATE][-1])
     forecast = model.predict(features, None, context_now)
     gap = reproduction_gap(forecast.zone, live) if live is not None else None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,18 +303,73 @@ class ServedModel:
         return out
 
 
+# Versions loaded in this process, newest use last: (folder, name, version, file stamps) ->
+# model. A registered version never changes, so a process that refreshes day after day (the
+# replay, a long-lived worker, `make run`'s last stage after registration) loads each version,
+# and builds its networks' prediction graphs, once. The key holds the size and mtime of the
+# version's files, so a folder rewritten on disk is loaded again.
+_LOADED: OrderedDict[tuple, ServedModel] = OrderedDict()
+LOADED_VERSIONS_KEPT = 12  # five horizons' served and shadow versions, with room to spare
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in (folder / MEMBERS_FILE, folder / STATE_FILE, folder / CARD_FILE)
+        if p.exists()
+    )
+
+
+def _from_kept(folder: Path, name: str, version: str) -> ServedModel:
+    key = (str(folder.resolve()), name, str(version), _stamp(folder))
+    model = _LOADED.get(key)
+    if model is None:
+        model = ServedModel.from_folder(folder, name=name, version=version)
+        _LOADED[key] = model
+        while len(_LOADED) > LOADED_VERSIONS_KEPT:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(key)
+    return model
+
+
+def clear_loaded_versions() -> None:
+    """Forget the versions this process has loaded (the next load reads them from disk)."""
+    _LOADED.clear()
+
+
+RUN_ID_FILE = "run_id"  # beside the downloaded artifacts: the MLflow run they came from
+
+
+def download_version(tracker: Tracker, name: str, version: str, cache: Path) -> Path:
+    """A registered version's artifact folder under `cache`, downloaded once, not loaded. A
+    folder downloaded from another run (a registry rebuilt or restored under the same cache)
+    is replaced, never served."""
+    run_id = tracker.version_run_id(name, version)
+    folder = cache / f"{name}-v{version}"
+    kept, marker = folder / ARTIFACT_PATH, folder / RUN_ID_FILE
+    complete = (kept / MEMBERS_FILE).exists() and (kept / STATE_FILE).exists()
+    if complete and marker.exists() and marker.read_text().strip() == run_id:
+        return kept
+    if folder.exists():
+        shutil.rmtree(folder)
+    local = Path(tracker.download_artifacts(run_id, ARTIFACT_PATH, folder))
+    marker.write_text(run_id + "\n")
+    return local
+
+
 def load_version(
-    tracker: Tracker, name: str, version: str, cache: Path | None = None
+    tracker: Tracker, name: str, version: str, cache: Path | None = None, *, keep: bool = True
 ) -> ServedModel:
     """A registered version, ready to forecast (its artifacts downloaded under `cache`; a
-    version already downloaded there is read from it: versions never change)."""
+    version already downloaded there is read from it, and one this process already loaded
+    from there is reused: versions never change). `keep=False` (a temporary `cache`) neither
+    reuses nor keeps the loaded version in this process."""
     if cache is not None:
-        kept = cache / f"{name}-v{version}" / ARTIFACT_PATH
-        if (kept / MEMBERS_FILE).exists() and (kept / STATE_FILE).exists():
-            return ServedModel.from_folder(kept, name=name, version=version)
+        folder = download_version(tracker, name, version, cache)
+        if not keep:
+            return ServedModel.from_folder(folder, name=name, version=version)
+        return _from_kept(folder, name, version)
     run_id = tracker.version_run_id(name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        destination = cache or Path(tmp)
-        folder = destination / f"{name}-v{version}"
-        local = tracker.download_artifacts(run_id, ARTIFACT_PATH, folder)
+        local = tracker.download_artifacts(run_id, ARTIFACT_PATH, Path(tmp) / f"{name}-v{version}")
         return ServedModel.from_folder(local, name=name, version=version)

@@ -13,7 +13,7 @@ from cbi_platform.ensemble.conformal import ZONE_COLUMNS
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.registry import build_model
 from cbi_platform.serving.calibration import CalibrationState
-from cbi_platform.serving.registry import ServedModel, load_version
+from cbi_platform.serving.registry import ServedModel, clear_loaded_versions, load_version
 from cbi_platform.tracking import Tracker
 
 H = 21
@@ -139,3 +139,38 @@ def test_version_tags_round_trip_through_the_tracker(tracker, tmp_path):
     tracker.set_version_tags("cbi-zl-1m", "1", {"mase_terms": json.dumps({"2020-01-01": 0.5})})
     assert json.loads(tracker.version_tags("cbi-zl-1m", "1")["mase_terms"]) == {"2020-01-01": 0.5}
     assert tracker.latest_version("cbi-zl-unknown") is None
+
+
+def test_a_version_is_loaded_once_per_process_and_again_when_its_files_change(tracker, tmp_path):
+    today = _features()
+    _register(tracker, _served(today, (1.0, 1.0)), tmp_path / "v1")
+    cache = tmp_path / "cache"
+    clear_loaded_versions()
+    first = load_version(tracker, "cbi-zl-1m", "1", cache)
+    assert load_version(tracker, "cbi-zl-1m", "1", cache) is first  # reused, not unpickled
+    # A temporary cache (registration's reload check without a home) neither reuses nor keeps.
+    assert load_version(tracker, "cbi-zl-1m", "1", cache, keep=False) is not first
+    # The same files rewritten (a restored backup, a repaired download) are read again.
+    members = cache / "cbi-zl-1m-v1" / "ensemble" / "members.joblib"
+    members.write_bytes(members.read_bytes())
+    again = load_version(tracker, "cbi-zl-1m", "1", cache)
+    assert again is not first
+    assert again.predict(today).zone["forecast_logret"] == first.predict(today).zone[
+        "forecast_logret"
+    ]
+
+
+def test_a_cached_folder_from_another_run_is_replaced_not_served(tracker, tmp_path):
+    today = _features()
+    _register(tracker, _served(today.head(300), (1.0, 1.0)), tmp_path / "v1")
+    cache = tmp_path / "cache"
+    clear_loaded_versions()
+    old = load_version(tracker, "cbi-zl-1m", "1", cache)
+    # The registry is rebuilt (a new MLflow database) and its v1 is another model; the cache
+    # folder on disk still holds the old v1's files.
+    rebuilt = Tracker(f"sqlite:///{tmp_path / 'mlflow2.db'}", tmp_path / "artifacts2")
+    _register(rebuilt, _served(today, (1.0, 4.0)), tmp_path / "v1b")
+    new = load_version(rebuilt, "cbi-zl-1m", "1", cache)
+    assert new.trained_through == today["date"][-1] != old.trained_through
+    marker = (cache / "cbi-zl-1m-v1" / "run_id").read_text().strip()
+    assert marker == rebuilt.version_run_id("cbi-zl-1m", "1")

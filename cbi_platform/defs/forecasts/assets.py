@@ -100,6 +100,7 @@ def registered_version(
                 "dagster.asset": "registered_version",
             },
             protocol_hash=frozen.hash(),
+            cache=home.folder("model_cache"),
         )
         promotion = registration.promotion
         promotions[horizon] = promotion
@@ -159,6 +160,7 @@ def forecasts(
     market_source: MarketSourceResource,
     mlflow: MlflowResource,
     forecast_store: ForecastStoreResource,
+    home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
     tracker = mlflow.tracker()
     target = market_source.target_prices(market_prices)
@@ -189,6 +191,7 @@ def forecasts(
             provisional=choice["provisional"],
             failed_gates=json.loads(choice["serving_failed_gates"]),
             live=live_zone(zones, horizon) if just_registered else None,
+            cache=home.folder("model_cache"),
         )
         rows.append(served.record)
         gaps[horizon] = served.reload_gap_logret
