@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import platform
 from collections.abc import Iterable, Mapping
@@ -46,14 +45,18 @@ LIBRARIES = (
 
 @cache
 def module_file(name: str) -> Path | None:
-    """The source file of a module of the package, without importing it (None if absent)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
+    """The source file of a module of the package, found on disk without importing anything
+    (None if absent). `importlib.util.find_spec` would import every parent package, and a
+    dotted name such as `pkg.module.CONSTANT` would import `pkg.module` itself: seconds at
+    every start of the definitions."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE or not all(p.isidentifier() for p in parts):
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    path = Path(__file__).resolve().parent.joinpath(*parts[1:])
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    source = path.with_name(path.name + ".py")
+    return source if len(parts) > 1 and source.is_file() else None
 
 
 @cache
@@ -97,7 +100,7 @@ def module_closure(names: Iterable[str]) -> list[str]:
 
 
 def _package_root() -> Path:
-    return Path(module_file(f"{PACKAGE}.versioning") or __file__).resolve().parent
+    return Path(__file__).resolve().parent
 
 
 def data_files(modules: Iterable[str]) -> list[Path]:
@@ -115,15 +118,20 @@ def data_files(modules: Iterable[str]) -> list[Path]:
     )
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
+@cache
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    versions = []
     for name in LIBRARIES:
         try:
-            versions[name] = metadata.version(name)
+            versions.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    versions["python"] = platform.python_version()
-    return versions
+            versions.append((name, "absent"))
+    versions.append(("python", platform.python_version()))
+    return tuple(versions)
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_library_versions())
 
 
 def source_version(modules: Iterable[str], extra: Mapping[str, object] | None = None) -> str:
