@@ -71,7 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings["CBI_PROTOCOL"] = str(Path(args.protocol).resolve())
     try:
         resources = build_resources(settings)
-        return run_pipeline(horizons=args.horizons, stream=sys.stdout, resources=resources)
+        return run_pipeline(
+            horizons=args.horizons, stream=sys.stdout, resources=resources, force=args.force
+        )
     except (MarketDataError, ValueError) as exc:
         return _fail(str(exc))
 
@@ -324,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", help="use the files source with this manifest")
     p.add_argument("--horizons", nargs="+", default=list(HORIZONS), choices=list(HORIZONS))
     p.add_argument("--protocol", help="protocol YAML (default: cbi_platform/protocol.yaml)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every asset (default: only what is stale or missing, as the UI shows)",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("forecast", help="print the latest forecast per horizon")
     p.add_argument("--json", action="store_true", help="machine-readable output")

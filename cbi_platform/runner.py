@@ -5,6 +5,7 @@ Runs go to the instance in $DAGSTER_HOME when it is set, so the UI shows them af
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import TextIO
 
 import dagster as dg
 
+from cbi_platform.defs.dagster_internals import AssetStatus, stale_status
 from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.pipeline import (
     ALL_ASSETS,
@@ -25,9 +27,11 @@ from cbi_platform.defs.pipeline import (
     RANGE_STAGE,
     REFRESH,
     SHARED_STAGE,
+    SOURCE,
 )
 from cbi_platform.defs.resources import build_resources
 from cbi_platform.procurement.programme import load_config as load_procurement
+from cbi_platform.versioning import config_fingerprint
 
 
 @dataclass(frozen=True)
@@ -148,13 +152,110 @@ def plan_stages(
 
 
 def materialize(
-    selection: dg.AssetSelection, partition: str | None = None, **kwargs
+    selection: dg.AssetSelection, partition: str | None = None, assets=None, **kwargs
 ) -> dg.ExecuteInProcessResult:
     """Materialize a selection of the pipeline in-process, with the checks of its assets (the
     whole pipeline is loaded so the selection resolves against the same graph as the UI's)."""
     return dg.materialize(
-        [*ALL_ASSETS, *ALL_CHECKS], selection=selection, partition_key=partition, **kwargs
+        [*(ALL_ASSETS if assets is None else assets), *ALL_CHECKS],
+        selection=selection,
+        partition_key=partition,
+        **kwargs,
     )
+
+
+# ---- skipping what is up to date ------------------------------------------------------------
+
+# What the last successful `cbi run` in a home was configured with (resources' settings and the
+# content of the files they name): a run configured otherwise recomputes everything, since
+# Dagster's code and data versions do not see resource configuration.
+RUN_RECORD = "last_run.json"
+
+
+def resources_fingerprint(resources: dict) -> dict[str, str]:
+    configs = {}
+    for name, resource in resources.items():
+        fields = getattr(type(resource), "model_fields", {})
+        configs[name] = {
+            "class": type(resource).__name__,
+            **{field: getattr(resource, field, None) for field in fields},
+        }
+    return config_fingerprint(configs)
+
+
+def _full_run_reason(
+    force: bool, warehouse_kept: bool, home: Path, fingerprint: dict[str, str]
+) -> str | None:
+    """Why this run recomputes everything, or None when it may skip what is up to date."""
+    if force:
+        return "--force"
+    if not warehouse_kept:
+        return "a new warehouse"
+    record = home / RUN_RECORD
+    if not record.exists():
+        return "no successful run recorded in this home"
+    before = json.loads(record.read_text()).get("resources", {})
+    changed = sorted(
+        k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k)
+    )
+    if changed:
+        return f"resources configured differently since the last run ({', '.join(changed)})"
+    return None
+
+
+def _stage_partitions(stage: Stage) -> list[str | None]:
+    if stage.partition is not None:
+        return [stage.partition]
+    start = stage.tags.get("dagster/asset_partition_range_start")
+    end = stage.tags.get("dagster/asset_partition_range_end")
+    if start and end:
+        keys = list(HORIZON_KEYS)
+        return keys[keys.index(start) : keys.index(end) + 1]
+    return [None]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What a stage runs (None: nothing) and why: the stale or missing assets of its selection."""
+
+    selection: dg.AssetSelection | None
+    statuses: list[AssetStatus]
+    n_assets: int
+
+    @property
+    def outdated(self) -> list[AssetStatus]:
+        return [s for s in self.statuses if s.status != "FRESH"]
+
+
+def plan_stage(instance: dg.DagsterInstance, stage: Stage, assets: list) -> StagePlan:
+    """The stage's stale or missing assets (any of its partitions), per Dagster's stale status,
+    plus every asset of the stage downstream of them (their outputs are about to change)."""
+    graph_items = [*assets, *ALL_CHECKS]
+    keys = sorted(stage.selection.resolve(assets))
+    by_key = {k: a for a in assets for k in a.keys}
+    wanted = []
+    for key in keys:
+        partitioned = by_key[key].partitions_def is not None
+        for partition in _stage_partitions(stage) if partitioned else [None]:
+            wanted.append((key, partition))
+    statuses = stale_status(instance, graph_items, wanted)
+    outdated = {s.key for s in statuses if s.status != "FRESH"}
+    if not outdated:
+        return StagePlan(None, statuses, len(keys))
+    # A multi-asset runs whole: its other outputs go too.
+    outdated |= {k for key in outdated for k in by_key[key].keys}
+    selection = dg.AssetSelection.assets(*outdated).downstream() & stage.selection
+    return StagePlan(selection, statuses, len(keys))
+
+
+def _why(statuses: list[AssetStatus]) -> str:
+    shown = []
+    for s in statuses[:6]:
+        name = s.key.to_user_string() + (f"[{s.partition}]" if s.partition else "")
+        cause = "missing" if s.status == "MISSING" else "; ".join(s.causes[:2]) or "stale"
+        shown.append(f"{name} ({cause})")
+    more = f" and {len(statuses) - 6} more" if len(statuses) > 6 else ""
+    return ", ".join(shown) + more
 
 
 def run_pipeline(
@@ -162,11 +263,21 @@ def run_pipeline(
     stream: TextIO,
     resources: dict | None = None,
     on_result: Callable[[str, dg.ExecuteInProcessResult], None] | None = None,
+    force: bool = False,
+    assets: list | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> int:
+    """Run the stages of `plan_stages`. Unless `force`, first re-read the source (its data
+    version is its content), then run in each stage only its stale or missing assets and what
+    depends on them; a stage with none is skipped."""
     resources = resources or build_resources()
-    if resources["io_manager"].__class__.__name__.startswith("DuckDB"):
-        keep_older_warehouse(Path(resources["home"].path), stream)
-    instance = _instance()
+    assets = ALL_ASSETS if assets is None else assets
+    home_path = Path(resources["home"].path)
+    moved = None
+    duckdb_warehouse = resources["io_manager"].__class__.__name__.startswith("DuckDB")
+    if duckdb_warehouse:
+        moved = keep_older_warehouse(home_path, stream)
+    instance = instance or _instance()
     source = resources["market_source"]
     stream.write(
         f"CBI Platform: source={source.kind}"
@@ -183,15 +294,39 @@ def run_pipeline(
         }
     decision = [h for h in load_procurement().pipeline.horizons if h in horizons]
     stages = plan_stages(horizons, decision, refresh=operations is not None)
+    fingerprint = resources_fingerprint(resources)
+    warehouse_kept = moved is None and (
+        not duckdb_warehouse or (home_path / "warehouse.duckdb").exists()
+    )
+    full = _full_run_reason(force, warehouse_kept, home_path, fingerprint)
+    if full:
+        stream.write(f"recomputing everything: {full}\n")
+    else:
+        stages = [Stage("source (re-read; its content decides what is stale)", SOURCE), *stages]
+    fresh_assets: set[dg.AssetKey] = set()
+    ran = 0
     for i, stage in enumerate(stages, start=1):
         label = stage.label
         started = time.perf_counter()
+        selection = stage.selection
+        if not full and stage.selection is not SOURCE:
+            plan = plan_stage(instance, stage, assets)
+            fresh_assets |= {s.key for s in plan.statuses if s.status == "FRESH"}
+            if plan.selection is None:
+                stream.write(
+                    f"[{i}/{len(stages)}] {label}: up to date ({plan.n_assets} assets), skipped\n"
+                )
+                continue
+            stream.write(f"[{i}/{len(stages)}] {label}: stale: {_why(plan.outdated)}\n")
+            selection = plan.selection
         stream.write(f"[{i}/{len(stages)}] {label} ...\n")
         stream.flush()
+        ran += stage.selection is not SOURCE
         try:
             result = materialize(
-                stage.selection,
+                selection,
                 stage.partition,
+                assets=assets,
                 resources=resources,
                 instance=instance,
                 run_config=_QUIET,
@@ -217,6 +352,10 @@ def run_pipeline(
                 f"run {result.run_id} failed at stage '{label}'; earlier tables are intact.\n"
             )
             return 1
+    record = {"resources": fingerprint, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (home_path / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    if not full and ran == 0:
+        stream.write(f"up to date: {len(fresh_assets)} assets, nothing to do\n")
     home = resources["home"].path
     stream.write(
         "\nSummary\n"

@@ -11,7 +11,7 @@ def test_run_with_a_manifest_leaves_the_environment_alone(tmp_path, monkeypatch,
     monkeypatch.setenv("CBI_HOME", str(tmp_path / "home"))
     seen = {}
 
-    def fake_run_pipeline(horizons, stream, resources):
+    def fake_run_pipeline(horizons, stream, resources, force=False):
         seen["source"] = resources["market_source"]
         seen["protocol"] = resources["protocol"]
         return 0
@@ -31,7 +31,7 @@ def test_run_with_a_bad_protocol_file_says_so(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "protocol.yaml"
     bad.write_text("grid: {}\n")
 
-    def fake_run_pipeline(horizons, stream, resources):
+    def fake_run_pipeline(horizons, stream, resources, force=False):
         resources["protocol"].config()  # what the first asset does
         return 0
 

@@ -1,12 +1,15 @@
 """The one module that touches Dagster internals (`dagster._core`, `dagster_internal_init`).
 
-Why it exists: the pinned Dagster (1.13.x) has no public, partition-aware read of asset-check
-results (the forecast gates need the latest evaluation of a check for one partition; the alert
-sensor needs the latest evaluation of each blocking check), and no public way to copy an op-backed
-asset with extra op tags (the celery queue routing). Everything private sits here, pinned by
+Why it exists: the pinned Dagster (1.13.x) has no public read of an asset's stale status
+(`cbi run` skips what is up to date with the resolver behind the UI's "Unsynced"), no public,
+partition-aware read of asset-check results (the forecast gates need the latest evaluation of
+a check for one partition; the alert sensor needs the latest evaluation of each blocking
+check), and no public way to copy an op-backed asset with extra op tags (the celery queue
+routing). Everything private sits here, pinned by
 cbi_platform_tests/defs/test_dagster_internals.py, so a Dagster upgrade breaks one file.
-What would replace it: a public check-record query on `DagsterInstance` that takes a partition
-(and returns status, run id and metadata), and a public op-tag override on `AssetsDefinition`.
+What would replace it: a public stale-status read, a public check-record query on
+`DagsterInstance` that takes a partition (and returns status, run id and metadata), and a
+public op-tag override on `AssetsDefinition`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._time import get_current_datetime
 
 from cbi_platform.release.gates import LEAKAGE_CHECKS
 
@@ -113,3 +120,51 @@ def with_op_tags(assets_def: dg.AssetsDefinition, tags: dict[str, str]) -> dg.As
     return dg.AssetsDefinition.dagster_internal_init(
         **{**assets_def.get_attributes_dict(), "node_def": new_op}
     )
+
+
+# ---- stale status -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AssetStatus:
+    """One asset (partition)'s status as the UI shows it: fresh, stale (with causes) or missing."""
+
+    key: dg.AssetKey
+    partition: str | None
+    status: str  # "FRESH" | "STALE" | "MISSING"
+    causes: tuple[str, ...]  # e.g. "has a new code version", "has a new dependency data version"
+
+
+def stale_status(
+    instance: dg.DagsterInstance,
+    assets: list,
+    wanted: list[tuple[dg.AssetKey, str | None]],
+) -> list[AssetStatus]:
+    """The status of each (asset key, partition) from `CachingStaleStatusResolver`, the class
+    behind the UI's "Unsynced" label, over the graph of `assets` (assets and checks)."""
+    graph = AssetGraph.from_assets(assets)
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(
+        instance=instance, asset_graph=graph, loading_context=view
+    )
+    out = []
+    for key, partition in wanted:
+        status = resolver.get_status(key, partition)
+        causes = ()
+        if status == StaleStatus.STALE:
+            causes = tuple(
+                _describe(cause) for cause in resolver.get_stale_root_causes(key, partition)
+            )
+        out.append(AssetStatus(key, partition, status.value, causes))
+    return out
+
+
+def _describe(cause) -> str:
+    where = cause.key.asset_key.to_user_string()
+    if cause.key.partition_key:
+        where += f"[{cause.key.partition_key}]"
+    return f"{where} {cause.reason}"

@@ -36,11 +36,12 @@ from cbi_platform.defs.procurement.assets import (
 from cbi_platform.defs.regimes.assets import detected_regimes, regime_calendar, regime_datasets
 from cbi_platform.defs.regimes.checks import regime_checks
 from cbi_platform.defs.sentiment.assets import news_sentiment
+from cbi_platform.defs.versions import with_code_versions
 
 # The inventory the Definitions load (the shape of the pipeline is in the selections below).
 # vertex_deployment deploys the champions to Vertex AI when configured; it is in no job
 # (materialize it by hand or from a schedule of your own after promotions).
-ALL_ASSETS = [
+UNVERSIONED_ASSETS = [
     raw_market_data,
     market_prices,
     news_sentiment,
@@ -63,6 +64,8 @@ ALL_ASSETS = [
     procurement_recommendation,
     vertex_deployment,
 ]
+# Every asset with its code version (defs/versions.py): what the UI, the jobs and `cbi run` load.
+ALL_ASSETS = with_code_versions(UNVERSIONED_ASSETS)
 ALL_CHECKS = [
     *market_checks,
     *regime_checks,
@@ -73,6 +76,9 @@ ALL_CHECKS = [
 ]
 
 MARKET = dg.AssetSelection.groups("market")
+# What reads outside the platform (the source's prices and news): `cbi run` re-reads it every
+# time; its data version is a hash of the content, so the same delivery leaves the rest fresh.
+SOURCE = dg.AssetSelection.assets(raw_market_data)
 # News scoring runs in the pipeline (once per run, and in the daily refresh) only when
 # sentiment.yaml puts news in some horizon's features, i.e. when the features read it;
 # otherwise news_sentiment is defined (UI, `dg.materialize`) but nothing waits on it.

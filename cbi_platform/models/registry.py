@@ -199,6 +199,15 @@ def check_zoo(zoo: str) -> str:
     return zoo
 
 
+def spec_entries(
+    kinds: Iterable[str] | None = None, path: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The specs file's entries of `kinds` (all if None) as written, in file order: what a
+    model group's code version hashes, so editing one model changes only its group's."""
+    wanted = None if kinds is None else set(kinds)
+    return [e for e in _read_entries(path) if wanted is None or e["kind"] in wanted]
+
+
 def load_specs(
     path: str | Path | None = None,
     horizon: str | None = None,

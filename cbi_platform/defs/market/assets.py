@@ -6,6 +6,7 @@ import polars as pl
 from cbi_platform.defs.resources import MarketSourceResource
 from cbi_platform.market.validation import raise_on_errors, validate_market_prices
 from cbi_platform.reporting import markdown_table
+from cbi_platform.versioning import frame_version
 
 
 @dg.multi_asset(
@@ -26,9 +27,11 @@ def raw_market_data(context: dg.AssetExecutionContext, market_source: MarketSour
     for notice in bundle.notices:
         context.log.info(notice)
     prices, news = bundle.prices, bundle.news
+    # Data versions from the content: the same delivery leaves everything downstream fresh.
     yield dg.Output(
         prices,
         output_name="raw_market_prices",
+        data_version=dg.DataVersion(frame_version(prices)),
         metadata={
             "dagster/row_count": prices.height,
             "source": market_source.kind,
@@ -42,6 +45,7 @@ def raw_market_data(context: dg.AssetExecutionContext, market_source: MarketSour
     yield dg.Output(
         news,
         output_name="news_articles",
+        data_version=dg.DataVersion(frame_version(news)),
         metadata={"dagster/row_count": news.height, "source": market_source.kind},
     )
 
