@@ -25,7 +25,6 @@ SPLIT = frozenset(
         "defs/test_model_assets.py",
         "models/test_zoo.py",
         "models/test_neural.py",
-        "models/test_fit_cache.py",
         "models/test_volatility_nn.py",
         "evaluation/test_volatility_eval.py",
         "serving/test_network_export.py",
@@ -43,8 +42,9 @@ SECONDS = {
     "procurement/test_procurement_assets.py": 30.0,
     "defs/test_model_assets.py::test_forecast_pipeline": 30.0,
     "test_distributed.py::test_celery_workers": 30.0,
-    "models/test_fit_cache.py::test_later_steps": 18.0,
-    "models/test_fit_cache.py::": 7.0,
+    # One unit in file order: test_later_steps_reuse_the_walk_forward_fits fails when it runs
+    # first in a fresh process (on 194760c too), passes after test_the_key_changes_...
+    "models/test_fit_cache.py": 32.0,
     "models/test_volatility_nn.py::test_walk_forward_refits": 13.0,
     "models/test_volatility_nn.py::test_it_learns": 9.0,
     "models/test_volatility_nn.py::": 3.0,
