@@ -16,6 +16,25 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "shared_data.yaml"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest work units first (xdist_order.py): with -n 2 the slow tests start at once."""
+    from cbi_platform_tests.xdist_order import ordered
+
+    by_id = {item.nodeid: item for item in items}
+    if len(by_id) == len(items):
+        items[:] = [by_id[nodeid] for nodeid in ordered(by_id)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n 2` (xdist's `load`): files as units, longest first; an explicit other --dist wins."""
+    if config.getvalue("dist") != "load":
+        return None
+    from cbi_platform_tests.xdist_order import make_scheduler
+
+    return make_scheduler(config, log)
+
+
 def _business_days(start: dt.date, n: int) -> list[dt.date]:
     out, day = [], start
     while len(out) < n:

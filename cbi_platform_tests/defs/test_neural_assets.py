@@ -26,6 +26,8 @@ from cbi_platform_tests.conftest import file_resources, write_small_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SPECS = Path(__file__).with_name("tiny_neural_specs.yaml")
+# One dense network fitted twice: the pool tests need a real neural step, not a walk-forward.
+SLOT_SPECS = Path(__file__).with_name("gpu_slot_specs.yaml")
 NEURAL_STEP = "members_neural"
 UPSTREAM = [
     "news_articles",
@@ -37,24 +39,27 @@ UPSTREAM = [
 ]
 
 
-def tiny_protocol() -> ProtocolResource:
+def tiny_protocol(specs_file: str | Path | None = None) -> ProtocolResource:
+    # 16 origins on the usual ~21.7-day grid (4 scored, 6 development, 6 calibration) plus the
+    # live one: each network fits 3 times on refit_every 8 (fits are most of a step's time).
     return ProtocolResource(
-        n_scored=12,
-        span=240,
+        n_scored=4,
+        span=66,
         end_offset=5,
-        n_development=20,
-        n_calibration=20,
+        n_development=6,
+        n_calibration=6,
         min_first_origin_row=100,
         n_workers=1,
         min_history=5,
         regime_folds=2,
-        specs_file=str(TINY_SPECS),
+        specs_file=str(specs_file or TINY_SPECS),
     )
 
 
-def neural_resources(home: str | Path) -> dict:
+def neural_resources(home: str | Path, specs_file: str | Path | None = None) -> dict:
     home = Path(home)
-    return {**file_resources(home / "data" / "manifest.yaml", home), "protocol": tiny_protocol()}
+    manifest = home / "data" / "manifest.yaml"
+    return {**file_resources(manifest, home), "protocol": tiny_protocol(specs_file)}
 
 
 def _materialize(resources, selection, partition=None, instance=None):
@@ -160,8 +165,9 @@ def _instance_home(folder: Path, free_slots_after: int = 1) -> Path:
 def _launch(dagster_home: Path, home: Path, partition: str, tag: str) -> subprocess.Popen:
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "PYTHONUNBUFFERED": "1"}
     log = open(home / f"run_{tag}.log", "w")  # noqa: SIM115 - closed by the process's end
+    module = "cbi_platform_tests.defs.neural_run"
     return subprocess.Popen(
-        [sys.executable, "-m", "cbi_platform_tests.defs.neural_run", str(home), partition, tag],
+        [sys.executable, "-m", module, str(home), partition, tag, str(SLOT_SPECS)],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -217,7 +223,9 @@ def test_two_neural_runs_at_once_take_the_gpu_slot_one_after_the_other(upstream_
     assert waited, "neither run reported waiting for the gpu slot"
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
     for home, partition, tag in zip(homes, ("1w", "1m"), ("a", "b"), strict=True):
-        assert _table(home, "oof_neural")["horizon"].unique().to_list() == [partition]
+        oof = _table(home, "oof_neural")
+        assert oof["horizon"].unique().to_list() == [partition]
+        assert oof["model"].unique().to_list() == ["nn_dense_tiny"]  # a network was trained
         # ... and trained in a spawned process (one worker), not in the run's own process.
         log = (home / f"run_{tag}.log").read_text()
         assert "tensorflow loaded in the run process: False" in log, log[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -19,16 +20,17 @@ from cbi_platform.operations.replay import ReplaySettings, format_report, run_re
 from cbi_platform.replay_driver import DagsterReplayDriver
 from cbi_platform_tests.conftest import write_small_manifest
 
-SMALL = dict(
-    n_scored=12,
-    span=240,
+SMALL = dict(  # 24 walk-forward origins ~21.8 trading days apart, the live one aside
+    n_scored=6,
+    span=110,
     end_offset=5,
-    n_development=20,
-    n_calibration=20,
+    n_development=8,
+    n_calibration=10,
     min_first_origin_row=100,
     n_workers=1,
     min_history=5,
     regime_folds=2,
+    specs_file=str(Path(__file__).with_name("replay_specs.yaml")),
 )
 MONITORING = """
 validation: {window: 3, min_matured: 3, rel_mae_alert: 1.5, regime_min_n: 50}
