@@ -3,6 +3,7 @@ a changed model spec reruns only its group and what depends on it (issue 19)."""
 
 import copy
 import io
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -15,6 +16,7 @@ from cbi_platform.runner import run_pipeline
 from cbi_platform_tests.conftest import file_resources
 
 HORIZONS = ["1w", "1m"]
+SPECS = Path(__file__).with_name("warm_run_specs.yaml")
 SOURCE_KEYS = {"raw_market_prices", "news_articles"}
 
 
@@ -30,6 +32,7 @@ def _small_resources(manifest, home) -> dict:
         min_history=5,
         regime_folds=2,
         model_kinds=["benchmark", "tree"],
+        specs_file=str(SPECS),
     )
     return {**file_resources(manifest, home), "protocol": protocol}
 

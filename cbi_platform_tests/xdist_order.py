@@ -36,6 +36,7 @@ SPLIT = frozenset(
 # whole file (a key ending in .py, for files that are one unit).
 SECONDS = {
     "operations/test_replay.py::": 45.0,
+    "test_warm_run.py": 40.0,
     "defs/test_neural_assets.py::test_two_neural_runs_at_once": 35.0,
     "defs/test_neural_assets.py::test_neural_group_step": 25.0,
     "defs/test_neural_assets.py::test_a_cancelled_or_killed": 15.0,
