@@ -169,13 +169,13 @@ def _float_param(spec: ModelSpec, key: str, default: float, low: float, high: fl
 
 # ---- architectures ------------------------------------------------------------------------
 
-_CUSTOM: dict[str, Any] = {}
+_custom_layers: dict[str, Any] = {}
 
 
 def _custom_objects() -> dict[str, Any]:
     """The one custom layer (learned positions), defined and registered on first use."""
-    if _CUSTOM:
-        return _CUSTOM
+    if _custom_layers:
+        return _custom_layers
     import keras  # heavy: delayed
 
     @keras.saving.register_keras_serializable(package="cbi_platform")
@@ -192,9 +192,9 @@ def _custom_objects() -> dict[str, Any]:
         def call(self, inputs):
             return inputs + keras.ops.cast(self.embedding, inputs.dtype)
 
-    _CUSTOM["PositionEmbedding"] = PositionEmbedding
-    _CUSTOM["cbi_platform>PositionEmbedding"] = PositionEmbedding
-    return _CUSTOM
+    _custom_layers["PositionEmbedding"] = PositionEmbedding
+    _custom_layers["cbi_platform>PositionEmbedding"] = PositionEmbedding
+    return _custom_layers
 
 
 def _build_network(model: NeuralModel, p: int) -> Any:

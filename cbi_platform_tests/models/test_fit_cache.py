@@ -114,3 +114,21 @@ def test_a_change_to_the_code_that_fits_or_its_runtime_is_a_miss(tmp_path, monke
     assert fit_key(GRU, data) != key
     monkeypatch.undo()
     assert fit_key(GRU, data) == key
+
+
+def test_the_code_version_does_not_change_when_the_first_network_is_built():
+    """A process's first network fit and its later ones share one key: building the custom
+    layer registry on first use is not a change to the code that fits."""
+    import subprocess
+    import sys
+
+    script = (
+        "from cbi_platform.models import fit_cache, neural\n"
+        "before = fit_cache.fit_code_version()\n"
+        "neural._custom_objects()\n"
+        "print(before == fit_cache.fit_code_version())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "True"
