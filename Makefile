@@ -98,7 +98,7 @@ results-coverage: $(STAMP)
 	$(PY) benchmarks/daily_coverage.py $(DAILY_COVERAGE_ARGS)
 
 results-speed: $(STAMP)
-	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed.py --warm
 
 results-procurement: $(STAMP)
 	$(PY) benchmarks/procurement.py --home $(SIM_HOME) --label simulated
