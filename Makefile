@@ -71,7 +71,7 @@ RESULTS_TARGETS := results-accuracy results-zones results-volatility results-neu
 	results-replay results-sentiment results-fit-times results-distributed results-lookahead \
 	results-test-suite
 
-.PHONY: results $(RESULTS_TARGETS) results-neural-tuning results-equivalence
+.PHONY: results $(RESULTS_TARGETS) results-neural-tuning results-equivalence results-test-speed
 
 results: $(RESULTS_TARGETS)
 	@echo "make results: done; every file under benchmarks/results/ names its commit and wall time"
@@ -144,3 +144,9 @@ results-equivalence: $(STAMP)
 
 results-test-suite: $(STAMP)
 	$(PY) benchmarks/test_suite.py --checkout $(CURDIR)
+
+# Side-by-side speed against another commit (not in `results`: it needs that commit checked
+# out, e.g. `git worktree add /tmp/base <commit>`): make results-test-speed BASELINE=/tmp/base
+results-test-speed: $(STAMP)
+	@test -n "$(BASELINE)" || { echo "set BASELINE=<checkout of the commit to compare>"; exit 2; }
+	$(PY) benchmarks/test_speed.py --baseline $(BASELINE) --coverage
