@@ -35,6 +35,21 @@ def pytest_xdist_make_scheduler(config, log):
     return make_scheduler(config, log)
 
 
+# The small walk-forward the asset tests run on a small manifest (ProtocolResource fields):
+# 12 scored, 20 development and 20 calibration origins over 240 rows, one worker.
+SMALL_PROTOCOL = dict(
+    n_scored=12,
+    span=240,
+    end_offset=5,
+    n_development=20,
+    n_calibration=20,
+    min_first_origin_row=100,
+    n_workers=1,
+    min_history=5,
+    regime_folds=2,
+)
+
+
 def _business_days(start: dt.date, n: int) -> list[dt.date]:
     out, day = [], start
     while len(out) < n:

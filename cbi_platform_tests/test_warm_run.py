@@ -13,7 +13,7 @@ from cbi_platform.defs.resources import ProtocolResource
 from cbi_platform.defs.versions import with_code_versions
 from cbi_platform.models.registry import spec_entries
 from cbi_platform.runner import run_pipeline
-from cbi_platform_tests.conftest import file_resources
+from cbi_platform_tests.conftest import SMALL_PROTOCOL, file_resources
 
 HORIZONS = ["1w", "1m"]
 SPECS = Path(__file__).with_name("warm_run_specs.yaml")
@@ -22,15 +22,7 @@ SOURCE_KEYS = {"raw_market_prices", "news_articles"}
 
 def _small_resources(manifest, home) -> dict:
     protocol = ProtocolResource(
-        n_scored=12,
-        span=240,
-        end_offset=5,
-        n_development=20,
-        n_calibration=20,
-        min_first_origin_row=100,
-        n_workers=1,
-        min_history=5,
-        regime_folds=2,
+        **SMALL_PROTOCOL,
         model_kinds=["benchmark", "tree"],
         specs_file=str(SPECS),
     )

@@ -12,18 +12,10 @@ from cbi_platform.defs.pipeline import HORIZON, SHARED
 from cbi_platform.defs.resources import ProtocolResource
 from cbi_platform.release.gates import LEAKAGE_CHECKS
 from cbi_platform.runner import materialize
-from cbi_platform_tests.conftest import file_resources, write_small_manifest
+from cbi_platform_tests.conftest import SMALL_PROTOCOL, file_resources, write_small_manifest
 
 SMALL = ProtocolResource(
-    n_scored=12,
-    span=240,
-    end_offset=5,
-    n_development=20,
-    n_calibration=20,
-    min_first_origin_row=100,
-    n_workers=1,
-    min_history=5,
-    regime_folds=2,
+    **SMALL_PROTOCOL,
     # Networks have their own small end-to-end test (test_neural_assets.py).
     model_kinds=["benchmark", "statistical", "tree", "sanity", "specialist"],
 )
