@@ -15,7 +15,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-# Condition kinds. The first three can request retraining of their horizon.
+# Condition kinds. Only accuracy and coverage can request retraining of their horizon: they are
+# evidence that matters to the forecast. Drift and correlation breaks inform the engineer.
 ACCURACY = "accuracy"  # error relative to the random walk's (or an absolute MAPE rule)
 DRIFT = "drift"  # input, prediction or driver drift beyond threshold
 CORRELATION_BREAK = "correlation_break"  # soy-palm / soy-crude outside their own band
@@ -38,7 +39,7 @@ KINDS = (
     DECISION_QUALITY,
     RELOAD_MISMATCH,
 )
-RETRAIN_KINDS = (ACCURACY, DRIFT, CORRELATION_BREAK)
+RETRAIN_KINDS = (ACCURACY, COVERAGE)
 
 
 @dataclass(frozen=True)

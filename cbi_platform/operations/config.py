@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cbi_platform.conditions import RETRAIN_KINDS
 from cbi_platform.operations.correlation import CorrelationSettings
 from cbi_platform.operations.drift import DriftSettings
 from cbi_platform.operations.validation import ValidationSettings
@@ -25,7 +26,15 @@ class RefreshSettings:
 @dataclass(frozen=True)
 class RetrainingSettings:
     cooldown_business_days: int = 10
-    kinds: tuple[str, ...] = ("accuracy", "drift", "correlation_break")
+    kinds: tuple[str, ...] = RETRAIN_KINDS
+
+    def __post_init__(self) -> None:
+        not_evidence = sorted(set(self.kinds) - set(RETRAIN_KINDS))
+        if not_evidence:
+            raise ValueError(
+                f"retraining.kinds: {not_evidence} cannot request a retrain; only "
+                f"{list(RETRAIN_KINDS)} (drift and correlation breaks inform the engineer)"
+            )
 
 
 @dataclass(frozen=True)

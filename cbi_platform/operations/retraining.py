@@ -1,9 +1,12 @@
 """Which horizons to retrain, from the monitors' conditions: the retraining sensor's logic.
 
-A firing condition of a retraining kind (accuracy, drift, correlation break) asks for a retrain
-of the horizons it affects: its own horizon, or for a correlation break (which has none) the
-horizons whose served forecast leans on the broken partner (a driver of the served row is a
-feature of that market). Idempotent by construction:
+Retraining only on evidence: a firing condition of a retraining kind asks for a retrain of its
+own horizon, and only accuracy (the served forecasts lose to the random walk) and coverage
+(the zones undercover) are retraining kinds (`conditions.RETRAIN_KINDS`). Drift and correlation
+breaks inform the engineer; they never retrain by themselves: a drifted input or a broken
+correlation that has not hurt the forecasts is no evidence that a new fit would do better, and
+on the simulator drift-driven retrains were most of the replay's six (issue 20). Idempotent by
+construction:
 
 - `run_key` = retrain:<condition key>:<horizon>:<day the condition started firing>. A condition
   that keeps firing keeps the same key (the daemon never launches a run_key twice); one that
@@ -12,9 +15,8 @@ feature of that market). Idempotent by construction:
   for one condition even across a daemon restart (the cursor is stored by Dagster).
 - A cooldown: a horizon retrained within `cooldown_business_days` is not retrained again, for
   any condition; the request is deferred (and made later if the condition still fires).
-- Nothing to learn, no retrain: when the served version was trained on data through a day on
-  or after the condition began (a correlation break that started before its training end, or
-  a condition that fired before it was trained), a retrain would see nothing new.
+- A condition the served version has not seen: when the served version was trained on data
+  through a day on or after the condition began, a retrain would see nothing new.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbi_platform.conditions import CORRELATION_BREAK, Condition
+from cbi_platform.conditions import RETRAIN_KINDS, Condition
 
 
 @dataclass(frozen=True)
@@ -57,30 +59,9 @@ def _business_days_between(a: dt.date, b: dt.date) -> int:
     return int(np.busday_count(a, b))
 
 
-def affected_horizons(
-    condition: Condition,
-    horizons: Sequence[str],
-    served_drivers: Mapping[str, Sequence[str]] | None = None,
-) -> list[str]:
-    """The horizons a condition asks to retrain (see the module docstring)."""
-    if condition.horizon is not None:
-        return [condition.horizon] if condition.horizon in horizons else []
-    if condition.kind == CORRELATION_BREAK:
-        partner = str(condition.evidence.get("partner") or "").lower()
-        if not partner:
-            return []
-        drivers = served_drivers or {}
-        return [h for h in horizons if any(partner in f.lower() for f in drivers.get(h, ()))]
-    return []
-
-
-def _began(condition: Condition, episode_start: dt.date) -> dt.date:
-    """When the condition's cause began: a break's first day outside its band, else the day
-    the condition started firing."""
-    run_start = condition.evidence.get("run_start")
-    if condition.kind == CORRELATION_BREAK and run_start:
-        return min(dt.date.fromisoformat(str(run_start)), episode_start)
-    return episode_start
+def affected_horizons(condition: Condition, horizons: Sequence[str]) -> list[str]:
+    """The horizons a condition asks to retrain: its own, when it is served."""
+    return [condition.horizon] if condition.horizon in horizons else []
 
 
 def plan_retraining(
@@ -90,14 +71,21 @@ def plan_retraining(
     horizons: Sequence[str],
     kinds: Sequence[str],
     cooldown_business_days: int,
-    served_drivers: Mapping[str, Sequence[str]] | None = None,
     run_exists: Callable[[str], bool] | None = None,
     trained_through: Mapping[str, dt.date] | None = None,
 ) -> RetrainPlan:
     """Run requests for the firing conditions of `kinds` (see the module docstring).
 
     `run_exists(run_key)`: whether a run with that key was already launched (the daemon's own
-    dedupe, checked here too so an in-process replay behaves the same)."""
+    dedupe, checked here too so an in-process replay behaves the same). `kinds` outside
+    `RETRAIN_KINDS` raise: drift and correlation breaks do not retrain by themselves."""
+    not_evidence = sorted(set(kinds) - set(RETRAIN_KINDS))
+    if not_evidence:
+        raise ValueError(
+            f"retraining kinds {not_evidence} cannot request a retrain: only "
+            f"{list(RETRAIN_KINDS)} are evidence that matters to the forecast (drift and "
+            "correlation breaks inform the engineer)"
+        )
     state = load_cursor(cursor)
     requests: list[RetrainRequest] = []
     deferred: list[str] = []
@@ -110,10 +98,10 @@ def plan_retraining(
         start = dt.date.fromisoformat(
             state["episodes"].setdefault(condition.key, condition.as_of.isoformat())
         )
-        targets = affected_horizons(condition, horizons, served_drivers)
+        targets = affected_horizons(condition, horizons)
         if not targets:
             deferred.append(f"{condition.key}: affects no served horizon (no retrain)")
-        began = _began(condition, start)
+        began = start
         for horizon in targets:
             seen = (trained_through or {}).get(horizon)
             if seen is not None and seen >= began:

@@ -43,6 +43,7 @@ import numpy as np
 import polars as pl
 
 from cbi_platform.conditions import ACCURACY, COVERAGE, REGIME_FAILURE, Condition
+from cbi_platform.operations.hysteresis import Hysteresis, states
 from cbi_platform.settings import HORIZONS
 
 SERVED = "served"
@@ -111,6 +112,12 @@ class ValidationSettings:
     coverage_margin: coverage and regime conditions fire when the 90% zones cover less than
         the coverage achieved in validation minus this margin (0.10 = ten points).
     regime_min_n: matured forecasts needed in a regime before its coverage is judged.
+    rel_mae_clear: hysteresis: an open accuracy episode clears only once the rolling rel MAE
+        is back below this level (<= rel_mae_alert).
+    coverage_clear_margin: an open coverage or regime episode clears only once coverage is
+        back above achieved - this margin (<= coverage_margin).
+    min_episode_days: an open episode is not cleared before this many judgements (maturity
+        days) have passed, so one lucky outcome cannot close it.
     """
 
     window: int = 20
@@ -119,6 +126,9 @@ class ValidationSettings:
     absolute_mape_1w: float | None = None
     coverage_margin: float = 0.10
     regime_min_n: int = 8
+    rel_mae_clear: float = 1.05
+    coverage_clear_margin: float = 0.05
+    min_episode_days: int = 5
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.min_matured < 1 or self.regime_min_n < 1:
@@ -129,6 +139,25 @@ class ValidationSettings:
             raise ValueError("coverage_margin must be in [0, 1)")
         if self.absolute_mape_1w is not None and not self.absolute_mape_1w > 0:
             raise ValueError("absolute_mape_1w must be > 0 or None")
+        if not 0 < self.rel_mae_clear <= self.rel_mae_alert:
+            raise ValueError("rel_mae_clear must be in (0, rel_mae_alert]")
+        if not 0 <= self.coverage_clear_margin <= self.coverage_margin:
+            raise ValueError("coverage_clear_margin must be in [0, coverage_margin]")
+        if self.min_episode_days < 1:
+            raise ValueError("min_episode_days must be >= 1")
+
+    def accuracy_rule(self) -> Hysteresis:
+        return Hysteresis(
+            self.rel_mae_alert + _EPS, self.rel_mae_clear, self.min_episode_days, "above"
+        )
+
+    def coverage_rule(self, achieved: float) -> Hysteresis:
+        return Hysteresis(
+            achieved - self.coverage_margin - _EPS,
+            achieved - self.coverage_clear_margin,
+            self.min_episode_days,
+            "below",
+        )
 
 
 # ---- scoring ----------------------------------------------------------------------------
@@ -477,6 +506,153 @@ def _window_metrics(rows: pl.DataFrame) -> dict[str, Any]:
     return m
 
 
+def _matured_counts(rolling: pl.DataFrame, rows: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """`rolling` with `n_matured`: the matured rows of its group up to each target_date."""
+    counts = rows.group_by(*by, "target_date").agg(pl.len().cast(pl.Int64).alias("_k"))
+    return (
+        rolling.join(counts, on=[*by, "target_date"], how="left")
+        .with_columns(n_matured=pl.col("_k").cum_sum().over(list(by)))
+        .drop("_k")
+    )
+
+
+def _with_states(
+    frame: pl.DataFrame, statistic: str, judged: pl.Expr, rules: Mapping[Any, Hysteresis], by: str
+) -> pl.DataFrame:
+    """Adds `judged` and `firing`: the hysteresis state of each group's statistic series
+    (unjudged days carry the state over)."""
+    frame = frame.with_columns(judged=judged.fill_null(False))
+    parts = []
+    for key, part in frame.group_by(by, maintain_order=True):
+        values = np.where(
+            part["judged"].to_numpy(),
+            part[statistic].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+            np.nan,
+        )
+        rule = rules[key[0]]
+        parts.append(part.with_columns(firing=pl.Series(states(values, rule), dtype=pl.Boolean)))
+    return pl.concat(parts) if parts else frame.with_columns(firing=pl.lit(None, pl.Boolean))
+
+
+def accuracy_series(scored: pl.DataFrame, settings: ValidationSettings | None = None):
+    """Per horizon and maturity day (target_date): the rolling metrics of the last `window`
+    matured forecasts (`rolling_summary`), `n_matured`, the judged `statistic` (the rolling
+    rel MAE; with `absolute_mape_1w` set, 1w takes the larger of rel MAE and the MAPE scaled
+    to the same alert level) and `firing`, the hysteresis state of `settings.accuracy_rule()`
+    over the horizon's whole history. Days with fewer than `min_matured` matured forecasts are
+    not judged."""
+    settings = settings or ValidationSettings()
+    rolling = rolling_summary(scored, settings.window)
+    rolling = _matured_counts(rolling, scored, ["horizon"]) if rolling.height else rolling
+    if rolling.is_empty():
+        return rolling.with_columns(
+            n_matured=pl.lit(None, pl.Int64),
+            statistic=pl.lit(None, pl.Float64),
+            judged=pl.lit(None, pl.Boolean),
+            firing=pl.lit(None, pl.Boolean),
+        )
+    statistic = pl.col("rel_mae")
+    if settings.absolute_mape_1w is not None:
+        scaled = pl.col("mape") / settings.absolute_mape_1w * settings.rel_mae_alert
+        statistic = (
+            pl.when(pl.col("horizon") == "1w")
+            .then(pl.max_horizontal(pl.col("rel_mae"), scaled))
+            .otherwise(pl.col("rel_mae"))
+        )
+    rolling = rolling.with_columns(statistic=statistic)
+    rules = {h: settings.accuracy_rule() for h in rolling["horizon"].unique().to_list()}
+    judged = pl.col("n_matured") >= settings.min_matured
+    return _with_states(rolling, "statistic", judged, rules, "horizon")
+
+
+def coverage_series(
+    scored: pl.DataFrame,
+    achieved: Mapping[str, float],
+    settings: ValidationSettings | None = None,
+) -> pl.DataFrame:
+    """Per horizon and maturity day: the rolling 90% coverage of the last `window` matured
+    forecasts that carry a zone, `n_matured` (with a zone), `achieved` and `firing` (the
+    hysteresis state of `settings.coverage_rule(achieved)`)."""
+    settings = settings or ValidationSettings()
+    zoned = scored.filter(pl.col("in90").is_not_null()) if scored.height else scored
+    rolling = rolling_summary(zoned, settings.window)
+    if rolling.is_empty():
+        return rolling.with_columns(
+            n_matured=pl.lit(None, pl.Int64),
+            achieved=pl.lit(None, pl.Float64),
+            judged=pl.lit(None, pl.Boolean),
+            firing=pl.lit(None, pl.Boolean),
+        )
+    rolling = _matured_counts(rolling, zoned, ["horizon"])
+    horizons = rolling["horizon"].unique().to_list()
+    targets = {h: _achieved(achieved, h)[0] for h in horizons}
+    rolling = rolling.with_columns(
+        achieved=pl.col("horizon").replace_strict(targets, return_dtype=pl.Float64)
+    )
+    rules = {h: settings.coverage_rule(targets[h]) for h in horizons}
+    judged = pl.col("n_matured") >= settings.min_matured
+    return _with_states(rolling, "coverage90", judged, rules, "horizon")
+
+
+def regime_coverage_series(
+    scored: pl.DataFrame,
+    achieved: Mapping[str, float],
+    settings: ValidationSettings | None = None,
+) -> pl.DataFrame:
+    """Per (horizon, regime at as_of) and maturity day: the cumulative 90% coverage of that
+    regime's matured forecasts with a zone, `n`, and `firing` (the hysteresis state of
+    `settings.coverage_rule(achieved)` over that regime's own series; judged from
+    `regime_min_n` forecasts)."""
+    settings = settings or ValidationSettings()
+    schema = {
+        "horizon": pl.Utf8(),
+        "regime": pl.Utf8(),
+        "target_date": pl.Date(),
+        "n": pl.Int64(),
+        "coverage90": pl.Float64(),
+        "achieved": pl.Float64(),
+        "judged": pl.Boolean(),
+        "firing": pl.Boolean(),
+    }
+    if scored.is_empty() or "regime" not in scored.columns:
+        return pl.DataFrame(schema=schema)
+    zoned = scored.filter(pl.col("in90").is_not_null() & pl.col("regime").is_not_null())
+    if zoned.is_empty():
+        return pl.DataFrame(schema=schema)
+    daily = (
+        zoned.group_by("horizon", "regime", "target_date")
+        .agg(pl.len().cast(pl.Int64).alias("_k"), pl.col("in90").cast(pl.Int64).sum().alias("_h"))
+        .sort("horizon", "regime", "target_date")
+        .with_columns(
+            n=pl.col("_k").cum_sum().over("horizon", "regime"),
+            _hits=pl.col("_h").cum_sum().over("horizon", "regime"),
+        )
+        .with_columns(coverage90=pl.col("_hits") / pl.col("n"))
+    )
+    targets = {h: _achieved(achieved, h)[0] for h in daily["horizon"].unique().to_list()}
+    daily = daily.with_columns(
+        achieved=pl.col("horizon").replace_strict(targets, return_dtype=pl.Float64),
+        _group=pl.concat_str("horizon", pl.lit("/"), "regime"),
+    )
+    groups = daily.select("_group", "horizon").unique()
+    rules = {g: settings.coverage_rule(targets[h]) for g, h in groups.iter_rows()}
+    judged = pl.col("n") >= settings.regime_min_n
+    out = _with_states(daily, "coverage90", judged, rules, "_group")
+    return out.select(*schema).cast(schema)
+
+
+def _state_at(series: pl.DataFrame, as_of: dt.date, **keys: str) -> bool | None:
+    """The hysteresis state of one group on `as_of` (its last maturity day <= as_of), or None
+    when that group was never judged by then."""
+    rows = series.filter(pl.col("target_date") <= as_of)
+    for column, value in keys.items():
+        rows = rows.filter(pl.col(column) == value)
+    rows = rows.filter(pl.col("judged"))
+    if rows.is_empty():
+        return None
+    return bool(rows["firing"][-1])
+
+
 def accuracy_conditions(
     scored: pl.DataFrame,
     as_of: dt.date,
@@ -491,6 +667,7 @@ def accuracy_conditions(
     out: list[Condition] = []
     if scored.is_empty():
         return out
+    series = accuracy_series(scored.filter(pl.col("target_date") <= as_of), settings)
     for h in _horizon_order(scored["horizon"].to_list()):
         matured = _window(scored, as_of, h)
         if matured.height < settings.min_matured:
@@ -498,12 +675,9 @@ def accuracy_conditions(
         m = _window_metrics(matured.tail(settings.window))
         rel = m["rel_mae"]
         rules = [f"rolling rel MAE vs random walk > {settings.rel_mae_alert:g}"]
-        firing = rel is not None and rel > settings.rel_mae_alert + _EPS
         if settings.absolute_mape_1w is not None and h == "1w":
             rules.append(f"rolling 1w MAPE > {settings.absolute_mape_1w:g}%")
-            firing = firing or (
-                m["mape"] is not None and m["mape"] > settings.absolute_mape_1w + _EPS
-            )
+        firing = bool(_state_at(series, as_of, horizon=h))
         rel_txt = "n/a" if rel is None else f"{rel:.2f}x"
         title = (
             f"{h} forecast error {rel_txt} the random walk's over the last {m['n']} matured "
@@ -522,6 +696,8 @@ def accuracy_conditions(
             "first_target_date": m["first_target_date"],
             "last_target_date": m["last_target_date"],
             "rule": " or ".join(rules),
+            "clears_below": settings.rel_mae_clear,
+            "min_episode_days": settings.min_episode_days,
         }
         out.append(Condition(f"accuracy/{h}", ACCURACY, firing, title, as_of, h, evidence, link))
     return out
@@ -549,6 +725,7 @@ def coverage_conditions(
     out: list[Condition] = []
     if scored.is_empty():
         return out
+    series = coverage_series(scored.filter(pl.col("target_date") <= as_of), achieved, settings)
     for h in _horizon_order(scored["horizon"].to_list()):
         zoned = _window(scored, as_of, h).filter(pl.col("in90").is_not_null())
         if zoned.height < settings.min_matured:
@@ -557,7 +734,7 @@ def coverage_conditions(
         target, source = _achieved(achieved, h)
         floor = target - settings.coverage_margin
         cov = m["coverage90"]
-        firing = cov is not None and cov < floor - _EPS
+        firing = bool(_state_at(series, as_of, horizon=h))
         title = (
             f"{h} 90% zones covered {cov:.0%} of the last {m['n']} matured forecasts "
             f"(validation {target:.0%}, alert below {floor:.0%})"
@@ -574,6 +751,8 @@ def coverage_conditions(
             "first_target_date": m["first_target_date"],
             "last_target_date": m["last_target_date"],
             "rule": f"rolling 90% coverage < achieved - {settings.coverage_margin:g}",
+            "clears_above": target - settings.coverage_clear_margin,
+            "min_episode_days": settings.min_episode_days,
         }
         out.append(Condition(f"coverage/{h}", COVERAGE, firing, title, as_of, h, evidence, link))
     return out
@@ -638,11 +817,13 @@ def regime_conditions(
         return []
     known = scored.filter(pl.col("target_date") <= as_of)
     table = regime_coverage_monitor(known, current_regime, achieved, settings)
+    series = regime_coverage_series(known, achieved, settings)
     out: list[Condition] = []
     for row in table.filter(pl.col("current")).iter_rows(named=True):
         if row["n"] < settings.regime_min_n:
             continue
         h = row["horizon"]
+        firing = bool(_state_at(series, as_of, horizon=h, regime=current_regime))
         floor = row["achieved"] - settings.coverage_margin
         title = (
             f"{h} 90% zones covered {row['coverage90']:.0%} of {row['n']} matured forecasts "
@@ -663,7 +844,7 @@ def regime_conditions(
             Condition(
                 f"regime_failure/{h}/{current_regime}",
                 REGIME_FAILURE,
-                bool(row["undercovering"]),
+                firing,
                 title,
                 as_of,
                 h,

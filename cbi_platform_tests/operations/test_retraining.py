@@ -10,7 +10,7 @@ import socket
 import dagster as dg
 import pytest
 
-from cbi_platform.conditions import ACCURACY, CORRELATION_BREAK, COVERAGE, Condition
+from cbi_platform.conditions import ACCURACY, CORRELATION_BREAK, COVERAGE, DRIFT, Condition
 from cbi_platform.defs.operations.sensors import build_sensors
 from cbi_platform.defs.pipeline import ALL_CHECKS, retrain_job
 from cbi_platform.defs.resources import (
@@ -19,6 +19,7 @@ from cbi_platform.defs.resources import (
     OperationsResource,
 )
 from cbi_platform.operations.condition_log import ConditionLog
+from cbi_platform.operations.config import RetrainingSettings
 from cbi_platform.operations.retraining import plan_retraining
 
 H = ("1w", "1m", "3m", "6m", "12m")
@@ -36,7 +37,7 @@ def _plan(conditions, cursor=None, **kw):
         conditions,
         cursor,
         horizons=H,
-        kinds=("accuracy", "drift", "correlation_break"),
+        kinds=("accuracy", "coverage"),
         cooldown_business_days=10,
         **kw,
     )
@@ -57,7 +58,7 @@ def test_one_request_per_condition_episode_and_horizon_across_ticks_and_restarts
         assert again.requests == []
         cursor = again.cursor
     # Not a retraining kind, or not firing: nothing.
-    assert _plan([_cond("coverage/1w", COVERAGE, True, D, "1w")]).requests == []
+    assert _plan([_cond("drift/1w", DRIFT, True, D, "1w")]).requests == []
     assert _plan([_cond("accuracy/1m", ACCURACY, False, D, "1m")]).requests == []
 
 
@@ -75,44 +76,43 @@ def test_a_new_episode_after_the_cooldown_retrains_again_and_not_before():
     assert [r.run_key for r in fresh.requests] == ["retrain:accuracy/1w:1w:2024-03-07"]
 
 
-def test_a_correlation_break_retrains_only_the_horizons_that_lean_on_the_partner():
-    drivers = {"1w": ["f_wti_ret5", "f_zl_ret5"], "1m": ["f_zl_mom21"], "3m": ["f_brent_ret21"]}
-    plan = _plan(
-        [_cond("correlation_break/soy_crude", CORRELATION_BREAK, True, D, partner="WTI")],
-        served_drivers=drivers,
-    )
-    assert [r.horizon for r in plan.requests] == ["1w"]
-    none = _plan(
-        [_cond("correlation_break/soy_palm", CORRELATION_BREAK, True, D, partner="PALM")],
-        served_drivers=drivers,
-    )
-    assert none.requests == [] and "affects no served horizon" in none.deferred[0]
+def test_a_drift_only_or_correlation_break_only_condition_requests_no_retrain():
+    """Issue 20 section 4: drift and correlation breaks inform; only accuracy or coverage
+    evidence retrains. A firing drift or break alone requests nothing, with any settings."""
+    informing = [
+        _cond("drift/1w", DRIFT, True, D, "1w"),
+        _cond("drift/3m", DRIFT, True, D, "3m"),
+        _cond("correlation_break/soy_crude", CORRELATION_BREAK, True, D, partner="WTI"),
+    ]
+    assert _plan(informing).requests == []
+    # The same day with coverage evidence on 3m: that horizon alone is retrained.
+    with_evidence = [*informing, _cond("coverage/3m", COVERAGE, True, D, "3m")]
+    assert [r.horizon for r in _plan(with_evidence).requests] == ["3m"]
+    # Drift cannot be configured back into the retraining kinds.
+    with pytest.raises(ValueError, match="cannot request a retrain"):
+        plan_retraining(
+            informing, None, horizons=H, kinds=("accuracy", "drift"), cooldown_business_days=10
+        )
+    with pytest.raises(ValueError, match="cannot request a retrain"):
+        RetrainingSettings(kinds=("correlation_break",))
+    assert RetrainingSettings().kinds == ("accuracy", "coverage")
 
 
 def test_no_retrain_when_the_served_version_already_saw_the_cause():
-    old_break = _cond(
-        "correlation_break/soy_crude",
-        CORRELATION_BREAK,
-        True,
-        D,
-        partner="WTI",
-        run_start="2024-02-12",
-    )
-    drivers = {"1w": ["f_wti_ret5"], "1m": ["f_wti_ret21"]}
+    began = _cond("accuracy/1w", ACCURACY, True, D, "1w")
     plan = _plan(
-        [old_break],
-        served_drivers=drivers,
-        trained_through={"1w": dt.date(2024, 3, 1), "1m": dt.date(2024, 2, 9)},
+        [began, _cond("accuracy/1m", ACCURACY, True, D, "1m")],
+        trained_through={"1w": dt.date(2024, 3, 4), "1m": dt.date(2024, 2, 9)},
     )
-    # 1w was trained after the break began (nothing new to learn); 1m before it.
+    # 1w was trained through the day the condition began (nothing new to learn); 1m before it.
     assert [r.horizon for r in plan.requests] == ["1m"]
     assert "nothing new to learn" in plan.deferred[0]
 
 
 def test_a_run_already_launched_for_the_key_is_not_requested_again():
     plan = _plan(
-        [_cond("drift/3m", "drift", True, D, "3m")],
-        run_exists=lambda key: key == "retrain:drift/3m:3m:2024-03-04",
+        [_cond("coverage/3m", COVERAGE, True, D, "3m")],
+        run_exists=lambda key: key == "retrain:coverage/3m:3m:2024-03-04",
     )
     assert plan.requests == []
 

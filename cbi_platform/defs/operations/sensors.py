@@ -1,7 +1,6 @@
 """Sensors: alerts by email, failed runs, sensor-driven retraining; and the daily schedule."""
 
 import datetime as dt
-import json
 
 import dagster as dg
 
@@ -9,7 +8,6 @@ from cbi_platform.conditions import FAILED_CHECK, FAILED_RUN, Condition
 from cbi_platform.defs.dagster_internals import latest_check_evaluations
 from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.resources import (
-    ForecastStoreResource,
     MlflowResource,
     OperationsResource,
 )
@@ -99,14 +97,13 @@ def build_sensors(retrain_job, checks) -> list:
         job=retrain_job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Degradation, drift or a correlation break -> a retraining run for the "
-        "affected horizon partitions only (run_key per condition, horizon and episode; JSON "
-        "cursor; cooldown).",
+        description="Accuracy or coverage degraded -> a retraining run for that horizon "
+        "partition only (run_key per condition, horizon and episode; JSON cursor; cooldown). "
+        "Drift and correlation breaks inform; they never retrain by themselves.",
     )
     def retraining_sensor(
         context: dg.SensorEvaluationContext,
         operations: OperationsResource,
-        forecast_store: ForecastStoreResource,
         mlflow: MlflowResource,
     ):
         config = operations.config().retraining
@@ -116,7 +113,6 @@ def build_sensors(retrain_job, checks) -> list:
             horizons=HORIZON_KEYS,
             kinds=config.kinds,
             cooldown_business_days=config.cooldown_business_days,
-            served_drivers=served_drivers(forecast_store),
             run_exists=lambda key: _run_exists(context.instance, key),
             trained_through=served_trained_through(mlflow, operations.horizons),
         )
@@ -159,18 +155,6 @@ def _run_exists(instance: dg.DagsterInstance, run_key: str) -> bool:
         instance.get_run_records(dg.RunsFilter(tags={tag: run_key}), limit=1)
         for tag in ("dagster/run_key", "cbi/run_key")
     )
-
-
-def served_drivers(forecast_store: ForecastStoreResource) -> dict[str, list[str]]:
-    """The features behind each horizon's latest served forecast (its used drivers)."""
-    latest = forecast_store.store().latest()
-    out: dict[str, list[str]] = {}
-    for row in latest.iter_rows(named=True) if latest.height else []:
-        detail = row.get("drivers_detail") or []
-        if isinstance(detail, str):
-            detail = json.loads(detail)
-        out[row["horizon"]] = [d["feature"] for d in detail if d.get("used", True)]
-    return out
 
 
 def _run_condition(context, operations: OperationsResource, firing: bool) -> None:
