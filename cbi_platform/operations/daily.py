@@ -279,3 +279,5 @@ def correlation_report(
         market_prices, target=target_symbol, settings=config.correlation, as_of=as_of
     )
     return results, correlation.correlation_conditions(results, as_of, link)
+
+
