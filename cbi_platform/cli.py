@@ -298,6 +298,56 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Open alerts and the engineer's answers: list, ack, snooze, unsnooze; the day's digest."""
+    import json as _json
+
+    from cbi_platform.operations.alerts import AlertAnswerError, AlertBook
+
+    home = Path(args.home).resolve() if args.home else _home()
+    book = AlertBook(home / "operations.duckdb")
+    if args.alerts_command == "list":
+        rows = book.open_alerts_answered().to_dicts()
+        if args.json:
+            print(_json.dumps(rows, default=str, indent=1))
+            return 0
+        if not rows:
+            print(f"no open alerts in {home / 'operations.duckdb'}")
+        for r in rows:
+            answer = ""
+            if r["status"] != "open":
+                until = f" until {r['answer_until']}" if r["status"] == "snoozed" else ""
+                answer = f"  [{r['status']}{until} by {r['answered_by']}: {r['answer_reason']}]"
+            print(f"{r['key']:32} since {r['opened_as_of']}  {r['title']}{answer}")
+        return 0
+    if args.alerts_command == "digest":
+        from cbi_platform.operations.digest import build_digest, render_digest
+
+        day = dt.date.fromisoformat(args.day) if args.day else dt.date.today()
+        print(render_digest(build_digest(book, day)).get_content(), end="")
+        return 0
+    by = args.by or os.environ.get("USER") or ""
+    try:
+        if args.alerts_command == "ack":
+            answer = book.acknowledge(args.key, by=by, reason=args.reason)
+        elif args.alerts_command == "snooze":
+            try:
+                until = dt.date.fromisoformat(args.until)
+            except ValueError:
+                return _fail(f"--until {args.until!r}: not a date (YYYY-MM-DD)")
+            answer = book.snooze(args.key, until, by=by, reason=args.reason)
+        else:
+            answer = book.unsnooze(args.key, by=by, reason=args.reason)
+    except AlertAnswerError as exc:
+        return _fail(str(exc))
+    until = f" until {answer.until}" if answer.until else ""
+    print(
+        f"{answer.action} {answer.key}{until} by {answer.by} (episode opened "
+        f"{answer.opened_as_of}): {answer.reason}"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The forecast API and the buyer's page (uvicorn) over the home's snapshots."""
     import uvicorn
@@ -384,6 +434,25 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("name_or_prefix")
     keys.add_parser("list", help="names, prefixes, dates and status (never the keys)")
     p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("alerts", help="open alerts: list, ack, snooze, unsnooze; the digest")
+    p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
+    alerts = p.add_subparsers(dest="alerts_command", required=True)
+    a = alerts.add_parser("list", help="the open alerts and their answers")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (
+        ("ack", "acknowledge an open alert: no further mail for this episode"),
+        ("snooze", "snooze an open alert until a day: no mail for it until then"),
+        ("unsnooze", "remove an acknowledgement or snooze: the alert mails again"),
+    ):
+        a = alerts.add_parser(name, help=text)
+        a.add_argument("key", help="the alert key, e.g. accuracy/1w (see `cbi alerts list`)")
+        if name == "snooze":
+            a.add_argument("--until", required=True, help="last snoozed day, YYYY-MM-DD")
+        a.add_argument("--by", help="who answers (default: $USER)")
+        a.add_argument("--reason", required=True)
+    a = alerts.add_parser("digest", help="print a day's digest (fired, cleared, open)")
+    a.add_argument("--day", help="YYYY-MM-DD (default: today)")
+    p.set_defaults(func=cmd_alerts)
     p = sub.add_parser("serve", help="the forecast API and the buyer's page (uvicorn)")
     p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
     p.add_argument("--host", default="127.0.0.1")

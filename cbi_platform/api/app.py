@@ -1,13 +1,19 @@
 """The buyer-facing forecast API and the buyer's page (FastAPI).
 
 A reader: every answer comes from the published snapshots under the home (`HomeReader`),
-held in memory until a file changes; nothing here opens a DuckDB file or builds SQL. Data
-endpoints need an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health,
-/meta, /docs and the page's static files are open, and the page itself holds no data.
+held in memory until a file changes; nothing here builds SQL. Data endpoints need an API key
+(`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health, /meta, /docs and the page's
+static files are open, and the page itself holds no data.
+
+The one exception to "a reader": an engineer may answer an open alert (POST /alerts/ack,
+/alerts/snooze, /alerts/unsnooze). These need a key like the data endpoints, record the key's
+name as who answered, and write through the alert book (`AlertBook.acknowledge` ...: a short
+write under the store's lock, then a snapshot), the only requests that open a DuckDB file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -25,6 +31,8 @@ from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
 from cbi_platform.api.keys import ApiKey, verify_key
 from cbi_platform.api.views import NotPublished
+from cbi_platform.operations.alerts import AlertAnswerError, AlertBook, playbook_link
+from cbi_platform.storage import StoreBusyError
 
 STATIC_DIR = Path(__file__).with_name("static")
 log = logging.getLogger("cbi_platform.api")
@@ -47,6 +55,13 @@ ERROR_RESPONSES = {
     403: {"model": schemas.ErrorOut, "description": "unknown or revoked API key"},
     404: {"model": schemas.ErrorOut, "description": "nothing published yet"},
 }
+ANSWER_RESPONSES = {
+    **ERROR_RESPONSES,
+    404: {"model": schemas.ErrorOut, "description": "unknown alert key"},
+    409: {"model": schemas.ErrorOut, "description": "the alert is not open / not answered"},
+    422: {"model": schemas.ErrorOut, "description": "invalid request (e.g. a day in the past)"},
+}
+ANSWER_STATUS = {"unknown_alert": 404, "not_open": 409, "nothing_to_remove": 409, "invalid": 422}
 
 
 class ApiError(Exception):
@@ -160,7 +175,11 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
         if exc.status_code == 404:
             return _error(404, "not_found", "no such endpoint or file: see /docs")
         if exc.status_code == 405:
-            return _error(405, "method_not_allowed", "method not allowed: the API is read-only")
+            return _error(
+                405,
+                "method_not_allowed",
+                "method not allowed: the API is read-only except answering alerts (see /docs)",
+            )
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -235,6 +254,67 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     async def backtest():
         """Every policy's backtested record, and where the report and plot are."""
         return _json(reader.backtest())
+
+    playbook_url = os.environ.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md")
+    book = AlertBook(Path(home) / "operations.duckdb")  # builds nothing until written
+
+    @app.get("/alerts", response_model=schemas.AlertsOut, tags=["alerts"], **keyed)
+    def alerts():
+        """The open alerts, each with its playbook link and its answer (acknowledged or
+        snoozed, by whom, until when)."""
+        rows = []
+        for r in book.open_alerts_answered().iter_rows(named=True):
+            rows.append(
+                {
+                    **{k: r[k] for k in ("key", "kind", "horizon", "title", "link", "status")},
+                    "opened_as_of": r["opened_as_of"],
+                    "last_seen_as_of": r["last_seen_as_of"],
+                    "playbook": playbook_link(r["kind"], playbook_url),
+                    "answered_by": r["answered_by"] if r["status"] != "open" else None,
+                    "answer_until": r["answer_until"] if r["status"] == "snoozed" else None,
+                    "answer_reason": r["answer_reason"] if r["status"] != "open" else None,
+                    "evidence": json.loads(r["evidence"]) if r["evidence"] else {},
+                }
+            )
+        return schemas.AlertsOut(alerts=rows)
+
+    def _answer(do) -> schemas.AlertAnswerOut:
+        try:
+            answer = do()
+        except AlertAnswerError as exc:
+            raise ApiError(ANSWER_STATUS.get(exc.code, 422), exc.code, str(exc)) from exc
+        except StoreBusyError as exc:
+            raise ApiError(503, "store_busy", f"{exc}; retry shortly") from exc
+        return schemas.AlertAnswerOut(
+            key=answer.key,
+            action=answer.action,
+            by=answer.by,
+            reason=answer.reason,
+            until=answer.until,
+            opened_as_of=answer.opened_as_of,
+            answered_at=answer.answered_at,
+        )
+
+    answering = {"response_model": schemas.AlertAnswerOut, "tags": ["alerts"]}
+    answering["responses"] = ANSWER_RESPONSES
+
+    @app.post("/alerts/ack", **answering)
+    def acknowledge(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+        """Acknowledge an open alert: no further mail for this episode (recorded, with the
+        caller's key name as who)."""
+        return _answer(lambda: book.acknowledge(body.key, by=caller.name, reason=body.reason))
+
+    @app.post("/alerts/snooze", **answering)
+    def snooze(body: schemas.SnoozeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+        """Snooze an open alert until a day (inclusive): no mail for it until then."""
+        return _answer(
+            lambda: book.snooze(body.key, body.until, by=caller.name, reason=body.reason)
+        )
+
+    @app.post("/alerts/unsnooze", **answering)
+    def unsnooze(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+        """Remove an alert's acknowledgement or snooze: it mails again."""
+        return _answer(lambda: book.unsnooze(body.key, by=caller.name, reason=body.reason))
 
     @app.get("/health", response_model=schemas.HealthOut, tags=["health"])
     async def health():

@@ -217,3 +217,45 @@ def meta() -> MetaOut:
             c.api.split(".", 1)[1] for c in FORECAST_COLUMNS if c.api.startswith("target_zones.")
         ],
     )
+
+
+# ---- alerts: the open alerts and the engineer's answers ----
+
+
+class AlertOut(BaseModel):
+    key: str
+    kind: str
+    horizon: str | None
+    title: str
+    opened_as_of: dt.date
+    last_seen_as_of: dt.date
+    link: str | None = Field(description="the Dagster run behind the latest judgement")
+    playbook: str = Field(description="what to do: the playbook entry of its kind")
+    status: str = Field(description="open | acknowledged | snoozed")
+    answered_by: str | None = None
+    answer_until: dt.date | None = None
+    answer_reason: str | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class AlertsOut(BaseModel):
+    alerts: list[AlertOut]
+
+
+class AcknowledgeIn(BaseModel):
+    key: str = Field(min_length=1, max_length=200, description="e.g. accuracy/1w")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class SnoozeIn(AcknowledgeIn):
+    until: dt.date = Field(description="the last snoozed day (not in the past)")
+
+
+class AlertAnswerOut(BaseModel):
+    key: str
+    action: str = Field(description="acknowledge | snooze | unsnooze")
+    by: str = Field(description="the name of the API key that answered")
+    reason: str
+    until: dt.date | None
+    opened_as_of: dt.date = Field(description="the episode answered: the day it fired")
+    answered_at: dt.datetime

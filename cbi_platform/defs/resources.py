@@ -312,6 +312,12 @@ class OperationsResource(dg.ConfigurableResource):
         description="replay only: 'HORIZON:LOGRET:FROM_DATE' shifts the then-champion's "
         "forecasts from that day (a planted degradation the monitors must catch)",
     )
+    playbook_url: str = Field(
+        default="docs/PLAYBOOK.md", description="mails link to <playbook_url>#<kind>"
+    )
+    digest_hour: int = Field(
+        default=7, ge=0, le=23, description="local hour from which yesterday's digest is due"
+    )
     results: ResultsConfig = Field(default_factory=ResultsConfig)
 
     def results_sink(self):
@@ -363,6 +369,7 @@ class OperationsResource(dg.ConfigurableResource):
                 ),
                 username=self.smtp_username,
                 password=self.smtp_password,
+                playbook_url=self.playbook_url,
             )
         )
 
@@ -463,6 +470,8 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             smtp_password=_env_var(env, "CBI_SMTP_PASSWORD"),
             smtp_sender=env.get("CBI_SMTP_SENDER"),
             smtp_recipients=env.get("CBI_SMTP_RECIPIENTS"),
+            playbook_url=env.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md"),
+            digest_hour=int(env.get("CBI_DIGEST_HOUR", "7")),
             results=results,
         ),
         "vertex": VertexDeployResource(

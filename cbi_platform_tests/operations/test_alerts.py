@@ -3,91 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-import email
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import Message
 from pathlib import Path
 
 import polars as pl
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import cbi_platform.storage as storage
-from cbi_platform.conditions import ACCURACY, STALE_DATA, Condition
+from cbi_platform.conditions import ACCURACY, RELOAD_MISMATCH, STALE_DATA, Condition
 from cbi_platform.operations.alerts import (
     LOG_SCHEMA,
     STATE_SCHEMA,
+    AlertAnswerError,
     AlertBook,
     AlertDeliveryError,
     AlertEvent,
     SmtpMailer,
     SmtpSettings,
     deliver,
+    events_of,
+    group_events,
     render,
 )
+from cbi_platform_tests.operations.conftest import free_port as _free_port
 
 DAY = [dt.date(2024, 5, 6) + dt.timedelta(days=i) for i in range(6)]  # DAY[1] = day 1
 LINK = "http://dagster.local/runs/abc123"
-
-
-@dataclass
-class Inbox:
-    """aiosmtpd handler: keeps every accepted mail; rejects DATA whose subject says 'poison'
-    and recipients starting with 'bounce'."""
-
-    mails: list[tuple[str, list[str], Message]] = field(default_factory=list)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
-        if address.startswith("bounce"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
-        message = email.message_from_bytes(envelope.original_content or envelope.content)
-        if "poison" in message["Subject"]:
-            return "554 5.6.0 message content rejected"
-        self.mails.append((envelope.mail_from, list(envelope.rcpt_tos), message))
-        return "250 Message accepted for delivery"
-
-    def subjects(self) -> list[str]:
-        return [message["Subject"] for _, _, message in self.mails]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _authenticator(server, session, envelope, mechanism, auth_data):
-    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        b"cbi",
-        b"s3cret",
-    )
-    return AuthResult(success=ok, handled=False, auth_data=auth_data)
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = _free_port()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=_authenticator,
-        auth_require_tls=False,
-        auth_exclude_mechanism=["LOGIN"],  # PLAIN only: one try, one clear refusal
-    )
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
 
 
 def _settings(port: int, **overrides) -> SmtpSettings:
@@ -124,6 +64,18 @@ def _stale(day: int, firing: bool) -> Condition:
         title="ZL prices not refreshed",
         as_of=DAY[day],
         evidence={"last_price_date": "2024-05-01"},
+    )
+
+
+def _reload(day: int, firing: bool) -> Condition:
+    return Condition(
+        key="reload_mismatch/1w",
+        kind=RELOAD_MISMATCH,
+        firing=firing,
+        title="served 1w version does not reproduce on reload",
+        as_of=DAY[day],
+        horizon="1w",
+        evidence={"max_abs_diff": 0.4},
     )
 
 
@@ -226,7 +178,9 @@ def test_failed_delivery_is_recorded_and_retried_exactly_once(tmp_path: Path, sm
             attempts.append(event.key)
             return super().send(event)
 
-    first = book.update([_accuracy(1, True), _stale(1, True)])
+    # Two unrelated alerts (no shared cause: two mails). Stale data would have made accuracy
+    # moot and gone in one mail with it (test_one_cause_one_mail...), hence the reload alert.
+    first = book.update([_accuracy(1, True), _reload(1, True)])
     errors = deliver(book, CountingMailer(_settings(dead_port)), first)
     assert len(errors) == 2
     assert f"127.0.0.1:{dead_port}" in errors[0]
@@ -235,16 +189,16 @@ def test_failed_delivery_is_recorded_and_retried_exactly_once(tmp_path: Path, sm
     log = book.log()
     assert not log["delivered"].any()
     assert log["delivery_error"].str.contains(f"127.0.0.1:{dead_port}").all()
-    assert [e.key for e in book.undelivered()] == ["accuracy/1w", "stale_data/zl"]
+    assert [e.key for e in book.undelivered()] == ["accuracy/1w", "reload_mismatch/1w"]
 
     # next tick: a new event plus the backlog, oldest first, each once
-    new = book.update([_accuracy(2, True), _stale(2, False)])
+    new = book.update([_accuracy(2, True), _reload(2, False)])
     assert [e.event for e in new] == ["resolved"]
     assert deliver(book, SmtpMailer(_settings(port)), new) == []
     assert [m["X-CBI-Alert-Key"] for _, _, m in inbox.mails] == [
         "accuracy/1w",
-        "stale_data/zl",
-        "stale_data/zl",
+        "reload_mismatch/1w",
+        "reload_mismatch/1w",
     ]
     assert [s.split(" ")[2] for s in inbox.subjects()] == ["FIRING", "FIRING", "RESOLVED"]
     assert book.log()["delivered"].all() and book.log()["delivery_error"].is_null().all()
@@ -358,3 +312,149 @@ def test_readers_use_snapshots_only(tmp_path: Path, monkeypatch):
         assert fresh.open_alerts()["key"].to_list() == ["accuracy/1w"]
         assert fresh.log().schema == pl.Schema(LOG_SCHEMA)
         assert [e.seq for e in fresh.undelivered()] == [1]
+
+
+def _cond(key: str, kind: str, day: int, firing: bool = True, **evidence) -> Condition:
+    return Condition(
+        key=key,
+        kind=kind,
+        firing=firing,
+        title=f"{key} title",
+        as_of=DAY[day],
+        evidence=evidence,
+        link=f"{LINK}/{key}",
+    )
+
+
+def test_one_cause_one_mail_and_unrelated_alerts_apart(tmp_path: Path, smtp_server):
+    inbox, port = smtp_server
+    book = AlertBook(tmp_path / "alerts.duckdb")
+    # Stale prices make the accuracy judgement moot: one mail. The reload mismatch is unrelated.
+    events = book.update([_accuracy(1, True), _stale(1, True), _reload(1, True)])
+    assert len(events) == 3
+    dead = deliver(book, SmtpMailer(_settings(_free_port())), events)  # server down first
+    assert len(dead) == 2 and "accuracy/1w, stale_data/zl" in dead[0]
+    assert deliver(book, SmtpMailer(_settings(port))) == []  # the backlog, by group
+    assert len(inbox.mails) == 2
+    group_mail, reload_mail = (m for _, _, m in inbox.mails)
+    assert " ".join(group_mail["Subject"].split()) == (
+        "[CBI ZL] FIRING 2 alerts, one cause (stale_data): ZL prices not refreshed"
+    )
+    assert group_mail["X-CBI-Alert-Keys"] == "accuracy/1w, stale_data/zl"
+    body = group_mail.get_payload(decode=True).decode()
+    assert "1. accuracy/1w (accuracy, horizon 1w): 1w MAPE worse than the random walk" in body
+    assert "2. stale_data/zl (stale_data): ZL prices not refreshed" in body
+    assert "mape_ratio: 1.2346" in body and "last_price_date: 2024-05-01" in body
+    assert f"Dagster run: {LINK}" in body
+    assert "Playbook: docs/PLAYBOOK.md#accuracy" in body
+    assert "Playbook: docs/PLAYBOOK.md#stale_data" in body
+    assert reload_mail["X-CBI-Alert-Key"] == "reload_mismatch/1w"
+    assert (
+        "Playbook: docs/PLAYBOOK.md#reload_mismatch"
+        in reload_mail.get_payload(decode=True).decode()
+    )
+    # The group's Message-ID is derived from the group (a retry keeps it).
+    (group,) = [g for g in group_events(book.log().pipe(events_of)) if len(g.members) == 2]
+    assert group_mail["Message-ID"] == group.message_id
+    # The log keeps one row per condition, each delivered.
+    log = book.log()
+    assert log["key"].to_list() == ["accuracy/1w", "stale_data/zl", "reload_mismatch/1w"]
+    assert log["delivered"].all()
+
+    # Clearing together: one resolved mail for the group's cause.
+    deliver(book, SmtpMailer(_settings(port)), book.update([_accuracy(2, False), _stale(2, False)]))
+    assert inbox.subjects()[2].startswith("[CBI ZL] RESOLVED 2 alerts, one cause (stale_data)")
+    # Same kind, same update: one mail; another day (another update): its own mail.
+    deliver(
+        book,
+        SmtpMailer(_settings(port)),
+        book.update([_cond("drift/1w", "drift", 3), _cond("drift/1m", "drift", 3)]),
+    )
+    deliver(book, SmtpMailer(_settings(port)), book.update([_cond("drift/3m", "drift", 4)]))
+    assert inbox.subjects()[3].startswith("[CBI ZL] FIRING 2 alerts, one cause (drift)")
+    assert inbox.mails[4][2]["X-CBI-Alert-Key"] == "drift/3m"
+    # A cause the monitor states groups across kinds; different stated causes stay apart.
+    deliver(
+        book,
+        SmtpMailer(_settings(port)),
+        book.update(
+            [
+                _cond("coverage/1w", "coverage", 5, cause="palm export ban"),
+                _cond("correlation_break/palm", "correlation_break", 5, cause="palm export ban"),
+                _cond("failed_run/refresh", "failed_run", 5, cause="disk full"),
+            ]
+        ),
+    )
+    assert len(inbox.mails) == 7
+    assert inbox.mails[5][2]["X-CBI-Alert-Group"] == "palm export ban"
+    assert inbox.mails[6][2]["X-CBI-Alert-Key"] == "failed_run/refresh"
+
+
+def test_ack_and_snooze_suppress_mail_for_that_episode_only(tmp_path: Path, smtp_server):
+    inbox, port = smtp_server
+    book = AlertBook(tmp_path / "alerts.duckdb")
+    mailer = SmtpMailer(_settings(port))
+    deliver(book, mailer, book.update([_accuracy(1, True), _reload(1, True)]))
+    assert len(inbox.mails) == 2
+
+    answer = book.acknowledge("accuracy/1w", by="ana", reason="known: regime change")
+    assert (answer.action, answer.opened_as_of, answer.episode_seq) == ("acknowledge", DAY[1], 1)
+    book.snooze("reload_mismatch/1w", DAY[3], by="bo", reason="registry fix", today=DAY[1])
+    status = book.open_alerts_answered(today=DAY[1])
+    assert status.select("key", "status", "answered_by").rows() == [
+        ("accuracy/1w", "acknowledged", "ana"),
+        ("reload_mismatch/1w", "snoozed", "bo"),
+    ]
+
+    # Both clear: the acknowledged episode sends no resolved mail; the snooze covers day 2.
+    deliver(book, mailer, book.update([_accuracy(2, False), _reload(2, False)]))
+    assert len(inbox.mails) == 2
+    resolved = book.log().filter(pl.col("event") == "resolved")
+    assert resolved["delivered"].all()
+    assert resolved["delivery_error"].to_list() == [
+        "suppressed: acknowledged by ana: known: regime change",
+        "suppressed: snoozed until 2024-05-09 by bo: registry fix",
+    ]
+    # A new episode is not covered by the old answer: it mails, fired and resolved.
+    deliver(book, mailer, book.update([_accuracy(3, True)]))
+    deliver(book, mailer, book.update([_accuracy(4, False)]))
+    assert [s.split()[2] for s in inbox.subjects()[2:]] == ["FIRING", "RESOLVED"]
+
+    # A snooze that ended before the clear: the resolved mail goes.
+    deliver(book, mailer, book.update([_stale(1, True)]))
+    book.snooze("stale_data/zl", DAY[2], by="bo", reason="vendor late", today=DAY[1])
+    deliver(book, mailer, book.update([_stale(3, False)]))
+    assert inbox.subjects()[-1].startswith("[CBI ZL] RESOLVED stale_data")
+
+    audit = book.answer_log()
+    assert audit.select("key", "action", "until", "answered_by", "reason").rows() == [
+        ("accuracy/1w", "acknowledge", None, "ana", "known: regime change"),
+        ("reload_mismatch/1w", "snooze", DAY[3], "bo", "registry fix"),
+        ("stale_data/zl", "snooze", DAY[2], "bo", "vendor late"),
+    ]
+    assert audit["answered_at"].is_not_null().all()
+
+
+def test_unsnooze_and_answer_errors_name_what_is_wrong(tmp_path: Path, smtp_server):
+    inbox, port = smtp_server
+    book = AlertBook(tmp_path / "alerts.duckdb")
+    mailer = SmtpMailer(_settings(port))
+    deliver(book, mailer, book.update([_accuracy(1, True), _reload(1, True)]))
+    with pytest.raises(AlertAnswerError, match="no/such: unknown alert key") as err:
+        book.acknowledge("no/such", by="ana", reason="x")
+    assert err.value.code == "unknown_alert"
+    with pytest.raises(AlertAnswerError, match="in the past"):
+        book.snooze("accuracy/1w", DAY[0], by="ana", reason="x", today=DAY[1])
+    with pytest.raises(AlertAnswerError, match="neither acknowledged nor snoozed") as err:
+        book.unsnooze("accuracy/1w", by="ana", reason="x")
+    assert err.value.code == "nothing_to_remove"
+    with pytest.raises(AlertAnswerError, match="reason"):
+        book.acknowledge("accuracy/1w", by="ana", reason=" ")
+    book.acknowledge("accuracy/1w", by="ana", reason="mine")
+    book.unsnooze("accuracy/1w", by="ana", reason="changed my mind")
+    deliver(book, mailer, book.update([_accuracy(2, False)]))
+    assert inbox.subjects()[-1].startswith("[CBI ZL] RESOLVED accuracy")  # mails again
+    with pytest.raises(AlertAnswerError, match="not open .*cleared on 2024-05-08") as err:
+        book.acknowledge("accuracy/1w", by="ana", reason="late")
+    assert err.value.code == "not_open"
+    assert book.answer_log()["action"].to_list() == ["acknowledge", "unsnooze"]

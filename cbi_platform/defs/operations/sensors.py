@@ -1,6 +1,8 @@
-"""Sensors: alerts by email, failed runs, sensor-driven retraining; and the daily schedule."""
+"""Sensors: alerts by email, the daily alert digest, failed runs, sensor-driven retraining; and
+the daily schedule."""
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -11,7 +13,7 @@ from cbi_platform.defs.resources import (
     MlflowResource,
     OperationsResource,
 )
-from cbi_platform.operations.alerting import alert_tick
+from cbi_platform.operations.alerting import alert_tick, digest_tick
 from cbi_platform.operations.daily import trained_through
 from cbi_platform.operations.retraining import plan_retraining
 from cbi_platform.release.control import RETRAIN_REQUESTED
@@ -68,6 +70,27 @@ def build_sensors(retrain_job, checks) -> list:
         ]
         tick = alert_tick(operations.alert_book(), operations.mailer(), conditions)
         return dg.SkipReason(tick.summary())
+
+    @dg.sensor(
+        name="alert_digest_sensor",
+        minimum_interval_seconds=600,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Once a day (from CBI_DIGEST_HOUR, local time of the daily schedule): one "
+        "mail with yesterday's fired, cleared and still-open alerts, their run and playbook "
+        "links (JSON cursor + ops.alert_digest: never twice for a day).",
+    )
+    def alert_digest_sensor(context: dg.SensorEvaluationContext, operations: OperationsResource):
+        mailer = operations.mailer()
+        tick = digest_tick(
+            operations.alert_book(),
+            mailer,
+            dt.datetime.now(ZoneInfo(operations.config().refresh.timezone)).replace(tzinfo=None),
+            operations.digest_hour,
+            context.cursor,
+            subject_prefix=mailer.settings.subject_prefix if mailer else "[CBI ZL]",
+            playbook_url=operations.playbook_url,
+        )
+        return dg.SensorResult(cursor=tick.cursor, skip_reason=tick.summary)
 
     @dg.run_failure_sensor(
         name="failed_run_alert_sensor",
@@ -140,7 +163,13 @@ def build_sensors(retrain_job, checks) -> list:
             else ("; ".join(plan.deferred) or "nothing to retrain"),
         )
 
-    return [alert_sensor, failed_run_alert_sensor, succeeded_run_alert_sensor, retraining_sensor]
+    return [
+        alert_sensor,
+        alert_digest_sensor,
+        failed_run_alert_sensor,
+        succeeded_run_alert_sensor,
+        retraining_sensor,
+    ]
 
 
 def served_trained_through(mlflow: MlflowResource, horizons) -> dict:
