@@ -179,7 +179,9 @@ def served_reference_predictions(
         path = reference_path(version_folder(cache, horizon, version))
         if path.exists():
             frames.append(
-                pl.read_parquet(path).select(
+                pl.read_parquet(path)
+                .sort("origin")  # in time order: drift calibrates on chunks of it
+                .select(
                     pl.lit(horizon).alias("horizon"), pl.col("forecast_logret").cast(pl.Float64)
                 )
             )

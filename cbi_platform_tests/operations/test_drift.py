@@ -1,4 +1,4 @@
-"""Drift monitor: PSI/KS per feature, prediction drift, driver rank drift and the condition."""
+"""Drift monitor: calibrated KS per feature, prediction drift, driver rank drift, the condition."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
 
 from cbi_platform.conditions import DRIFT
 from cbi_platform.operations.drift import (
     DriftSettings,
+    chunk_starts,
+    chunk_statistics,
     drift_conditions,
     driver_drift_breached,
     driver_rank_drift,
@@ -117,17 +120,23 @@ def test_feature_drift_flags_shifted_features_and_explains_skipped_ones():
         "n_current",
         "drifted",
         "reason",
+        "threshold",
+        "n_chunks",
+        "chunk_share",
     ]
     assert table["feature"].to_list() == features
     rows = {r["feature"]: r for r in table.iter_rows(named=True)}
 
     assert rows["stable"]["drifted"] is False
-    assert rows["stable"]["psi"] < 0.25 and rows["stable"]["ks_pvalue"] > 0.01
+    assert rows["stable"]["ks_stat"] < rows["stable"]["threshold"]
+    # iid features: every chunk's KS is below the floor, so the floor is the threshold
+    assert rows["stable"]["threshold"] == DriftSettings().ks_floor
+    assert rows["stable"]["n_chunks"] == 34  # (756 - 63) / 21 + 1
 
     shifted = rows["shifted"]
     assert shifted["drifted"] is True
     assert shifted["psi"] > 1.0  # a 1.5 sd shift
-    assert shifted["ks_stat"] > 0.4 and shifted["ks_pvalue"] < 1e-6  # KS detects the shift
+    assert shifted["ks_stat"] > 0.4 and shifted["ks_stat"] > shifted["threshold"]
 
     # infinities (5) are ignored, not binned
     assert rows["dirty"]["n_current"] == 58 and rows["dirty"]["drifted"] is True
@@ -138,14 +147,76 @@ def test_feature_drift_flags_shifted_features_and_explains_skipped_ones():
     assert rows["sparse"]["n_current"] == 10
 
 
-def test_feature_drift_requires_both_psi_and_ks():
-    # a pure-noise quarter that happens to have PSI above the threshold is not called drift
-    # when KS disagrees; a loose KS threshold (p < 1) leaves PSI alone to decide
+def test_feature_drift_floor_decides_for_noise_and_a_short_reference_is_not_judged():
+    # without the floor, the largest chunk statistic of an iid reference is the threshold
     reference, current = _frames()
-    strict = feature_drift(reference, current, ["stable"], DriftSettings(psi_threshold=0.0))
-    assert strict["drifted"].to_list() == [False]
-    loose = DriftSettings(psi_threshold=0.0, ks_pvalue=0.999999)
-    assert feature_drift(reference, current, ["stable"], loose)["drifted"].to_list() == [True]
+    low = feature_drift(reference, current, ["stable"], DriftSettings(ks_floor=0.01))
+    assert low["threshold"][0] < DriftSettings().ks_floor
+    short = feature_drift(reference.head(30), current, ["stable"])
+    assert short["drifted"][0] is None and "too short to calibrate" in short["reason"][0]
+    assert short["ks_stat"][0] is not None  # measured, only not judged
+
+
+def test_chunks_end_at_the_last_row_and_compare_with_the_rest_of_the_reference():
+    assert chunk_starts(100, 30, 21).tolist() == [7, 28, 49, 70]
+    assert chunk_starts(20, 30, 21).size == 0
+    rng = _rng(8)
+    ref = rng.standard_normal(200)
+    settings = DriftSettings(chunk_stride=50, min_rows=10)
+    got = chunk_statistics(ref, 50, settings)
+    want = [
+        stats.ks_2samp(ref[s : s + 50], np.r_[ref[:s], ref[s + 50 :]]).statistic
+        for s in (0, 50, 100, 150)
+    ]
+    np.testing.assert_allclose(got, want)
+
+
+def _ar1(rng: np.random.Generator, n: int, k: int, phi: float = 0.98) -> np.ndarray:
+    """k independent stationary AR(1) series of n rows (unit innovations)."""
+    e = rng.standard_normal((n, k))
+    x = np.empty((n, k))
+    x[0] = e[0] / np.sqrt(1 - phi**2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return x
+
+
+def _ar1_condition(seed: int, shift_sd: float, k: int = 16) -> bool:
+    """Whether the condition fires for k AR(1) features (phi 0.98): 756 reference rows and
+    the 63 that follow, every feature moved by `shift_sd` of its reference sd."""
+    x = _ar1(_rng(seed), 756 + 63, k)
+    ref, cur = x[:756], x[756:] + shift_sd * x[:756].std(axis=0, ddof=1)
+    names = [f"x{i}" for i in range(k)]
+    table = feature_drift(pl.DataFrame(ref, schema=names), pl.DataFrame(cur, schema=names), names)
+    [cond] = drift_conditions("1m", AS_OF, table, None, None)
+    return cond.firing
+
+
+def test_stationary_autocorrelated_features_do_not_fire():
+    # the old rule (PSI >= 0.25 and KS p < 0.01) fired on all of these seeds
+    fired = [_ar1_condition(seed, 0.0) for seed in range(40)]
+    assert np.mean(fired) <= 0.05
+
+
+def test_a_two_sd_level_shift_of_autocorrelated_features_fires():
+    fired = [_ar1_condition(seed, 2.0) for seed in range(40)]
+    assert np.mean(fired) >= 0.90
+
+
+def test_thresholds_come_from_the_reference():
+    # the same AR(1) path seen more persistently (the noisier chunk-to-chunk variation of a
+    # slowly wandering feature) gets a higher threshold than an iid one; both are calibrated
+    rng = _rng(12)
+    n_ref, n_cur = 756, 63
+    wandering = _ar1(rng, n_ref + n_cur, 1)[:, 0]
+    iid = rng.standard_normal(n_ref + n_cur)
+    noisy = wandering + 5 * rng.standard_normal(n_ref + n_cur)  # chunk means vary less
+    frame = pl.DataFrame({"wandering": wandering, "iid": iid, "mixed": noisy})
+    table = feature_drift(frame.head(n_ref), frame.tail(n_cur), frame.columns)
+    threshold = dict(zip(table["feature"], table["threshold"], strict=True))
+    assert threshold["wandering"] > threshold["mixed"] > threshold["iid"]
+    assert threshold["wandering"] > 0.6
+    assert table["drifted"].to_list() == [False, False, False]
 
 
 def test_split_reference_current_takes_the_last_rows_by_date():
@@ -167,10 +238,14 @@ def test_prediction_drift():
     same = prediction_drift(ref, rng.normal(0.0, 0.02, 63), DriftSettings())
     assert same["drifted"] is False
     assert abs(same["mean_shift_sd"]) < 0.5
+    assert same["threshold"] == DriftSettings().ks_floor and same["n_chunks"] == 34
     moved = prediction_drift(ref, rng.normal(0.02, 0.02, 63), DriftSettings())
     assert moved["drifted"] is True
     assert moved["mean_shift_sd"] == pytest.approx(1.0, abs=0.35)
-    assert moved["psi"] > 0.25 and moved["ks_pvalue"] < 0.01
+    assert moved["ks_stat"] > moved["threshold"]
+    # a reference of 60 walk-forward forecasts: chunks of 30 (half of it)
+    few = prediction_drift(ref[:60], rng.normal(0.02, 0.02, 63), DriftSettings())
+    assert few["drifted"] is True and few["n_chunks"] == 2
     short = prediction_drift(ref, ref[:5] + 1, DriftSettings())
     assert short["drifted"] is None and "min_rows" in short["reason"]
 
@@ -257,12 +332,14 @@ def test_drift_condition_fires_on_a_quarter_of_features_and_lists_them():
     feats = cond.evidence["features"]
     assert feats["judged"] == 8 and feats["drifted"] == 2 and feats["share"] == 0.25
     top = feats["top"]
-    assert {t["feature"] for t in top[:2]} == {"x0", "x1"}  # drifted first, by PSI
-    assert top[0]["psi"] >= top[1]["psi"]
+    assert {t["feature"] for t in top[:2]} == {"x0", "x1"}  # drifted first, by KS - threshold
+    assert top[0]["ks_stat"] - top[0]["threshold"] >= top[1]["ks_stat"] - top[1]["threshold"]
     assert all(t["drifted"] for t in top[:2]) and not any(t["drifted"] for t in top[2:])
     assert top[0]["psi"] > 1 and top[0]["ks_pvalue"] < 0.01 and "ks_stat" in top[0]
     assert len(top) == settings.evidence_features
     assert cond.evidence["fired"] == ["features"]
+    assert feats["min_drifted_share"] == 0.25 and feats["chunk_share"] == 0.0  # iid: none
+    assert feats["thresholds"] == {"chunk_quantile": 1.0, "chunk_stride": 21, "ks_floor": 0.25}
     assert "2/8 features drifted" in cond.title
     json.dumps(cond.evidence)
 
@@ -291,3 +368,22 @@ def test_settings_are_validated():
         DriftSettings(min_drifted_share=0)
     with pytest.raises(ValueError):
         DriftSettings(psi_bins=1)
+    with pytest.raises(ValueError):
+        DriftSettings(chunk_quantile=0)
+    with pytest.raises(ValueError):
+        DriftSettings(chunk_stride=0)
+
+
+def test_the_feature_share_must_exceed_the_reference_chunks_share():
+    # features that wander together: in the reference, chunks where most of them sit at an
+    # extreme at once are normal, so the share needed to fire is calibrated above the floor
+    rng = _rng(21)
+    common = _ar1(rng, 756 + 63, 1)[:, 0]
+    x = common[:, None] + 0.3 * rng.standard_normal((756 + 63, 8))
+    names = [f"x{i}" for i in range(8)]
+    table = feature_drift(
+        pl.DataFrame(x[:756], schema=names), pl.DataFrame(x[756:], schema=names), names
+    )
+    assert table["chunk_share"][0] > 0.25
+    [cond] = drift_conditions("1m", AS_OF, table, None, None)
+    assert cond.evidence["features"]["chunk_share"] == pytest.approx(table["chunk_share"][0])

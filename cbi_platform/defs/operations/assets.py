@@ -207,9 +207,10 @@ def forecast_validation(
     group_name=GROUP,
     deps=["live_forecasts"],
     kinds={"polars", "scipy"},
-    description="Input drift per feature (PSI and KS against the rows the served version "
-    "trained on), prediction drift (served forecasts against its walk-forward forecasts) and "
-    "SHAP-driver rank drift over rolling windows; thresholds in monitoring.yaml.",
+    description="Input drift per feature (KS against the rows the served version trained on, "
+    "thresholds calibrated on chunks of those rows), prediction drift (served forecasts "
+    "against its walk-forward forecasts) and SHAP-driver rank drift over rolling windows; "
+    "settings in monitoring.yaml.",
 )
 def drift_metrics(
     context: dg.AssetExecutionContext,
