@@ -68,7 +68,8 @@ SIM_HOME ?= $$($(PY) -c "import json; print(json.load(open('benchmarks/results/s
 DAILY_COVERAGE_ARGS ?= --manifest $(SHARED)
 RESULTS_TARGETS := results-accuracy results-zones results-volatility results-neural \
 	results-coverage results-speed results-procurement results-api results-refresh \
-	results-replay results-sentiment results-fit-times results-distributed results-lookahead \
+	results-replay results-monitors results-sentiment results-fit-times results-distributed \
+	results-lookahead \
 	results-test-suite
 
 .PHONY: results $(RESULTS_TARGETS) results-neural-tuning results-equivalence results-test-speed
@@ -121,6 +122,13 @@ results-replay: $(STAMP)
 	@if [ -d ../shared/data ]; then \
 	  $(PY) benchmarks/replay.py --manifest $(SHARED) --start 2020-02-18 --days 60 --horizons 1w 1m; \
 	else echo "results-replay: ../shared/data absent, replay_shared_data skipped"; fi
+
+# The monitors' operating characteristics: 20 simulator seeds (and the real ZL when
+# ../shared/data is there); reports the thresholds its rule chooses on the development period.
+results-monitors: $(STAMP)
+	@if [ -d ../shared/data ]; then \
+	  $(PY) benchmarks/monitors.py --seeds 20 --trials 3 --real; \
+	else $(PY) benchmarks/monitors.py --seeds 20 --trials 3; fi
 
 # Reports the pre-registered rule's decision on the current code; rewriting sentiment.yaml
 # (--write-config) is a choice, made by hand.

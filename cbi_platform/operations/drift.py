@@ -33,6 +33,14 @@ Three parts, each plain numpy/polars/scipy (no Dagster):
   seen through many transforms), and the reference shows how many do in a normal quarter. The
   features part fires when the share is at least `min_drifted_share` (a floor) AND above
   `chunk_share`.
+- **One feature far outside its own range** (`single_feature_factor`, None = off): the
+  features part also fires when one feature's KS statistic exceeds its own threshold by this
+  factor (evidence `extreme`, the features that did, and `max_ratio`). The share rule cannot
+  see a single broken feed (one feature of 45 is far below any share), and one feature above
+  its plain threshold is common (a few % of features each quarter), so the factor is chosen
+  on the development period by `benchmarks/monitors.py` (the false-alarm budget, then the
+  fastest detection of a one-feature level shift of 2 sd); its value and evidence are in
+  `monitoring.yaml`.
 - **Prediction drift** (`prediction_drift`): the same calibrated KS on the model's predicted
   log returns (reference: the served version's walk-forward forecasts, in origin order;
   current: its served forecasts after training end), plus PSI, the p-value and the mean shift
@@ -108,6 +116,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +158,7 @@ class DriftSettings:
     chunk_quantile: float = 1.0
     ks_floor: float = 0.25
     min_drifted_share: float = 0.25
+    single_feature_factor: float | None = None
     psi_bins: int = 10
     reference_rows: int = 756
     current_rows: int = 63
@@ -164,6 +174,8 @@ class DriftSettings:
             raise ValueError("psi_bins and min_rows must be >= 2, top_k and driver_window >= 1")
         if not 0 < self.min_drifted_share <= 1 or not 0 < self.ks_floor < 1:
             raise ValueError("min_drifted_share must be in (0, 1] and ks_floor in (0, 1)")
+        if self.single_feature_factor is not None and not self.single_feature_factor >= 1:
+            raise ValueError("single_feature_factor must be >= 1 or None (off)")
         if self.chunk_stride < 1 or not 0 < self.chunk_quantile <= 1:
             raise ValueError("chunk_stride must be >= 1 and chunk_quantile in (0, 1]")
 
@@ -240,15 +252,23 @@ def chunk_share(
     if statistics.size == 0:
         return None
     shares = []
+    finite = np.isfinite(statistics)
     for c in range(starts.size):
         others = np.abs(starts - starts[c]) >= chunk_rows
-        exceed = []
-        for row in statistics:
-            threshold = chunk_threshold(row[others], settings)
-            if threshold is not None and np.isfinite(row[c]):
-                exceed.append(row[c] > threshold)
-        if exceed:
-            shares.append(float(np.mean(exceed)))
+        rest = statistics[:, others]
+        has_rest = np.isfinite(rest).any(axis=1) if rest.size else np.zeros(len(rest), bool)
+        usable = has_rest & finite[:, c]
+        if not usable.any():
+            continue
+        # chunk_threshold per feature, vectorised: the quantile of its other chunks, floored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are not usable
+            if settings.chunk_quantile >= 1.0:
+                level = np.nanmax(rest[usable], axis=1)
+            else:
+                level = np.nanquantile(rest[usable], settings.chunk_quantile, axis=1)
+        thresholds = np.maximum(settings.ks_floor, level)
+        shares.append(float(np.mean(statistics[usable, c] > thresholds)))
     if not shares:
         return None
     return float(np.quantile(shares, settings.chunk_quantile))
@@ -318,7 +338,7 @@ def _compare(
     if short:
         out["reason"] = "; ".join(short)
         return out
-    ks = stats.ks_2samp(ref, cur)
+    ks = stats.ks_2samp(ref, cur, method="asymp")  # the p-value is evidence only
     out["psi"] = psi(ref, cur, settings.psi_bins)
     out["ks_stat"] = float(ks.statistic)
     out["ks_pvalue"] = float(ks.pvalue)
@@ -350,13 +370,18 @@ def feature_drift(
     current: pl.DataFrame,
     features: list[str],
     settings: DriftSettings | None = None,
+    calibration: dict | None = None,
 ) -> pl.DataFrame:
     """One row per feature (in the given order): feature, psi, ks_stat, ks_pvalue,
     n_reference, n_current (finite values used), drifted (ks_stat above threshold; null when
     not judged), reason (why not judged: a missing or non-numeric column, fewer than `min_rows`
     values, a reference too short to calibrate), threshold (calibrated on `reference`'s chunks,
     in row order: pass it sorted by date), n_chunks (chunks with a statistic) and chunk_share
-    (the calibrated feature share, the same on every row; null when not calibrated)."""
+    (the calibrated feature share, the same on every row; null when not calibrated).
+
+    `calibration`: an optional dict that keeps each feature's chunk statistics between calls
+    with the SAME reference (keyed by feature and chunk length), so judging one served version
+    day after day calibrates once; pass a new dict for another reference."""
     settings = settings or DriftSettings()
     rows_per_chunk = chunk_rows_for(reference.height, current.height)
     starts = chunk_starts(reference.height, rows_per_chunk, settings.chunk_stride)
@@ -373,7 +398,12 @@ def feature_drift(
         if not (reference.schema[name].is_numeric() and current.schema[name].is_numeric()):
             rows.append({"feature": name, "reason": "not numeric"})
             continue
-        chunks = chunk_statistics(reference[name], rows_per_chunk, settings)
+        key = (name, rows_per_chunk)
+        chunks = None if calibration is None else calibration.get(key)
+        if chunks is None:
+            chunks = chunk_statistics(reference[name], rows_per_chunk, settings)
+            if calibration is not None:
+                calibration[key] = chunks
         threshold = chunk_threshold(chunks, settings)
         result = _compare(_finite(reference[name]), _finite(current[name]), threshold, settings)
         if result["drifted"] is not None:
@@ -497,6 +527,15 @@ def _feature_evidence(table: pl.DataFrame, settings: DriftSettings) -> dict[str,
         calibrated = table["chunk_share"].drop_nulls().max()
     fired = share is not None and share >= settings.min_drifted_share
     fired = fired and (calibrated is None or share > calibrated)
+    ratios = judged.filter(pl.col("threshold") > 0).with_columns(
+        ratio=pl.col("ks_stat") / pl.col("threshold")
+    )
+    max_ratio = float(ratios["ratio"].max()) if ratios.height else None
+    extreme = []
+    factor = settings.single_feature_factor
+    if factor is not None and max_ratio is not None and max_ratio > factor:
+        extreme = ratios.filter(pl.col("ratio") > factor).sort("ratio", descending=True)
+        extreme = extreme["feature"].to_list()
     top = (
         judged.with_columns(margin=pl.col("ks_stat") - pl.col("threshold"))
         .sort(["drifted", "margin"], descending=True)
@@ -511,6 +550,9 @@ def _feature_evidence(table: pl.DataFrame, settings: DriftSettings) -> dict[str,
         "min_drifted_share": settings.min_drifted_share,
         "chunk_share": _num(calibrated),
         "fired": bool(fired),
+        "max_ratio": _num(max_ratio),
+        "single_feature_factor": factor,
+        "extreme": extreme,
         "thresholds": {
             "chunk_quantile": settings.chunk_quantile,
             "chunk_stride": settings.chunk_stride,
@@ -548,6 +590,8 @@ def drift_conditions(
         evidence["features"] = feats
         if feats.pop("fired"):
             fired.append("features")
+        if feats["extreme"]:
+            fired.append("feature")
     if prediction is not None:
         evidence["prediction"] = {k: _num(v) for k, v in prediction.items()}
         if prediction.get("drifted") is True:
@@ -569,6 +613,8 @@ def drift_conditions(
     if "features" in evidence:
         f = evidence["features"]
         parts.append(f"{f['drifted']}/{f['judged']} features drifted")
+        if "feature" in fired:
+            parts.append(f"{', '.join(f['extreme'][:3])} far outside its own range")
     if "prediction" in fired:
         parts.append("predictions drifted")
     if "drivers" in fired:
