@@ -854,8 +854,10 @@ def _det_table(rec: pl.DataFrame) -> pl.DataFrame:
 
 
 def choose(rec: pl.DataFrame) -> dict:
-    """The selection rule of the module docstring, on the development period only."""
-    fa, det = _fa_table(rec), _det_table(rec)
+    """The selection rule of the module docstring, on the development period only, every
+    source pooled (the simulator's seeds and the real ZL alike)."""
+    pooled = rec.with_columns(data=pl.lit("all"))
+    fa, det = _fa_table(pooled), _det_table(pooled)
     chosen, evidence = {}, {}
     for family in ("accuracy", "coverage"):
         levels = [_candidate_key(c) for c in _candidates()]

@@ -158,7 +158,7 @@ class DriftSettings:
     chunk_quantile: float = 1.0
     ks_floor: float = 0.25
     min_drifted_share: float = 0.25
-    single_feature_factor: float | None = None
+    single_feature_factor: float | None = 1.25
     psi_bins: int = 10
     reference_rows: int = 756
     current_rows: int = 63

@@ -33,7 +33,8 @@ SMALL = dict(  # 24 walk-forward origins ~21.8 trading days apart, the live one 
     specs_file=str(Path(__file__).with_name("replay_specs.yaml")),
 )
 MONITORING = """
-validation: {window: 3, min_matured: 3, rel_mae_alert: 1.5, regime_min_n: 50}
+validation: {window: 3, min_matured: 3, rel_mae_alert: 1.5, rel_mae_clear: 1.2, min_episode_days: 2,
+  regime_min_n: 50}
 drift: {min_rows: 50}
 shadow: {min_outcomes: 3}
 """

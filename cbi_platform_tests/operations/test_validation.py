@@ -499,6 +499,10 @@ def test_empty_inputs_and_settings_validation():
     with pytest.raises(ValueError):
         ValidationSettings(absolute_mape_1w=0.0)
     defaults = ValidationSettings()
-    assert (defaults.window, defaults.rel_mae_alert, defaults.min_matured) == (20, 1.15, 10)
+    assert (defaults.window, defaults.rel_mae_alert, defaults.min_matured) == (20, 1.10, 10)
     assert defaults.absolute_mape_1w is None
-    assert (defaults.coverage_margin, defaults.regime_min_n) == (0.10, 8)
+    assert (defaults.coverage_margin, defaults.regime_min_n) == (0.15, 8)
+    # the code's defaults are the levels frozen in monitoring.yaml
+    from cbi_platform.operations.config import load_monitoring
+
+    assert load_monitoring().validation == defaults
