@@ -796,7 +796,7 @@ def main() -> int:
         return 0
     if args.from_records:
         saved = json.loads(Path(args.from_records).read_text())
-        write(args, saved["results"], saved["total"])
+        write(args, saved["results"], saved["total"], saved.get("commit"))
         return 0
     started = time.perf_counter()
     sources = [f"seed:{DEFAULT_SEED}"] + [f"seed:{k}" for k in range(1, args.seeds)]
@@ -816,7 +816,11 @@ def main() -> int:
     total = time.perf_counter() - started
     CACHE.mkdir(parents=True, exist_ok=True)
     saved = CACHE / f"records_{args.label}.json"
-    saved.write_text(json.dumps({"results": results, "total": total}, default=str))
+    from _machine import git_commit
+
+    saved.write_text(
+        json.dumps({"results": results, "total": total, "commit": git_commit()}, default=str)
+    )
     print(f"records saved: {saved}", flush=True)
     write(args, results, total)
     return 0
@@ -926,7 +930,9 @@ def choose(rec: pl.DataFrame) -> dict:
     return {"chosen": chosen, "evidence": evidence}
 
 
-def write(args, results, total) -> None:
+def write(args, results, total, evaluated_on: str | None = None) -> None:
+    """The tables. `evaluated_on`: the commit of the evaluation when the tables are re-written
+    from saved records (`--from-records`); None when they come from this process's run."""
     rec = _records(results)
     choice = choose(rec)
     # Reports under the chosen levels (their records exist: each level was replayed with the
@@ -1037,7 +1043,14 @@ def write(args, results, total) -> None:
         f"{stamp['date']} on {stamp['machine']} ({stamp['cpus']} CPUs, commit {stamp['commit']})."
         f" `benchmarks/monitors.py --seeds {args.seeds} --trials {args.trials}"
         + (" --real" if args.real else "")
-        + f"`: {len(results)} sources in {total:.0f} s wall.",
+        + f"`: {len(results)} sources in {total:.0f} s wall"
+        + (
+            f" (the evaluation ran on commit {evaluated_on}; these tables were re-written from "
+            "its saved records with `--from-records`, so the run line above times the "
+            "re-write, not the evaluation)."
+            if evaluated_on
+            else "."
+        ),
         "",
         "## Thresholds chosen on the development period",
         "",
