@@ -127,7 +127,8 @@ results-replay: $(STAMP)
 # ../shared/data is there); reports the thresholds its rule chooses on the development period.
 results-monitors: $(STAMP)
 	@if [ -d ../shared/data ]; then \
-	  $(PY) benchmarks/monitors.py --seeds 20 --trials 3 --real; \
+	  $(PY) benchmarks/monitors.py --seeds 20 --trials 3 --real && \
+	  $(PY) benchmarks/monitors.py --covid; \
 	else $(PY) benchmarks/monitors.py --seeds 20 --trials 3; fi
 
 # Reports the pre-registered rule's decision on the current code; rewriting sentiment.yaml
