@@ -114,6 +114,7 @@ Settings (`DriftSettings`, loaded from configuration by the caller; defaults and
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import warnings
@@ -159,6 +160,7 @@ class DriftSettings:
     ks_floor: float = 0.25
     min_drifted_share: float = 0.25
     single_feature_factor: float | None = 1.25
+    min_episode_days: int = 5
     psi_bins: int = 10
     reference_rows: int = 756
     current_rows: int = 63
@@ -174,6 +176,8 @@ class DriftSettings:
             raise ValueError("psi_bins and min_rows must be >= 2, top_k and driver_window >= 1")
         if not 0 < self.min_drifted_share <= 1 or not 0 < self.ks_floor < 1:
             raise ValueError("min_drifted_share must be in (0, 1] and ks_floor in (0, 1)")
+        if self.min_episode_days < 1:
+            raise ValueError("min_episode_days must be >= 1")
         if self.single_feature_factor is not None and not self.single_feature_factor >= 1:
             raise ValueError("single_feature_factor must be >= 1 or None (off)")
         if self.chunk_stride < 1 or not 0 < self.chunk_quantile <= 1:
@@ -633,3 +637,48 @@ def drift_conditions(
             link=link,
         )
     ]
+
+
+def hold_episodes(
+    conditions: list[Condition], judged: pl.DataFrame, settings: DriftSettings | None = None
+) -> list[Condition]:
+    """Hysteresis for drift: a drift episode stays open for at least `min_episode_days`
+    judgement days. `judged`: the earlier judgements (the condition log's key, as_of, seq,
+    firing). A non-firing drift condition whose key has fired on each of its last k judgement
+    days, 0 < k < min_episode_days, is kept firing (evidence `held_days`), so a drift share that
+    dips under its level for a day does not resolve and re-open the alert. Drift is judged
+    against a reference that a retrain replaces, so its statistic has no history worth
+    replaying; the logged judgements are that history."""
+    settings = settings or DriftSettings()
+    if settings.min_episode_days <= 1 or judged.is_empty():
+        return list(conditions)
+    out = []
+    for condition in conditions:
+        if condition.kind != DRIFT or condition.firing:
+            out.append(condition)
+            continue
+        past = (
+            judged.filter((pl.col("key") == condition.key) & (pl.col("as_of") < condition.as_of))
+            .sort("as_of", "seq")
+            .group_by("as_of", maintain_order=True)
+            .last()
+        )
+        streak = 0
+        for firing in reversed(past["firing"].to_list()):
+            if not firing:
+                break
+            streak += 1
+        if 0 < streak < settings.min_episode_days:
+            evidence = {**condition.evidence, "held_days": streak}
+            evidence["held"] = (
+                f"open {streak} of at least {settings.min_episode_days} judgement days"
+            )
+            condition = dataclasses.replace(
+                condition,
+                firing=True,
+                title=f"Drift ({condition.horizon}) held open ({streak} of "
+                f"{settings.min_episode_days} days): {condition.title}",
+                evidence=evidence,
+            )
+        out.append(condition)
+    return out

@@ -406,3 +406,46 @@ def test_the_feature_share_must_exceed_the_reference_chunks_share():
     assert table["chunk_share"][0] > 0.25
     [cond] = drift_conditions("1m", AS_OF, table, None, None)
     assert cond.evidence["features"]["chunk_share"] == pytest.approx(table["chunk_share"][0])
+
+
+def test_a_drift_episode_stays_open_its_minimum_days_from_the_logged_judgements():
+    """The real-ZL replay's drift flapped (fired, resolved, fired within days); a drift episode
+    now stays open `min_episode_days` judgement days, read from the condition log."""
+    from cbi_platform.conditions import ACCURACY, Condition
+    from cbi_platform.operations.drift import hold_episodes
+
+    settings = DriftSettings(min_episode_days=5)
+    raw = [True, False, True, False, False, False, False, False, False, True, False]
+    log: list[dict] = []
+    states = []
+    for k, firing in enumerate(raw):
+        day = AS_OF + dt.timedelta(days=k)
+        judged = pl.DataFrame(
+            log, schema={"key": pl.Utf8, "as_of": pl.Date, "seq": pl.Int64, "firing": pl.Boolean}
+        )
+        c = Condition("drift/1w", DRIFT, firing, "Drift (1w): x", day, "1w", {"fired": []})
+        other = Condition("accuracy/1w", ACCURACY, False, "acc", day, "1w")
+        held, untouched = hold_episodes([c, other], judged, settings)
+        assert untouched is other
+        states.append(held.firing)
+        log.append({"key": held.key, "as_of": day, "seq": k, "firing": held.firing})
+        if held.firing and not firing:
+            assert held.evidence["held_days"] >= 1 and "held open" in held.title
+    # one episode of five days (the raw verdict's dips are held), then a fresh one
+    assert states == [True, True, True, True, True, False, False, False, False, True, True]
+    # with no minimum the raw verdicts pass through
+    assert [
+        hold_episodes(
+            [Condition("drift/1w", DRIFT, f, "t", AS_OF, "1w")],
+            pl.DataFrame(
+                {
+                    "key": ["drift/1w"],
+                    "as_of": [AS_OF - dt.timedelta(days=1)],
+                    "seq": [1],
+                    "firing": [True],
+                }
+            ),
+            DriftSettings(min_episode_days=1),
+        )[0].firing
+        for f in (True, False)
+    ] == [True, False]

@@ -15,7 +15,7 @@ from cbi_platform.defs.resources import (
     PlatformHome,
 )
 from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS, news_input
-from cbi_platform.operations import daily
+from cbi_platform.operations import daily, drift
 from cbi_platform.operations.validation import validation_plot
 from cbi_platform.release.reproduction import served_reference_predictions
 from cbi_platform.release.shadow import shadow_review
@@ -237,7 +237,9 @@ def drift_metrics(
         config=operations.config(),
         link=operations.run_link(context.run.run_id),
     )
-    operations.conditions().record(report.conditions, context.run.run_id)
+    log = operations.conditions()
+    conditions = drift.hold_episodes(report.conditions, log.frame(), operations.config().drift)
+    log.record(conditions, context.run.run_id)
     table = report.features
     drifted = table.filter(pl.col("drifted")) if table.height else table
     return dg.Output(
@@ -250,9 +252,7 @@ def drift_metrics(
             "drifted_features": _md(_round(drifted.head(30)), "none"),
             "prediction_drift": _md(_round(report.predictions)),
             "driver_ranks": _md(_round(report.drivers.tail(15))),
-            "firing": dg.MetadataValue.json(
-                {c.key: c.title for c in report.conditions if c.firing}
-            ),
+            "firing": dg.MetadataValue.json({c.key: c.title for c in conditions if c.firing}),
         },
     )
 
