@@ -11,7 +11,10 @@ from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 from cbi_platform import workers
 from cbi_platform.defs.distributed import GPU_POOL, redis_celery_executor, route_pool_to_queue
 
-STEP_SECONDS = 2.0
+# Long enough that a step outlasts the other worker's start-up of its own step (loading the
+# job in the worker process): with 2 s the default steps failed to overlap once under the full
+# suite's load on 2 cores.
+STEP_SECONDS = 5.0
 DEFAULT_STEPS = ("toy_a", "toy_b", "toy_c")
 GPU_STEPS = ("toy_gpu_1", "toy_gpu_2")
 
