@@ -119,27 +119,10 @@ def _code_key() -> str:
 
 
 def _band_90(series: pl.DataFrame) -> pl.DataFrame:
-    """lo90 / hi90 read from each day's served CDF knots (as daily_coverage.py)."""
-    lo, hi = [], []
-    probs = np.array([0.05, 0.95])
-    for x, p, price in zip(
-        series["cdf_logret"].to_list(),
-        series["cdf_prob"].to_list(),
-        series["price"].to_list(),
-        strict=True,
-    ):
-        if x is None or p is None:
-            lo.append(None)
-            hi.append(None)
-            continue
-        x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
-        keep = np.concatenate([[True], np.diff(p) > 0])
-        q = price * np.exp(np.interp(probs, p[keep], x[keep]))
-        lo.append(float(q[0]))
-        hi.append(float(q[1]))
-    return series.with_columns(
-        pl.Series("lo90", lo, dtype=pl.Float64), pl.Series("hi90", hi, dtype=pl.Float64)
-    ).drop("cdf_logret", "cdf_prob")
+    """lo90 / hi90 read from each day's served CDF knots (daily_coverage.py's reading)."""
+    from daily_coverage import band_90_from_cdf
+
+    return band_90_from_cdf(series).drop("p10_check", "p90_check", "cdf_logret", "cdf_prob")
 
 
 def load_prices(source: str):
@@ -382,21 +365,24 @@ def evaluate(source: str, trials: int, real_trials: int = 15) -> dict:
                 return name
         return None
 
+    def fa_record(period, monitor, candidate, alarms, n_days):
+        records.append(
+            {
+                "kind": "fa",
+                "period": period,
+                "monitor": monitor,
+                "candidate": candidate,
+                "alarms": alarms,
+                "days": n_days,
+            }
+        )
+
     def add_fa(monitor, state, candidate="*"):
         for name, (a, b) in periods.items():
             inside = (days >= np.datetime64(a, "D")) & (days <= np.datetime64(b, "D"))
             free = inside & ~excluded
             opened = [i for i in oc.opened(state) if free[i]]
-            records.append(
-                {
-                    "kind": "fa",
-                    "period": name,
-                    "monitor": monitor,
-                    "candidate": candidate,
-                    "alarms": len(opened),
-                    "days": int(free.sum()),
-                }
-            )
+            fa_record(name, monitor, candidate, len(opened), int(free.sum()))
 
     trial = {"id": None}  # the trial the next detection records belong to
 
@@ -448,26 +434,13 @@ def evaluate(source: str, trials: int, real_trials: int = 15) -> dict:
     last_close = close_days[np.searchsorted(close_days, weekdays, side="right") - 1]
     behind = np.busday_count(last_close, weekdays)
     stale_state_weekdays = behind > 2
-    stale = oc._state_by_day(
-        days, pl.Series(weekdays.astype("datetime64[D]").tolist()), pl.Series(stale_state_weekdays)
-    )
     # count on weekdays (a stale episode can open on a day with no close)
     for name, (a, b) in periods.items():
         inside = (weekdays >= np.datetime64(a, "D")) & (weekdays <= np.datetime64(b, "D"))
         wx = oc.window_mask(weekdays, [(s, e) for _, _, s, e in windows])
         free = inside & ~wx
         opened = [i for i in oc.opened(stale_state_weekdays) if free[i]]
-        records.append(
-            {
-                "kind": "fa",
-                "period": name,
-                "monitor": "stale_data",
-                "candidate": "*",
-                "alarms": len(opened),
-                "days": int(free.sum()),
-            }
-        )
-    del stale
+        fa_record(name, "stale_data", "*", len(opened), int(free.sum()))
 
     # 3. Drift, fault-free segments: a version trained at a random day, judged 60 days.
     dsettings = drift.DriftSettings()
@@ -489,16 +462,7 @@ def evaluate(source: str, trials: int, real_trials: int = 15) -> dict:
             ]
             for monitor, state, candidate in judged:
                 opened = list(oc.opened(np.concatenate([[False], state])))
-                records.append(
-                    {
-                        "kind": "fa",
-                        "period": name,
-                        "monitor": monitor,
-                        "candidate": candidate,
-                        "alarms": len(opened),
-                        "days": int(state.size),
-                    }
-                )
+                fa_record(name, monitor, candidate, len(opened), int(state.size))
 
     # 4. Planted faults.
     actuals = {}
@@ -606,9 +570,13 @@ def evaluate(source: str, trials: int, real_trials: int = 15) -> dict:
             add_detection(kind, "correlation_break", state, 1, 1, period=period)
         else:
             for h, d in HORIZONS.items():
-                st = oc.outcome_states(clean_frames[h], regime_by_day, window_days)
-                for m, state in st.items():
-                    add_detection(kind, f"{m}/{h}", state, 1, 1 + d, period=period)
+                for candidate in candidates:  # every candidate level, as the planted faults
+                    rules = _rules(candidate, achieved[h])
+                    st = oc.outcome_states(clean_frames[h], regime_by_day, window_days, rules)
+                    for m, state in st.items():
+                        add_detection(
+                            kind, f"{m}/{h}", state, 1, 1 + d, _candidate_key(candidate), period
+                        )
     return {
         "source": source,
         "records": records,
