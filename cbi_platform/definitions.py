@@ -2,7 +2,11 @@
 
 import dagster as dg
 
-from cbi_platform.defs.distributed import route_pool_to_queue, shared_data_job_celery
+from cbi_platform.defs.distributed import (
+    horizon_job_celery,
+    route_pool_to_queue,
+    shared_data_job_celery,
+)
 from cbi_platform.defs.operations.sensors import build_schedule, build_sensors
 from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, JOBS, daily_refresh_job, retrain_job
 from cbi_platform.defs.resources import build_resources
@@ -14,7 +18,7 @@ defs = dg.Definitions(
     # gpu-pool assets carry the celery queue tag `gpu` (other executors ignore it).
     assets=route_pool_to_queue(ALL_ASSETS),
     asset_checks=ALL_CHECKS,
-    jobs=[*JOBS, shared_data_job_celery],
+    jobs=[*JOBS, shared_data_job_celery, horizon_job_celery],
     sensors=build_sensors(retrain_job, ALL_CHECKS),
     schedules=[build_schedule(daily_refresh_job, _refresh.cron, _refresh.timezone)],
     resources=_resources,

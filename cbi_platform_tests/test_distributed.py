@@ -105,3 +105,23 @@ def test_celery_workers_run_steps_in_parallel_and_gpu_queue_serially(tmp_path, m
     gpu_a, gpu_b = (records[n] for n in GPU_STEPS)
     assert {gpu_a["worker"].split("@")[0], gpu_b["worker"].split("@")[0]} == {"gpu1"}
     assert not _overlap(gpu_a, gpu_b)
+
+
+def test_horizon_training_through_celery_is_a_shipped_job() -> None:
+    """The partitioned training job on the workers is in the definitions the UI loads: every
+    horizon partition, the celery executor, networks on the `gpu` queue and every other model
+    group on the default queue."""
+    from cbi_platform.definitions import defs
+    from cbi_platform.defs.partitions import horizon_partitions
+
+    job = defs.resolve_job_def("horizon_job_celery")
+    assert job.executor_def.name == "celery_redis"
+    assert job.partitions_def.get_partition_keys() == horizon_partitions.get_partition_keys()
+    queues = {
+        node.name: node.definition.tags.get(DAGSTER_CELERY_QUEUE_TAG)
+        for node in job.nodes_in_topological_order
+    }
+    assert queues["members_neural"] == "gpu"
+    model_groups = [name for name in queues if name.startswith("members_")]
+    assert len(model_groups) >= 4
+    assert all(queues[name] is None for name in model_groups if name != "members_neural")

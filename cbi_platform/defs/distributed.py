@@ -15,7 +15,8 @@ from dagster_celery import celery_executor
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
 from cbi_platform.defs.dagster_internals import with_op_tags
-from cbi_platform.defs.pipeline import SHARED
+from cbi_platform.defs.partitions import horizon_partitions
+from cbi_platform.defs.pipeline import HORIZON, SHARED
 from cbi_platform.workers import GPU_QUEUE, broker_url
 
 GPU_POOL = "gpu"
@@ -50,6 +51,8 @@ def celery_asset_job(
     selection: dg.AssetSelection,
     broker: str | None = None,
     description: str | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.UnresolvedAssetJobDefinition:
     """An asset job over `selection` whose steps run in celery workers."""
     return dg.define_asset_job(
@@ -57,6 +60,8 @@ def celery_asset_job(
         selection=selection,
         executor_def=redis_celery_executor(broker),
         description=description,
+        partitions_def=partitions_def,
+        tags=tags,
     )
 
 
@@ -65,4 +70,16 @@ shared_data_job_celery = celery_asset_job(
     SHARED,
     description="The market-data and shared assets with each step in a celery worker "
     "(`make workers-up` first); gpu-pool steps go to the one-worker `gpu` queue.",
+)
+
+# Training on the workers: one horizon partition's features, regime datasets, model groups,
+# ensemble and zones, each step in a worker; the networks (gpu pool) go to the `gpu` queue, so
+# the one-slot pool and the one-worker queue agree. Launch it from the UI's launchpad for a
+# partition, or backfill its partitions, with the workers up (`make workers-up` / `make up`).
+horizon_job_celery = celery_asset_job(
+    "horizon_job_celery",
+    HORIZON,
+    partitions_def=horizon_partitions,
+    description="Features, regime datasets and models for one horizon partition, each step in "
+    "a celery worker (default queue; gpu-pool networks on the one-worker `gpu` queue).",
 )

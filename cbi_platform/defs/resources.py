@@ -11,6 +11,7 @@ the champions (`vertex_deployment`); unset, it is disabled.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -403,6 +404,55 @@ def _results_config(env: Mapping[str, str], warehouse: str) -> ResultsConfig:
     )
 
 
+# ProtocolResource fields CBI_PROTOCOL_OVERRIDES may set (a deployment's reduced protocol or zoo,
+# e.g. the soak's and the daemon test's; the frozen protocol otherwise).
+_PROTOCOL_OVERRIDABLE = (
+    "anchor",
+    "span",
+    "n_scored",
+    "end_offset",
+    "n_development",
+    "n_calibration",
+    "min_first_origin_row",
+    "min_history",
+    "zone_method",
+    "model_kinds",
+    "regime_folds",
+)
+
+
+def protocol_overrides(env: Mapping[str, str]) -> dict:
+    """CBI_PROTOCOL_OVERRIDES: a JSON object of protocol fields (`_PROTOCOL_OVERRIDABLE`)."""
+    text = env.get("CBI_PROTOCOL_OVERRIDES")
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"CBI_PROTOCOL_OVERRIDES is not JSON ({exc}): {text[:200]!r}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("CBI_PROTOCOL_OVERRIDES must be a JSON object, e.g. {\"span\": 110}")
+    unknown = sorted(set(overrides) - set(_PROTOCOL_OVERRIDABLE))
+    if unknown:
+        raise ValueError(
+            f"CBI_PROTOCOL_OVERRIDES: unknown field(s) {unknown}; allowed: "
+            f"{list(_PROTOCOL_OVERRIDABLE)}"
+        )
+    return overrides
+
+
+def served_horizons(env: Mapping[str, str]) -> list[str]:
+    """CBI_HORIZONS: the horizons the daily loop serves (comma-separated; default: all five)."""
+    text = env.get("CBI_HORIZONS")
+    if not text:
+        return list(HORIZON_KEYS)
+    horizons = [h.strip() for h in text.split(",") if h.strip()]
+    unknown = [h for h in horizons if h not in HORIZON_KEYS]
+    if unknown or not horizons:
+        raise ValueError(f"CBI_HORIZONS={text!r}: each must be one of {list(HORIZON_KEYS)}")
+    return horizons
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
     home = home_path(env)
@@ -445,6 +495,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             specs_file=env.get("CBI_SPECS"),
             zoo=env.get("CBI_ZOO", "core"),
             fit_cache=str(home / "fit_cache"),
+            **protocol_overrides(env),
         ),
         "gpu": GpuResource(
             backend=env.get("KERAS_BACKEND", "tensorflow"),
@@ -472,6 +523,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             smtp_recipients=env.get("CBI_SMTP_RECIPIENTS"),
             playbook_url=env.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md"),
             digest_hour=int(env.get("CBI_DIGEST_HOUR", "7")),
+            horizons=served_horizons(env),
             results=results,
         ),
         "vertex": VertexDeployResource(

@@ -1,6 +1,7 @@
 """The Definitions load, and every asset has the partitions, policies and checks it should."""
 
 import dagster as dg
+import pytest
 
 from cbi_platform.defs.partitions import HORIZON_KEYS
 from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, HORIZON
@@ -93,3 +94,24 @@ def test_the_daily_loop_is_scheduled_and_watched_by_sensors():
     checks = {spec.name: spec for c in ALL_CHECKS for spec in c.check_specs}
     assert checks["live_features_leakage"].blocking
     assert not checks["correlation_break"].blocking
+
+
+def test_deployment_settings_from_the_environment_are_checked() -> None:
+    """CBI_HORIZONS and CBI_PROTOCOL_OVERRIDES reach the resources; a typo is a clear error."""
+    from cbi_platform.defs.resources import build_resources
+
+    env = {
+        "CBI_HOME": "/tmp/cbi-test-env-settings",
+        "CBI_HORIZONS": "1w, 1m",
+        "CBI_PROTOCOL_OVERRIDES": '{"span": 110, "model_kinds": ["benchmark"]}',
+    }
+    resources = build_resources(env)
+    assert resources["operations"].horizons == ["1w", "1m"]
+    assert resources["protocol"].span == 110
+    assert resources["protocol"].model_kinds == ["benchmark"]
+    with pytest.raises(ValueError, match="CBI_HORIZONS='2w'"):
+        build_resources({**env, "CBI_HORIZONS": "2w"})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['spam'\]"):
+        build_resources({**env, "CBI_PROTOCOL_OVERRIDES": '{"spam": 1}'})
+    with pytest.raises(ValueError, match="not JSON"):
+        build_resources({**env, "CBI_PROTOCOL_OVERRIDES": "span=110"})
