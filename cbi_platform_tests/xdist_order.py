@@ -35,7 +35,9 @@ SPLIT = frozenset(
 # Expected seconds of a test (a key ending in a test name or a parameter prefix) or of a
 # whole file (a key ending in .py, for files that are one unit).
 SECONDS = {
+    "test_daemon.py": 120.0,
     "operations/test_replay.py::": 45.0,
+    "operations/test_backup.py": 20.0,
     "test_warm_run.py": 40.0,
     "defs/test_neural_assets.py::test_two_neural_runs_at_once": 35.0,
     "defs/test_neural_assets.py::test_neural_group_step": 25.0,
