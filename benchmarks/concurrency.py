@@ -7,8 +7,9 @@ Usage: .venv/bin/python benchmarks/concurrency.py [--home DIR] [--horizon 1w]
 
 `DIR` is a home with trained versions on the default simulator (e.g. the `.cbi_home` a
 `make run` leaves); it is copied, never written. Without `--home` a small one is built first:
-the small files source of the tests (1,400 business days), a shrunk protocol, and
-`cbi run --horizons <horizon>` (the daemon's runs then use the same source and protocol).
+the small files source of the tests (1,400 business days), a shrunk protocol, and `cbi run`
+over every horizon (the refresh serves them all; the daemon's runs use the same source and
+protocol).
 Then a real `dagster-daemon` on a fresh SQLite instance with this checkout's `dagster.yaml`:
 1. the daily refresh alone (`dagster job launch -j daily_refresh_job`);
 2. the retrain (`--job` for partition `--horizon`), and `--lead` seconds after it started, the
@@ -73,10 +74,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def build_home(home: Path, horizon: str, extra: dict[str, str]) -> float:
+def build_home(home: Path, extra: dict[str, str]) -> float:
+    """`cbi run` over every horizon: the daily refresh serves all five."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "cbi_platform.cli", "run", "--horizons", horizon],
+        [sys.executable, "-W", "ignore", "-m", "cbi_platform.cli", "run"],
         cwd=ROOT,
         env=_env(CBI_HOME=str(home), **extra),
         capture_output=True,
@@ -182,6 +184,8 @@ def measure(home: Path, extra: dict[str, str], args) -> dict:
     try:
         alone = timing(daemon.wait(daemon.launch("daily_refresh_job"), 900))
         print(f"refresh alone: {alone}", flush=True)
+        if alone["status"] != "SUCCESS":
+            raise RuntimeError(f"the refresh alone failed; see the instance {daemon.folder}")
         retrain_id = daemon.launch(args.job, {"dagster/partition": args.horizon})
         retrain_started = daemon.wait(retrain_id, 900, started_only=True)
         time.sleep(args.lead)
@@ -216,6 +220,8 @@ def main() -> int:
     parser.add_argument("--lead", type=float, default=20.0, help="s between retrain and refresh")
     parser.add_argument("--retrain-timeout", type=float, default=1800.0)
     args = parser.parse_args()
+    # A SIGTERM unwinds like an error: the daemon and its runs are stopped, the copy removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="cbi-concurrency-"))
     home = work / "home"
     try:
@@ -225,7 +231,7 @@ def main() -> int:
         else:
             extra = _small_setup(work)
             home.mkdir()
-            built = build_home(home, args.horizon, extra)
+            built = build_home(home, extra)
             print(f"built a small home in {built} s", flush=True)
             source = "small files source of the tests (1,400 business days), shrunk protocol"
         result = measure(home, extra, args)
@@ -270,7 +276,7 @@ def main() -> int:
         f"{' --home <trained home>' if args.home else ''} --horizon {args.horizon} "
         f"--job {args.job} --lead {args.lead:g}`\n"
         f"- home: {source}"
-        f"{f'; built by `cbi run --horizons {args.horizon}` in {built} s' if built else ''}\n"
+        f"{f'; built by `cbi run` (every horizon) in {built} s' if built else ''}\n"
         "- a real `dagster-daemon` on a fresh SQLite instance with this checkout's "
         "`dagster.yaml` (run lanes: `cbi/lane` training 1, refresh 1); runs submitted with "
         "`dagster job launch`; queued = creation to start in the instance, wall = start to end. "
