@@ -31,6 +31,7 @@ from cbi_platform.defs.pipeline import (
 )
 from cbi_platform.defs.resources import build_resources
 from cbi_platform.procurement.programme import load_config as load_procurement
+from cbi_platform.storage import WAREHOUSE_LOCK_TIMEOUT, write_lock
 from cbi_platform.versioning import config_fingerprint
 
 
@@ -69,7 +70,11 @@ def keep_older_warehouse(home: Path, stream: TextIO) -> Path | None:
     if database.exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         moved = database.with_name(f"warehouse.layout-{_layout(marker)}.{stamp}.duckdb")
-        database.replace(moved)
+        with write_lock(database, WAREHOUSE_LOCK_TIMEOUT):  # not from under a run writing it
+            database.replace(moved)
+            wal = database.with_name(database.name + ".wal")
+            if wal.exists():
+                wal.replace(moved.with_name(moved.name + ".wal"))
         stream.write(
             f"notice: the warehouse was written by an older table layout; kept as {moved.name}, "
             "a new one is built\n"

@@ -15,8 +15,11 @@ The arrangement:
   reader sees the table as of the last finished write, never a half-written one, and never
   blocks anyone.
 
-The Dagster warehouse (the DuckDB IO manager) is separate: runs queue one at a time on it
-(dagster.yaml's run queue) and the IO manager retries its connection when the file is busy.
+The Dagster warehouse (`warehouse.duckdb`, written by the DuckDB IO manager) takes the same
+lock around every connection it opens, to load or to store, so runs may overlap (dagster.yaml's
+lanes) and each connection waits its turn; its writes are one transaction each, and a write is
+refused when the run that makes it is already over (`fenced_write_reason`). Anything else that
+reads the warehouse takes `read_connection`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ import duckdb
 import polars as pl
 
 LOCK_POLL_SECONDS = 0.05
+# The warehouse lock is held one load or one store at a time (seconds), but a reader may queue
+# behind a whole run's worth of them: wait long before calling the warehouse stuck.
+WAREHOUSE_LOCK_TIMEOUT = 600.0
+# Dagster run statuses (by name) whose outputs are no result: the run failed, was cancelled or
+# is being cancelled. Its steps may still be running (a lost worker, an orphaned step process).
+DEAD_RUN_STATUSES = frozenset({"FAILURE", "CANCELED", "CANCELING"})
 
 
 class StoreBusyError(RuntimeError):
@@ -72,6 +81,33 @@ def write_connection(
     Path(database).parent.mkdir(parents=True, exist_ok=True)
     with write_lock(database, timeout), duckdb.connect(str(database)) as con:
         yield con
+
+
+@contextlib.contextmanager
+def read_connection(
+    database: str | Path, timeout: float = WAREHOUSE_LOCK_TIMEOUT
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived read-only connection to a store that has no snapshots (the warehouse),
+    under its lock: an open reader would otherwise make every writer's connection fail."""
+    with write_lock(database, timeout), duckdb.connect(str(database), read_only=True) as con:
+        yield con
+
+
+class FencedWriteError(RuntimeError):
+    """A run that is over (failed, cancelled) tried to write a result."""
+
+
+def fenced_write_reason(run_id: str, status: str | None) -> str | None:
+    """Why the output of run `run_id`, whose status is `status` (a Dagster run status name;
+    None when the instance does not know the run), must not be written; None to write it.
+    A dead run's steps may outlive it: what they write would pass for the result of a run that
+    the instance (and the retry that follows) says has none."""
+    if status in DEAD_RUN_STATUSES:
+        return (
+            f"run {run_id} is {status}: its output is not written (a run that is over "
+            "writes no results; the retry or the next run will)"
+        )
+    return None
 
 
 def snapshot_path(database: str | Path, table: str) -> Path:

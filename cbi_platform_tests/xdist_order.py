@@ -41,6 +41,7 @@ SECONDS = {
     "test_warm_run.py": 40.0,
     "defs/test_neural_assets.py::test_two_neural_runs_at_once": 35.0,
     "defs/test_neural_assets.py::test_neural_group_step": 25.0,
+    "defs/test_concurrent_runs.py::test_a_retrain_and_a_refresh": 25.0,
     "defs/test_neural_assets.py::test_a_cancelled_or_killed": 15.0,
     "procurement/test_procurement_assets.py": 30.0,
     "defs/test_model_assets.py::test_forecast_pipeline": 30.0,

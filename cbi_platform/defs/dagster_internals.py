@@ -4,12 +4,13 @@ Why it exists: the pinned Dagster (1.13.x) has no public read of an asset's stal
 (`cbi run` skips what is up to date with the resolver behind the UI's "Unsynced"), no public,
 partition-aware read of asset-check results (the forecast gates need the latest evaluation of
 a check for one partition; the alert sensor needs the latest evaluation of each blocking
-check), and no public way to copy an op-backed asset with extra op tags (the celery queue
-routing). Everything private sits here, pinned by
+check), no public way to copy an op-backed asset with extra op tags (the celery queue
+routing), and no public way to give a DuckDB IO manager another client (the warehouse's
+locked, fenced connections). Everything private sits here, pinned by
 cbi_platform_tests/defs/test_dagster_internals.py, so a Dagster upgrade breaks one file.
 What would replace it: a public stale-status read, a public check-record query on
 `DagsterInstance` that takes a partition (and returns status, run id and metadata), and a
-public op-tag override on `AssetsDefinition`.
+public op-tag override on `AssetsDefinition`, and a client hook on `DuckDBIOManager`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.db_io_manager import DbIOManager
 from dagster._time import get_current_datetime
 
 from cbi_platform.release.gates import LEAKAGE_CHECKS
@@ -168,3 +170,19 @@ def _describe(cause) -> str:
     if cause.key.partition_key:
         where += f"[{cause.key.partition_key}]"
     return f"{where} {cause.reason}"
+
+
+# ---- the warehouse's IO manager with its own client -----------------------------------------
+
+
+def duckdb_io_manager_with_client(io_manager_factory, db_client) -> DbIOManager:
+    """What `DuckDBIOManager.create_io_manager` builds from `io_manager_factory` (a configured
+    DuckDBIOManager subclass), with `db_client` in place of the stock DuckDbClient."""
+    return DbIOManager(
+        db_client=db_client,
+        database=io_manager_factory.database,
+        schema=io_manager_factory.schema_,
+        type_handlers=io_manager_factory.type_handlers(),
+        default_load_type=io_manager_factory.default_load_type(),
+        io_manager_name="DuckDBIOManager",
+    )

@@ -121,16 +121,31 @@ REFRESH = (
     | dg.AssetSelection.assets(procurement_recommendation)
 )
 
+# Run lanes (dagster.yaml's tag_concurrency_limits on `cbi/lane`: one run per lane at a time,
+# lanes side by side; job tags go on every run of the job, sensor-launched ones included).
+# training: the jobs that rebuild the shared inputs (market data, regimes, volatility models)
+# and train, so two of them would do the same work twice and compete for CPU and the gpu pool;
+# market_data_job is here too because it rebuilds exactly the shared part a retrain rebuilds.
+# refresh: the daily loop. It also writes market data, but a refresh and a retrain may overlap:
+# each warehouse store is one locked transaction (last writer wins, both from the same
+# source), and a retrain changes what the refresh serves only by promoting a new version (the
+# refresh serves, per horizon, the version served when it reads it).
+LANE = "cbi/lane"
+TRAINING_LANE = {LANE: "training"}
+REFRESH_LANE = {LANE: "refresh"}
+
 market_data_job = dg.define_asset_job(
     "market_data_job",
     selection=SHARED,
     description="Load, validate and check market data (runs once, unpartitioned).",
+    tags=TRAINING_LANE,
 )
 horizon_job = dg.define_asset_job(
     "horizon_job",
     selection=HORIZON,
     partitions_def=horizon_partitions,
     description="Features, regime datasets and models for one horizon partition.",
+    tags=TRAINING_LANE,
 )
 retrain_job = dg.define_asset_job(
     "retrain_job",
@@ -139,6 +154,7 @@ retrain_job = dg.define_asset_job(
     description="Retrain the horizon partitions a sensor asked for: market data, then "
     "walk-forward, ensemble, zones, registration and promotion gates (a challenger that fails "
     "to beat the champion is shadowed).",
+    tags=TRAINING_LANE,
 )
 # One run, one process (a separate process per step costs seconds each): the 30 s target.
 daily_refresh_job = dg.define_asset_job(
@@ -147,5 +163,6 @@ daily_refresh_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Each business day: ingest the new day, recompute features, forecast from the "
     "served versions (no retraining), validate matured forecasts, drift, correlation, shadow.",
+    tags=REFRESH_LANE,
 )
 JOBS = [market_data_job, horizon_job, retrain_job, daily_refresh_job]

@@ -10,23 +10,34 @@ the champions (`vertex_deployment`); unset, it is disabled.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import polars as pl
+from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 from dagster_gcp import BigQueryResource
 from pydantic import Field
 
+from cbi_platform.defs.dagster_internals import duckdb_io_manager_with_client
 from cbi_platform.defs.vertex_resource import VertexDeployResource
 from cbi_platform.market.schema import MarketBundle, target_series
 from cbi_platform.market.sources import SourceConfig, load_market, reference_date, target_symbol
 from cbi_platform.models.registry import RETURN_KINDS
 from cbi_platform.settings import DEFAULT_HOME, HORIZON_KEYS, home_path
+from cbi_platform.storage import (
+    WAREHOUSE_LOCK_TIMEOUT,
+    FencedWriteError,
+    fenced_write_reason,
+    write_lock,
+)
 
 WAREHOUSE_SCHEMA = "cbi"
 
@@ -71,12 +82,74 @@ class _KeepEmptyTablesHandler(DuckDBPolarsTypeHandler):
         context.add_output_metadata({"row_count": obj.height})
 
 
+def _run_status(context: dg.OutputContext) -> str | None:
+    """The status (name) the instance records for the run writing `context`'s output; None for
+    a context built outside a run (no step context) or a run the instance does not know."""
+    try:
+        instance = context.step_context.instance
+    except dg.DagsterInvariantViolationError:
+        return None
+    run = instance.get_run_by_id(context.run_id)
+    return run.status.value if run is not None else None
+
+
+def _refuse_a_dead_run(context: dg.OutputContext) -> None:
+    reason = fenced_write_reason(context.run_id, _run_status(context))
+    if reason:
+        raise FencedWriteError(reason)
+
+
+def _open_warehouse(database: str, config: Mapping[str, object]) -> duckdb.DuckDBPyConnection:
+    """A read-write connection. Every platform process waits on the lock first, so the file is
+    busy only when something else (a `duckdb` shell) holds it: retry a little, then fail."""
+    for attempt in range(8):
+        try:
+            return duckdb.connect(database, read_only=False, config=dict(config))
+        except duckdb.IOException:
+            if attempt == 7:
+                raise
+            time.sleep(min(0.1 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
+class _LockedDuckDbClient(DuckDbClient):
+    """dagster_duckdb's client with every connection (load or store) opened under the
+    warehouse's lock (storage.write_lock) and closed as soon as it is done, whatever happens: a
+    connection held open by one process makes DuckDB refuse every other process. A store is one
+    transaction, committed only while the run writing it is still alive (checked before the
+    work and again before the commit), so a dead run's step writes nothing."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def connect(context, table_slice) -> Iterator[duckdb.DuckDBPyConnection]:
+        database = str(context.resource_config["database"])
+        config = {"custom_user_agent": "dagster", **context.resource_config["connection_config"]}
+        storing = isinstance(context, dg.OutputContext)
+        with write_lock(database, WAREHOUSE_LOCK_TIMEOUT):
+            if storing:
+                _refuse_a_dead_run(context)
+            connection = _open_warehouse(database, config)
+            try:
+                if storing:
+                    connection.begin()
+                yield connection
+                if storing:
+                    _refuse_a_dead_run(context)  # the run may have died while this wrote
+                    connection.commit()
+            finally:
+                connection.close()  # an uncommitted store is rolled back
+
+
 class WarehouseIOManager(DuckDBPolarsIOManager):
-    """The local warehouse: DuckDB + polars, keeping empty tables (see the handler)."""
+    """The local warehouse: DuckDB + polars, keeping empty tables (see the handler), every
+    connection under the warehouse lock and every store fenced (see `_LockedDuckDbClient`)."""
 
     @staticmethod
     def type_handlers():
         return [_KeepEmptyTablesHandler()]
+
+    def create_io_manager(self, context) -> dg.IOManager:
+        return duckdb_io_manager_with_client(self, _LockedDuckDbClient())
 
 
 class MarketSourceResource(dg.ConfigurableResource):
