@@ -16,7 +16,7 @@ from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
 from cbi_platform.defs.dagster_internals import with_op_tags
 from cbi_platform.defs.partitions import horizon_partitions
-from cbi_platform.defs.pipeline import HORIZON, SHARED
+from cbi_platform.defs.pipeline import HORIZON, SHARED, TRAINING_LANE
 from cbi_platform.workers import GPU_QUEUE, broker_url
 
 GPU_POOL = "gpu"
@@ -80,6 +80,7 @@ horizon_job_celery = celery_asset_job(
     "horizon_job_celery",
     HORIZON,
     partitions_def=horizon_partitions,
+    tags=TRAINING_LANE,
     description="Features, regime datasets and models for one horizon partition, each step in "
     "a celery worker (default queue; gpu-pool networks on the one-worker `gpu` queue).",
 )
