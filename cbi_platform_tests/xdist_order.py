@@ -68,6 +68,7 @@ SECONDS = {
     "features/test_leakage.py": 7.0,
     "deploy/test_serving_container.py": 6.0,
     "test_storage.py": 6.0,
+    "test_lifeline.py": 26.0,
 }
 
 

@@ -63,6 +63,7 @@ from cbi_platform.features.contract import (
     TARGET_PRICE,
     feature_columns,
 )
+from cbi_platform.lifeline import die_with_parent
 from cbi_platform.models.base import FitData, Model, ModelSpec, model_input
 from cbi_platform.models.fit_cache import fit_member
 
@@ -405,6 +406,7 @@ _WORKER_STATE: dict = {}
 
 
 def _init_worker(env: dict[str, str], state: dict) -> None:
+    die_with_parent()  # a worker never outlives its step process (issue 21)
     os.environ.update(env)
     _WORKER_STATE.update(state)
 
@@ -446,7 +448,9 @@ def in_spawned_process(fn: Callable[..., T], *args: Any, env: dict[str, str] | N
     thread per library): what it imports (TensorFlow for a network) and allocates is gone
     with the process instead of staying resident in this one. Exceptions are re-raised here."""
     with environment({**SINGLE_THREAD_ENV, **(env or {})}):
-        with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(
+            max_workers=1, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+        ) as pool:
             return pool.submit(fn, *args).result()
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 
+from cbi_platform.lifeline import die_with_parent
 from cbi_platform.sentiment.lexicon import SCORE_COLUMNS, article_text
 
 ARTICLE_ID = "article_id"
@@ -113,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="FinBERT folder; absent: the Hugging Face cache")
     parser.add_argument("--info", help="scorer info JSON (default: OUT with .json)")
     parser.add_argument("--cache", help="scores of earlier runs (Parquet), reused and extended")
+    parser.add_argument(
+        "--parent-pid", type=int, help="die with this process (the step that started us)"
+    )
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
     for name, value in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(name, value)
     from cbi_platform.sentiment.finbert import load_scorer
@@ -167,6 +173,7 @@ def score_articles_subprocess(
     articles.write_parquet(source)
     command = [sys.executable, "-m", "cbi_platform.sentiment.score"]
     command += ["--in", str(source), "--out", str(target), "--info", str(info_path)]
+    command += ["--parent-pid", str(os.getpid())]
     if model_path is not None:
         command += ["--model", str(model_path)]
     if cache is not None:
