@@ -171,7 +171,7 @@ def load_config(
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     ports = {**DEFAULT_PORTS, **{k: int(v) for k, v in (raw.get("ports") or {}).items()}}
-    services = tuple(raw.get("services") or ALL_SERVICES)
+    services = tuple(ALL_SERVICES if raw.get("services") is None else raw["services"])
     bad = [s for s in services if s not in ALL_SERVICES]
     if bad:
         raise ValueError(f"{path}: unknown services {bad}; known: {list(ALL_SERVICES)}")
@@ -215,6 +215,8 @@ def dagster_yaml_text(config: StackConfig, root_yaml: Path = ROOT_DAGSTER_YAML) 
                 "hostname": "127.0.0.1",
                 "db_name": DAGSTER_DB,
                 "port": config.ports["postgres"],
+                # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; psycopg2 is installed.
+                "scheme": "postgresql+psycopg2",
             }
         }
     }

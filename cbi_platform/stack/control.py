@@ -204,8 +204,9 @@ def down(home: Path, out: TextIO = sys.stdout) -> int:
     order = [n for n in (*strays, *reversed(known)) if n != "postgres"]
     for name in order:
         pid = processes.read_pid(paths.pidfile(name))
-        if pid and processes.stop_group(pid):
-            stopped.append(name)
+        began = time.monotonic()
+        if pid and processes.stop_group(pid, timeout=10):
+            stopped.append(f"{name} ({time.monotonic() - began:.1f} s)")
         paths.pidfile(name).unlink(missing_ok=True)
     bindir = postgres.find_bindir()
     pg_pid = processes.read_pid(paths.pidfile("postgres"))

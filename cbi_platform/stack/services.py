@@ -61,6 +61,8 @@ def stack_env(
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *others]),
     )
     env.update(secrets)
+    if DB_PASSWORD in secrets:  # libpq's: MLflow's backend URI carries no password
+        env["PGPASSWORD"] = secrets[DB_PASSWORD]
     return env
 
 
