@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/.cbi_home
 export OMP_NUM_THREADS ?= 1
 STAMP := $(VENV)/.installed
 
-.PHONY: run test ui serve install lint clean home workers-up workers-down
+.PHONY: run test ui serve install lint clean home workers-up workers-down up down status
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -45,6 +45,18 @@ workers-up: home
 
 workers-down:
 	$(BIN)/python -m cbi_platform.workers down --dir $(DAGSTER_HOME)/services
+
+# The platform as long-lived services (cbi_platform/stack): PostgreSQL under
+# $(DAGSTER_HOME)/stack, the Dagster code server, webserver and daemon on it, the API, MLflow,
+# Redis and Celery workers, kept alive by a supervisor. Logs in stack/logs, pidfiles in stack/run.
+up: $(STAMP)
+	$(BIN)/cbi stack up $(if $(STACK_HOME),--home $(STACK_HOME),)
+
+down: $(STAMP)
+	$(BIN)/cbi stack down $(if $(STACK_HOME),--home $(STACK_HOME),)
+
+status: $(STAMP)
+	$(BIN)/cbi stack status $(if $(STACK_HOME),--home $(STACK_HOME),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cbi_platform cbi_platform_tests benchmarks

@@ -406,6 +406,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """The platform as long-lived services (cbi_platform/stack): up, down, status."""
+    from cbi_platform.stack import control
+
+    return control.main(args.stack_command, args.home, timeout=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -529,6 +536,18 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="restore into a non-empty home (replaces files)"
     )
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "stack", help="PostgreSQL, Dagster, the API, MLflow and workers as supervised services"
+    )
+    p.add_argument(
+        "stack_command",
+        choices=["up", "down", "status"],
+        help="up: start (idempotent); down: stop everything; status: each service's state",
+    )
+    p.add_argument("--home", help="stack home (default: $DAGSTER_HOME/stack)")
+    p.add_argument("--timeout", type=float, default=600.0, help="up: seconds to wait for health")
+    p.set_defaults(func=cmd_stack)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)

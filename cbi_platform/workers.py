@@ -30,6 +30,23 @@ def redis_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
+def redis_command(services_dir: Path, port: int = DEFAULT_PORT) -> list[str]:
+    """redis-server on 127.0.0.1:port, no persistence, in the foreground (logs to stdout)."""
+    return [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(services_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+
+
 def start_redis(services_dir: Path, port: int = DEFAULT_PORT, timeout: float = 10.0) -> int:
     """Daemonized redis-server on 127.0.0.1:port, no persistence; returns its pid (= its pgid:
     redis calls setsid when it daemonizes)."""
@@ -38,23 +55,13 @@ def start_redis(services_dir: Path, port: int = DEFAULT_PORT, timeout: float = 1
     pidfile.unlink(missing_ok=True)
     subprocess.run(
         [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *redis_command(services_dir, port),
             "--daemonize",
             "yes",
             "--pidfile",
             str(pidfile),
             "--logfile",
             str(services_dir / "redis.log"),
-            "--dir",
-            str(services_dir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
         ],
         check=True,
     )
@@ -76,36 +83,45 @@ def _write_celery_config(services_dir: Path, broker: str) -> Path:
     return config_dir
 
 
-def start_worker(
+def worker_command(
     services_dir: Path, name: str, queue: str, broker: str, concurrency: int = 1
-) -> int:
-    """One Celery worker (dagster_celery.app) on one queue, in its own session; returns its pid."""
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of one Celery worker (dagster_celery.app) on one queue."""
     config_dir = _write_celery_config(services_dir, broker)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(config_dir), str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
     )
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "dagster_celery.app",
+        "worker",
+        "-Q",
+        queue,
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier=1",
+        "-O",
+        "fair",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+    ]
+    return argv, env
+
+
+def start_worker(
+    services_dir: Path, name: str, queue: str, broker: str, concurrency: int = 1
+) -> int:
+    """One Celery worker (dagster_celery.app) on one queue, in its own session; returns its pid."""
+    argv, env = worker_command(services_dir, name, queue, broker, concurrency)
     log = open(services_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "dagster_celery.app",
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            str(concurrency),
-            "--prefetch-multiplier=1",
-            "-O",
-            "fair",
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "INFO",
-        ],
+        argv,
         cwd=REPO_ROOT,
         env=env,
         stdout=log,
