@@ -1,5 +1,6 @@
 """Real processes: a PostgreSQL cluster brought up by the stack's code, and the supervisor
-restarting a service killed with SIGKILL. The full-stack test is marked slow."""
+restarting a service killed with SIGKILL. The full stack (PostgreSQL, code server, webserver,
+daemon) is brought up, used and brought down by cbi_platform_tests/test_daemon.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from cbi_platform.stack import control, postgres, processes
-from cbi_platform.stack.config import StackPaths, load_config
+from cbi_platform.stack.config import StackPaths
 from cbi_platform.stack.secrets import DB_PASSWORD, load_secrets
 
 
@@ -155,25 +156,3 @@ def _up_again(home: Path) -> str:
     out = io.StringIO()
     assert control.up(home, timeout=30, out=out) == 0
     return out.getvalue()
-
-
-@pytest.mark.slow
-def test_full_stack_up_status_down(stack_home):
-    """FULL STACK (slow, ~60 s): PostgreSQL, code server, webserver and daemon all healthy, then
-    `down` leaves no process of theirs."""
-    if postgres.find_bindir() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    services = ["postgres", "code_server", "webserver", "daemon"]
-    ports = {name: _free_port() for name in ("postgres", "code_server", "webserver")}
-    (stack_home / "stack.yaml").write_text(yaml.safe_dump({"services": services, "ports": ports}))
-    out = io.StringIO()
-    assert control.up(stack_home, timeout=240, out=out) == 0, out.getvalue()
-    status_out = io.StringIO()
-    assert control.status(stack_home, out=status_out) == 0, status_out.getvalue()
-    rows = [line.split() for line in status_out.getvalue().splitlines()[3:]]
-    assert [r[0] for r in rows] == services and all(r[1] == "running" for r in rows)
-    config = load_config(stack_home)
-    pids = [processes.read_pid(config.paths.pidfile(n)) for n in [*services, "supervisor"]]
-    control.down(stack_home, out=io.StringIO())
-    assert not any(processes.group_alive(pid) for pid in pids)
-    assert not (config.paths.pg_data / "postmaster.pid").exists()
