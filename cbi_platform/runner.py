@@ -84,6 +84,14 @@ def keep_older_warehouse(home: Path, stream: TextIO) -> Path | None:
     return moved
 
 
+def is_duckdb_warehouse(io_manager) -> bool:
+    """The local DuckDB warehouse (the platform's WarehouseIOManager included; a class-name test
+    had missed it, so an older layout was never moved aside)."""
+    from dagster_duckdb import DuckDBIOManager
+
+    return isinstance(io_manager, DuckDBIOManager)
+
+
 def _layout(marker: Path) -> str:
     return marker.read_text().strip() if marker.exists() else "1"
 
@@ -279,8 +287,7 @@ def run_pipeline(
     assets = ALL_ASSETS if assets is None else assets
     home_path = Path(resources["home"].path)
     moved = None
-    duckdb_warehouse = resources["io_manager"].__class__.__name__.startswith("DuckDB")
-    if duckdb_warehouse:
+    if is_duckdb_warehouse(resources["io_manager"]):
         moved = keep_older_warehouse(home_path, stream)
     instance = instance or _instance()
     source = resources["market_source"]

@@ -55,3 +55,16 @@ def test_an_older_warehouse_is_kept_aside_not_overwritten(tmp_path):
     (tmp_path / "warehouse.duckdb").write_bytes(b"new tables")
     assert keep_older_warehouse(tmp_path, out) is None  # same layout: left alone
     assert (tmp_path / "warehouse.duckdb").read_bytes() == b"new tables"
+
+
+def test_the_platform_warehouse_is_recognised_as_the_duckdb_one(tmp_path):
+    """`cbi run` moves an older layout aside only for the DuckDB warehouse: the platform's own IO
+    manager must be recognised as one (a class-name test had missed it), BigQuery's not."""
+    from dagster_polars import PolarsBigQueryIOManager
+
+    from cbi_platform.defs.resources import build_resources
+    from cbi_platform.runner import is_duckdb_warehouse
+
+    io_manager = build_resources({"CBI_HOME": str(tmp_path)})["io_manager"]
+    assert is_duckdb_warehouse(io_manager)
+    assert not is_duckdb_warehouse(PolarsBigQueryIOManager(project="p", dataset="d"))

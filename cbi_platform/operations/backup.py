@@ -2,8 +2,8 @@
 
 Why not `cp -r`: the stores are written by other processes while the copy runs. Each DuckDB
 store is copied while its `storage.write_lock` is held and a checkpointed connection is open (no
-writer is mid-write, no WAL is pending, and the Dagster IO manager, which does not take our lock,
-is kept out by DuckDB's own file lock); a store's Parquet snapshots are copied under the same
+writer is mid-write, no WAL is pending: the warehouse's Dagster IO manager takes the same lock
+for every connection, and a foreign process is kept out by DuckDB's own file lock); a store's Parquet snapshots are copied under the same
 lock, so they match it. SQLite files (MLflow, the Dagster instance) go through SQLite's online
 backup API. Any other file with a sibling `.lock` (the API keys file) is copied under that lock.
 PostgreSQL storage (Dagster via dagster-postgres, MLflow via a postgresql:// URI) is dumped with
@@ -239,8 +239,8 @@ def sqlite_table_counts(con: sqlite3.Connection) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _duckdb_writer(path: Path, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection, retried while another process (a Dagster run on the warehouse,
-    which does not take our lock) holds DuckDB's own file lock."""
+    """A read-write connection, retried while another process that ignores our lock (a `duckdb`
+    shell on the file) holds DuckDB's own file lock."""
     deadline = time.monotonic() + timeout
     while True:
         try:
