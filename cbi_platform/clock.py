@@ -76,8 +76,11 @@ def now(tz: dt.tzinfo | None = None, env: Mapping[str, str] | None = None) -> dt
 
 def data_through(env: Mapping[str, str] | None = None) -> dt.date:
     """The last day the market feed has delivered: `CBI_DATA_CLOCK_FILE`'s date, never after
-    `today()` (a feed cannot deliver the future), else `today()`."""
+    `today()` (a feed cannot deliver the future); `today()` when it is unset or names no file
+    (a soak holds the feed by writing the file and releases it by removing it)."""
     env = os.environ if env is None else env
     day = today(env)
     path = env.get(DATA_CLOCK_ENV)
-    return min(read_clock_file(path), day) if path else day
+    if not path or not Path(path).exists():
+        return day
+    return min(read_clock_file(path), day)

@@ -64,6 +64,11 @@ def test_the_data_clock_holds_the_feed_but_never_runs_ahead(clock_file, tmp_path
     assert clock.data_through() == dt.date(2025, 5, 30)
     clock.write_clock_file(held, dt.date(2025, 7, 1))
     assert clock.data_through() == dt.date(2025, 6, 2)
+    held.unlink()  # released: data through the calendar day again
+    assert clock.data_through() == dt.date(2025, 6, 2)
+    held.write_text("yesterday")
+    with pytest.raises(clock.ClockError, match="data_clock"):
+        clock.data_through()
 
 
 def test_sources_read_the_clock(clock_file):
