@@ -182,6 +182,9 @@ class Soak:
     faults: list[dict] = field(default_factory=list)
     killed_runs: list[dict] = field(default_factory=list)
     pending: list[tuple[int, Callable[[], None]]] = field(default_factory=list)
+    started_utc: dt.datetime = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    )
 
     def note(self, fault: dict, **what) -> None:
         fault.update(what)
@@ -420,7 +423,7 @@ def measure(soak: Soak, client: ApiClient) -> dict:
     ids = [m["message_id"] for m in mails]
     duplicate_mails = len(ids) - len(set(ids))
 
-    audit_rows = _audit(deployment)
+    audit_rows = _audit(deployment, soak.started_utc)
     gpu = _gpu_slots(instance)
 
     latencies = [t["refresh_latency_s"] for t in soak.timeline if t.get("refresh_latency_s")]
@@ -476,15 +479,15 @@ def measure(soak: Soak, client: ApiClient) -> dict:
     }
 
 
-def _audit(deployment: Deployment) -> dict:
-    """The audit log (from its snapshot): rows by action; retrains requested and promotions
-    after the soak's start (the start's forced promotions excluded: actor "soak")."""
+def _audit(deployment: Deployment, since: dt.datetime) -> dict:
+    """The audit log (from its snapshot): rows by action, retrains requested and promotions
+    from `since` (UTC, the services' start: the training's promotions are not the soak's)."""
     from cbi_platform.release.control import AuditLog
 
     rows = AuditLog(deployment.home / "operations.duckdb").rows()
     if not rows.height:
         return {"rows": 0, "by_action": {}}
-    soak_rows = rows.filter(rows["actor"] != "soak") if "actor" in rows.columns else rows
+    soak_rows = rows.filter(rows["at"] >= since)
     counts = {str(r["action"]): r["len"] for r in soak_rows.group_by("action").len().to_dicts()}
     return {
         "rows": rows.height,
@@ -788,6 +791,14 @@ def _judge(soak: Soak, fault: dict) -> None:
     if fault["name"] == "feed_outage" and log.height:
         stale = log.filter(log["key"].str.contains("stale"))
         fault["stale_alert_events"] = stale.select("event", "as_of", "delivered").to_dicts()
+    if fault["name"] == "feed_outage":
+        from cbi_platform.operations.condition_log import ConditionLog
+
+        # What the monitors judged (the alert sensor mails only what it sees on its ticks).
+        judged = ConditionLog(soak.deployment.home / "operations.duckdb").frame()
+        if judged.height:
+            stale = judged.filter((judged["kind"] == "stale_data") & judged["firing"])
+            fault["stale_condition_firing_on"] = sorted({str(d) for d in stale["as_of"]})
     if fault["name"] == "smtp_down":
         up = fault.get("up_at")
         fault["mails_after_back"] = [
