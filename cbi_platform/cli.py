@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from cbi_platform import clock
 from cbi_platform.market.schema import MarketDataError
 
 
@@ -34,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"manifest {manifest_path}: {len(manifest.series)} series, target {manifest.target}")
     for notice in bundle.notices:
         print(f"notice: {notice}")
-    reference = manifest.as_of or dt.date.today()
+    reference = manifest.as_of or clock.today()
     findings = validate_market_prices(bundle.prices, manifest.target, reference)
     print(format_report(findings))
     errors = [f for f in findings if f.severity == ERROR and not f.passed]
@@ -323,7 +324,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.alerts_command == "digest":
         from cbi_platform.operations.digest import build_digest, render_digest
 
-        day = dt.date.fromisoformat(args.day) if args.day else dt.date.today()
+        day = dt.date.fromisoformat(args.day) if args.day else clock.today()
         print(render_digest(build_digest(book, day)).get_content(), end="")
         return 0
     by = args.by or os.environ.get("USER") or ""

@@ -36,6 +36,7 @@ SPLIT = frozenset(
 # whole file (a key ending in .py, for files that are one unit).
 SECONDS = {
     "test_daemon.py": 200.0,
+    "operations/test_soak_daemon.py": 135.0,
     "operations/test_replay.py::": 45.0,
     "operations/test_backup.py": 20.0,
     "test_warm_run.py": 40.0,

@@ -26,6 +26,7 @@ from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
 from dagster_gcp import BigQueryResource
 from pydantic import Field
 
+from cbi_platform import clock
 from cbi_platform.defs.dagster_internals import duckdb_io_manager_with_client
 from cbi_platform.defs.vertex_resource import VertexDeployResource
 from cbi_platform.market.schema import MarketBundle, target_series
@@ -174,15 +175,19 @@ class MarketSourceResource(dg.ConfigurableResource):
     bigquery_news_table: str | None = None
 
     def source_config(self) -> SourceConfig:
+        """The source's configuration now. Under a simulated clock (CBI_CLOCK_FILE, the soak)
+        only data published by the feed's day (`clock.data_through`) is delivered, read at call
+        time: the resource is built once when the code loads, the clock moves after."""
+        replay_through = dt.date.fromisoformat(self.replay_through) if self.replay_through else None
+        if replay_through is None and clock.simulated():
+            replay_through = clock.data_through()
         return SourceConfig(
             kind=self.kind,
             manifest=self.manifest,
             simulator_seed=self.simulator_seed,
             simulator_end=dt.date.fromisoformat(self.simulator_end) if self.simulator_end else None,
             simulator_live=self.simulator_live,
-            replay_through=(
-                dt.date.fromisoformat(self.replay_through) if self.replay_through else None
-            ),
+            replay_through=replay_through,
             cache_dir=self.cache_dir,
             bigquery_prices_table=self.bigquery_prices_table,
             bigquery_news_table=self.bigquery_news_table,
@@ -205,6 +210,10 @@ class MarketSourceResource(dg.ConfigurableResource):
         return target_series(market_prices, self.target())
 
     def reference_date(self) -> dt.date:
+        """The day staleness is judged against; under a simulated clock the clock's day, not the
+        feed's (a held feed must read as stale)."""
+        if self.replay_through is None and clock.simulated():
+            return clock.today()
         return reference_date(self.source_config())
 
 
@@ -383,8 +392,8 @@ class OperationsResource(dg.ConfigurableResource):
     )
     planted_bias: str | None = Field(
         default=None,
-        description="replay only: 'HORIZON:LOGRET:FROM_DATE' shifts the then-champion's "
-        "forecasts from that day (a planted degradation the monitors must catch)",
+        description="replay or soak (CBI_PLANTED_BIAS): 'HORIZON:LOGRET:FROM_DATE' shifts the "
+        "then-champion's forecasts from that day (a planted degradation the monitors must catch)",
     )
     playbook_url: str = Field(
         default="docs/PLAYBOOK.md", description="mails link to <playbook_url>#<kind>"
@@ -504,7 +513,7 @@ def protocol_overrides(env: Mapping[str, str]) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"CBI_PROTOCOL_OVERRIDES is not JSON ({exc}): {text[:200]!r}") from None
     if not isinstance(overrides, dict):
-        raise ValueError("CBI_PROTOCOL_OVERRIDES must be a JSON object, e.g. {\"span\": 110}")
+        raise ValueError('CBI_PROTOCOL_OVERRIDES must be a JSON object, e.g. {"span": 110}')
     unknown = sorted(set(overrides) - set(_PROTOCOL_OVERRIDABLE))
     if unknown:
         raise ValueError(
@@ -597,6 +606,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict:
             playbook_url=env.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md"),
             digest_hour=int(env.get("CBI_DIGEST_HOUR", "7")),
             horizons=served_horizons(env),
+            planted_bias=env.get("CBI_PLANTED_BIAS") or None,
             results=results,
         ),
         "vertex": VertexDeployResource(

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 from google.cloud import bigquery
 
+from cbi_platform import clock
 from cbi_platform.market.schema import (
     MARKET_PRICES_SCHEMA,
     NEWS_SCHEMA,
@@ -74,7 +75,7 @@ def load_bigquery_source(
 
     The tables hold canonical symbols, so the target is ZL unless the caller says otherwise.
     """
-    end = end or dt.date.today()
+    end = end or clock.today()
     prices = pl.from_arrow(
         client.query(prices_query(prices_table), job_config=_params(start, end)).to_arrow()
     )
@@ -128,7 +129,7 @@ def load_bigquery_incremental(
         _write_atomic(bundle.prices, prices_cache)
         _write_atomic(bundle.news, cache_dir / "bigquery_news.parquet")
         return bundle
-    end = end or dt.date.today()
+    end = end or clock.today()
     cached = pl.read_parquet(prices_cache)
     since = cached["date"].max() - dt.timedelta(days=REVISION_DAYS)
     fresh = pl.from_arrow(

@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbi_platform import clock
 from cbi_platform.market.schema import MarketBundle, MarketDataError
 
 SOURCE_KINDS = ("simulated", "files", "bigquery")
@@ -36,12 +37,13 @@ def load_market(config: SourceConfig, bigquery_client=None) -> MarketBundle:
 
 
 def simulator_end(config: SourceConfig) -> dt.date:
-    """The simulator's last day: configured, today in live mode, else its fixed default."""
+    """The simulator's last day: configured, the clock's today in live mode, else its fixed
+    default."""
     from cbi_platform.market.simulator import SimulatorConfig
 
     if config.simulator_end is not None:
         return config.simulator_end
-    return dt.date.today() if config.simulator_live else SimulatorConfig().end
+    return clock.today() if config.simulator_live else SimulatorConfig().end
 
 
 def _load(config: SourceConfig, bigquery_client=None) -> MarketBundle:
@@ -117,7 +119,7 @@ def reference_date(config: SourceConfig) -> dt.date:
     if config.replay_through is not None:
         return config.replay_through
     if config.kind == "files" and config.manifest:
-        return manifest_of(config).as_of or dt.date.today()
+        return manifest_of(config).as_of or clock.today()
     if config.kind == "simulated":
         return simulator_end(config)
-    return dt.date.today()
+    return clock.today()

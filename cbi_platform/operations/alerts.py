@@ -61,6 +61,7 @@ from typing import Any, Literal, Protocol
 
 import polars as pl
 
+from cbi_platform import clock
 from cbi_platform.conditions import (
     ACCURACY,
     CORRELATION_BREAK,
@@ -391,7 +392,7 @@ class AlertBook:
         if not reason:
             raise AlertAnswerError(f"{action} {key}: a reason is required (--reason TEXT)")
         if action == SNOOZE:
-            today = today or dt.date.today()
+            today = today or clock.today()
             if until is None:
                 raise AlertAnswerError(f"snooze {key}: the day it ends is required (--until)")
             if until < today:
@@ -484,7 +485,7 @@ class AlertBook:
     def open_alerts_answered(self, today: dt.date | None = None) -> pl.DataFrame:
         """The open alerts with their episode and its answer: `status` is "open",
         "acknowledged" or "snoozed" (a snooze whose `until` is before `today` reads "open")."""
-        today = today or dt.date.today()
+        today = today or clock.today()
         open_now = self.open_alerts()
         episodes = (
             self.log()

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from cbi_platform import clock
 from cbi_platform.conditions import FAILED_CHECK, FAILED_RUN, Condition
 from cbi_platform.defs.dagster_internals import latest_check_evaluations
 from cbi_platform.defs.partitions import HORIZON_KEYS
@@ -28,7 +29,7 @@ def failed_check_conditions(
         day = (
             dt.datetime.fromtimestamp(evaluation.timestamp).date()
             if evaluation.timestamp is not None
-            else dt.date.today()
+            else clock.today()
         )
         out.append(
             Condition(
@@ -84,7 +85,7 @@ def build_sensors(retrain_job, checks) -> list:
         tick = digest_tick(
             operations.alert_book(),
             mailer,
-            dt.datetime.now(ZoneInfo(operations.config().refresh.timezone)).replace(tzinfo=None),
+            clock.now(ZoneInfo(operations.config().refresh.timezone)).replace(tzinfo=None),
             operations.digest_hour,
             context.cursor,
             subject_prefix=mailer.settings.subject_prefix if mailer else "[CBI ZL]",
@@ -193,7 +194,7 @@ def _run_condition(context, operations: OperationsResource, firing: bool) -> Non
         kind=FAILED_RUN,
         firing=firing,
         title=f"run of {run.job_name} {'failed' if firing else 'succeeded'}",
-        as_of=dt.date.today(),
+        as_of=clock.today(),
         evidence={"run_id": run.run_id, "job": run.job_name},
         link=operations.run_link(run.run_id),
     )
