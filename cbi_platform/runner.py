@@ -287,7 +287,8 @@ def run_pipeline(
     assets = ALL_ASSETS if assets is None else assets
     home_path = Path(resources["home"].path)
     moved = None
-    if is_duckdb_warehouse(resources["io_manager"]):
+    duckdb_warehouse = is_duckdb_warehouse(resources["io_manager"])
+    if duckdb_warehouse:
         moved = keep_older_warehouse(home_path, stream)
     instance = instance or _instance()
     source = resources["market_source"]

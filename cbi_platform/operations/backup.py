@@ -3,12 +3,13 @@
 Why not `cp -r`: the stores are written by other processes while the copy runs. Each DuckDB
 store is copied while its `storage.write_lock` is held and a checkpointed connection is open (no
 writer is mid-write, no WAL is pending: the warehouse's Dagster IO manager takes the same lock
-for every connection, and a foreign process is kept out by DuckDB's own file lock); a store's Parquet snapshots are copied under the same
-lock, so they match it. SQLite files (MLflow, the Dagster instance) go through SQLite's online
-backup API. Any other file with a sibling `.lock` (the API keys file) is copied under that lock.
-PostgreSQL storage (Dagster via dagster-postgres, MLflow via a postgresql:// URI) is dumped with
-`pg_dump`. `manifest.json` lists every file with its size and SHA-256, and the row counts of
-every table read under the lock; `restore` checks every checksum before it writes anything.
+for every connection, and a foreign process is kept out by DuckDB's own file lock); a store's
+Parquet snapshots are copied under the same lock, so they match it. SQLite files (MLflow, the
+Dagster instance) go through SQLite's online backup API. Any other file with a sibling `.lock`
+(the API keys file) is copied under that lock. PostgreSQL storage (Dagster via dagster-postgres,
+MLflow via a postgresql:// URI) is dumped with `pg_dump`. `manifest.json` lists every file with
+its size and SHA-256, and the row counts of every table read under the lock; `restore` checks
+every checksum before it writes anything.
 """
 
 from __future__ import annotations
