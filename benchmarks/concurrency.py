@@ -8,7 +8,7 @@ Usage: .venv/bin/python benchmarks/concurrency.py [--home DIR] [--horizon 1w]
 `DIR` is a home with trained versions on the default simulator (e.g. the `.cbi_home` a
 `make run` leaves); it is copied, never written. Without `--home` a small one is built first:
 the small files source of the tests (1,400 business days), a shrunk protocol, and `cbi run`
-over every horizon (the refresh serves them all; the daemon's runs use the same source and
+over 1w and 1m (CBI_HORIZONS: the refresh serves those; the daemon's runs use the same source and
 protocol).
 Then a real `dagster-daemon` on a fresh SQLite instance with this checkout's `dagster.yaml`:
 1. the daily refresh alone (`dagster job launch -j daily_refresh_job`);
@@ -44,6 +44,7 @@ from _machine import git_commit, machine_stamp, record_run  # noqa: E402
 BIN = Path(sys.executable).parent
 TARGET_QUEUE_SECONDS = 60.0
 TARGET_SLOWDOWN = 2.0
+SMALL_HORIZONS = ("1w", "1m")  # the built home's (a retrain of one of them runs beside)
 # The small protocol of the tests (cbi_platform_tests/conftest.py SMALL_PROTOCOL), one worker.
 SMALL_PROTOCOL = {
     "grid": {"span": 240, "n_scored": 12, "end_offset": 5},
@@ -64,7 +65,12 @@ def _small_setup(folder: Path) -> dict[str, str]:
         protocol[section].update(values)
     path = folder / "protocol.yaml"
     path.write_text(yaml.safe_dump(protocol))
-    return {"CBI_MANIFEST": str(manifest), "CBI_PROTOCOL": str(path), "CBI_WORKERS": "1"}
+    return {
+        "CBI_MANIFEST": str(manifest),
+        "CBI_PROTOCOL": str(path),
+        "CBI_WORKERS": "1",
+        "CBI_HORIZONS": ",".join(SMALL_HORIZONS),  # the refresh serves what was trained
+    }
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -75,10 +81,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def build_home(home: Path, extra: dict[str, str]) -> float:
-    """`cbi run` over every horizon: the daily refresh serves all five."""
+    """`cbi run` over SMALL_HORIZONS (the daily refresh serves those, CBI_HORIZONS)."""
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "cbi_platform.cli", "run"],
+        [sys.executable, "-W", "ignore", "-m", "cbi_platform.cli", "run", "--horizons",
+         *SMALL_HORIZONS],  # fmt: skip
         cwd=ROOT,
         env=_env(CBI_HOME=str(home), **extra),
         capture_output=True,
@@ -116,6 +123,15 @@ class Daemon:
         self.folder = Path(tempfile.mkdtemp(prefix="cbi-concurrency-instance-"))
         shutil.copy(ROOT / "dagster.yaml", self.folder / "dagster.yaml")
         self.env = {**env, "DAGSTER_HOME": str(self.folder)}
+        # One process creates the instance's storage before two share it (SQLite: concurrent
+        # first use races on the schema and leaves two alembic heads).
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "migrate"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
         self.log = (self.folder / "daemon.log").open("w")
         self.proc = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-m", "cbi_platform.definitions"],
@@ -216,6 +232,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, help="a trained simulator home (default: build one)")
     parser.add_argument("--horizon", default="1w")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (the home)")
     parser.add_argument("--job", default="retrain_job", choices=["retrain_job", "horizon_job"])
     parser.add_argument("--lead", type=float, default=20.0, help="s between retrain and refresh")
     parser.add_argument("--retrain-timeout", type=float, default=1800.0)
@@ -236,7 +253,10 @@ def main() -> int:
             source = "small files source of the tests (1,400 business days), shrunk protocol"
         result = measure(home, extra, args)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept the work folder (its home/ is reusable with --home): {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     alone, beside = result["refresh_alone"], result["refresh_beside_retrain"]
     slowdown = round(beside["wall_seconds"] / alone["wall_seconds"], 2)
     queue_met = beside["queued_seconds"] <= TARGET_QUEUE_SECONDS
@@ -276,7 +296,7 @@ def main() -> int:
         f"{' --home <trained home>' if args.home else ''} --horizon {args.horizon} "
         f"--job {args.job} --lead {args.lead:g}`\n"
         f"- home: {source}"
-        f"{f'; built by `cbi run` (every horizon) in {built} s' if built else ''}\n"
+        f"{f'; built by `cbi run` (1w, 1m) in {built} s' if built else ''}\n"
         "- a real `dagster-daemon` on a fresh SQLite instance with this checkout's "
         "`dagster.yaml` (run lanes: `cbi/lane` training 1, refresh 1); runs submitted with "
         "`dagster job launch`; queued = creation to start in the instance, wall = start to end. "
