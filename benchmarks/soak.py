@@ -2,24 +2,35 @@
 with planted faults.
 
 Usage: .venv/bin/python benchmarks/soak.py [--days 120] [--faults daemon_kill@10,...]
-       [--seconds-per-day 3] [--day-timeout 300] [--clients 4] [--name soak]
+       [--seconds-per-day 3] [--day-timeout 300] [--sensor-timeout 90] [--clients 4]
+       [--name soak] [--no-stack]
 
 Setup: a small home trained on the simulator through the start day, **1w and 1m only, on a
 reduced protocol and zoo** (the replay test's: `cbi_platform_tests/deployment.py` SMALL), then
-the services, each in its own process group: gRPC code server, `dagster-daemon`,
-`dagster-webserver` (SQLite instance, this checkout's dagster.yaml), the forecast API
-(`cbi serve`) and a local SMTP server (aiosmtpd, in this process) that receives the alerts.
+the services **on the stack** (default; `cbi_platform_tests/stack_deployment.py`): `cbi stack up`
+with PostgreSQL (the Dagster instance storage and MLflow's backend), the gRPC code server,
+`dagster-webserver`, `dagster-daemon` and the forecast API (`cbi serve`) under the stack's
+supervisor, which restarts what dies; and a local SMTP server (aiosmtpd, in this process) that
+receives the alerts. `--no-stack`: the old harness (`cbi_platform_tests/deployment.py`: SQLite
+instance, the driver restarts killed services itself).
 
 The clock is a file (CBI_CLOCK_FILE): the driver moves it one business day at a time once the
-previous day's refresh has finished (or after `--day-timeout`), and the soak sensor launches
-that day's daily refresh (run_key = the day). A feed outage holds the data clock
-(CBI_DATA_CLOCK_FILE) on the last day before it while the calendar moves on. A bounded API
-client (threads, loopback only) reads the API the whole time.
+previous day's refresh has finished (or after `--day-timeout`) **and** the alert and retraining
+sensors have ticked after that refresh (or after `--sensor-timeout`): a condition that fires
+for a single simulated day is always seen and mailed. Under the simulated clock those sensors
+tick every 5 s (`cbi_platform.clock.sensor_interval_seconds`; CBI_SENSOR_INTERVAL_SECONDS to
+choose). The soak sensor launches each day's daily refresh (run_key = the day). A feed outage
+holds the data clock (CBI_DATA_CLOCK_FILE) on the last day before it while the calendar moves
+on. A bounded API client (threads, loopback only) reads the API the whole time.
 
 Faults (`--faults NAME@DAY,...`; DAY counts business days from 0):
-- daemon_kill: SIGKILL the daemon's group, restart it (the supervisor's job; `cbi_platform.stack`
-  is not on this branch, so the driver restarts it itself);
-- webserver_kill, api_kill: SIGKILL, restart, time until it answers again;
+- daemon_kill: SIGKILL the daemon's process; the supervisor restarts it; time until a new
+  daemon has written a heartbeat;
+- webserver_kill, api_kill: SIGKILL, the supervisor restarts it, time until it answers again;
+- postgres_restart (the stack only): SIGKILL the postmaster; the supervisor stops its backends
+  and starts it again (crash recovery); time until it answers, the webserver reads the instance,
+  the daemon beats again; which services the supervisor had to restart; does the day's refresh
+  succeed;
 - run_kill: SIGKILL the day's refresh run's own process mid-step (its step process is running):
   the instance must mark it failed, dagster.yaml's run retry re-launch it, nothing written after
   the failure, no process of it left (without the lifeline its step process may survive: counted);
@@ -931,7 +942,9 @@ def _judge(soak: Soak, fault: dict) -> None:
         fired = log.filter(log["key"].str.starts_with("failed_run")) if log.height else log
         fault["failed_run_alerts"] = fired.height
     if fault["name"] == "postgres_restart" and "killed_at" in fault:
-        events = soak.deployment.events_since(fault["killed_at"])
+        # Until the end of its day (later faults restart services too).
+        end = entry["advanced"] + entry["wall_s"] + 1 if entry else None
+        events = soak.deployment.events_since(fault["killed_at"], until=end)
         restarts = [e for e in events if e.get("event") == "restart"]
         fault["supervisor_restarts"] = [
             {"service": e.get("service"), "reason": e.get("reason")} for e in restarts

@@ -144,8 +144,9 @@ class StackDeployment:
         """Restarts so far, per service (the supervisor's state file)."""
         return {k: int(v.get("restarts") or 0) for k, v in self.supervisor_state().items()}
 
-    def events_since(self, since: float) -> list[dict]:
-        """The stack's events (restarts with their reasons) from `since` (epoch seconds)."""
+    def events_since(self, since: float, until: float | None = None) -> list[dict]:
+        """The stack's events (restarts with their reasons) from `since` to `until` (epoch
+        seconds; None: to now)."""
         from cbi_platform.stack.config import StackPaths
 
         out = []
@@ -158,7 +159,7 @@ class StackDeployment:
                 at = dt.datetime.fromisoformat(record["time"]).timestamp()
             except (ValueError, KeyError):
                 continue
-            if at >= int(since):  # the events' times are whole seconds
+            if at >= int(since) and (until is None or at < until):  # whole seconds
                 out.append(record)
         return out
 
