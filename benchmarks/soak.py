@@ -2,24 +2,35 @@
 with planted faults.
 
 Usage: .venv/bin/python benchmarks/soak.py [--days 120] [--faults daemon_kill@10,...]
-       [--seconds-per-day 3] [--day-timeout 300] [--clients 4] [--name soak]
+       [--seconds-per-day 3] [--day-timeout 300] [--sensor-timeout 90] [--clients 4]
+       [--name soak] [--no-stack]
 
 Setup: a small home trained on the simulator through the start day, **1w and 1m only, on a
 reduced protocol and zoo** (the replay test's: `cbi_platform_tests/deployment.py` SMALL), then
-the services, each in its own process group: gRPC code server, `dagster-daemon`,
-`dagster-webserver` (SQLite instance, this checkout's dagster.yaml), the forecast API
-(`cbi serve`) and a local SMTP server (aiosmtpd, in this process) that receives the alerts.
+the services **on the stack** (default; `cbi_platform_tests/stack_deployment.py`): `cbi stack up`
+with PostgreSQL (the Dagster instance storage and MLflow's backend), the gRPC code server,
+`dagster-webserver`, `dagster-daemon` and the forecast API (`cbi serve`) under the stack's
+supervisor, which restarts what dies; and a local SMTP server (aiosmtpd, in this process) that
+receives the alerts. `--no-stack`: the old harness (`cbi_platform_tests/deployment.py`: SQLite
+instance, the driver restarts killed services itself).
 
 The clock is a file (CBI_CLOCK_FILE): the driver moves it one business day at a time once the
-previous day's refresh has finished (or after `--day-timeout`), and the soak sensor launches
-that day's daily refresh (run_key = the day). A feed outage holds the data clock
-(CBI_DATA_CLOCK_FILE) on the last day before it while the calendar moves on. A bounded API
-client (threads, loopback only) reads the API the whole time.
+previous day's refresh has finished (or after `--day-timeout`) **and** the alert and retraining
+sensors have ticked after that refresh (or after `--sensor-timeout`): a condition that fires
+for a single simulated day is always seen and mailed. Under the simulated clock those sensors
+tick every 5 s (`cbi_platform.clock.sensor_interval_seconds`; CBI_SENSOR_INTERVAL_SECONDS to
+choose). The soak sensor launches each day's daily refresh (run_key = the day). A feed outage
+holds the data clock (CBI_DATA_CLOCK_FILE) on the last day before it while the calendar moves
+on. A bounded API client (threads, loopback only) reads the API the whole time.
 
 Faults (`--faults NAME@DAY,...`; DAY counts business days from 0):
-- daemon_kill: SIGKILL the daemon's group, restart it (the supervisor's job; `cbi_platform.stack`
-  is not on this branch, so the driver restarts it itself);
-- webserver_kill, api_kill: SIGKILL, restart, time until it answers again;
+- daemon_kill: SIGKILL the daemon's process; the supervisor restarts it; time until a new
+  daemon has written a heartbeat;
+- webserver_kill, api_kill: SIGKILL, the supervisor restarts it, time until it answers again;
+- postgres_restart (the stack only): SIGKILL the postmaster; the supervisor stops its backends
+  and starts it again (crash recovery); time until it answers, the webserver reads the instance,
+  the daemon beats again; which services the supervisor had to restart; does the day's refresh
+  succeed;
 - run_kill: SIGKILL the day's refresh run's own process mid-step (its step process is running):
   the instance must mark it failed, dagster.yaml's run retry re-launch it, nothing written after
   the failure, no process of it left (without the lifeline its step process may survive: counted);
@@ -70,6 +81,11 @@ from cbi_platform_tests.deployment import (  # noqa: E402
     run_worker_pid,
     step_worker_pids,
     wait_for,
+)
+from cbi_platform_tests.stack_deployment import (  # noqa: E402
+    StackDeployment,
+    prepare_stack,
+    stack_root,
 )
 
 HORIZONS = ("1w", "1m")
@@ -174,7 +190,7 @@ class ApiClient:
 # -- the soak -------------------------------------------------------------------------------------
 @dataclass
 class Soak:
-    deployment: Deployment
+    deployment: Deployment | StackDeployment
     mail: MailServer
     days: list[dt.date]
     day_timeout: float
@@ -201,37 +217,85 @@ class Soak:
         succeeded and no retry is due (a retry is launched within seconds of the failure)."""
         import dagster as dg
 
-        runs = self.runs_of_day(day)
+        try:
+            runs = self.runs_of_day(day)
+        except Exception:  # noqa: BLE001 - the instance database may be restarting
+            return None
         for run in runs:
             if run.status == dg.DagsterRunStatus.SUCCESS:
                 return run
         return None
 
 
-def _restart_and_time(deployment: Deployment, name: str) -> float:
-    """SIGKILL `name`, restart it at once (a supervisor), seconds until it is ready again."""
+def _restart_and_time(deployment, name: str, fault: dict | None = None) -> float:
+    """SIGKILL `name`; on the stack its supervisor restarts it, on the old harness the driver
+    does at once. Seconds from the kill until it is ready again (the daemon: a new process
+    that has written a heartbeat since the kill)."""
     killed = time.monotonic()
+    if fault is not None:
+        fault["killed_at"] = time.time()
     deployment.kill(name)
-    deployment.start(name, wait=False)
+    if not getattr(deployment, "supervised", False):
+        deployment.start(name, wait=False)
     deployment.wait_ready(name, 240)
     return round(time.monotonic() - killed, 1)
 
 
-def fault_daemon_kill(soak: Soak, i: int, fault: dict) -> None:
-    seconds = _restart_and_time(soak.deployment, "daemon")
-    soak.note(
-        fault,
-        restarted_by="the driver (no cbi_platform.stack supervisor on this branch)",
-        restart_seconds=seconds,
+def _restarted_by(deployment) -> str:
+    return (
+        "the stack's supervisor"
+        if getattr(deployment, "supervised", False)
+        else "the driver (old harness, --no-stack)"
     )
 
 
+def fault_daemon_kill(soak: Soak, i: int, fault: dict) -> None:
+    seconds = _restart_and_time(soak.deployment, "daemon", fault)
+    soak.note(fault, restarted_by=_restarted_by(soak.deployment), time_to_healthy_s=seconds)
+
+
+def fault_postgres_restart(soak: Soak, i: int, fault: dict) -> None:
+    """SIGKILL the postmaster (the stack only): the supervisor stops what is left of its group
+    (the backends) and starts it again (crash recovery). Then: how long until PostgreSQL
+    answers, the webserver reads the instance through GraphQL, and the daemon beats again;
+    which services the supervisor restarted (judged after the soak, from its events)."""
+    deployment = soak.deployment
+    if not getattr(deployment, "supervised", False):
+        fault.update(skipped="postgres_restart needs the stack (--stack)")
+        return
+    restarts_before = deployment.restarts()
+    began = time.monotonic()
+    killed_at = deployment.kill("postgres")
+
+    def webserver_reads() -> bool:
+        try:
+            data = deployment.gql("{ runsOrError(limit: 1) { __typename } }")
+        except Exception:  # noqa: BLE001 - the database is still coming back
+            return False
+        return data["runsOrError"]["__typename"] == "Runs"
+
+    fault.update(killed_at=killed_at, restarts_before=restarts_before)
+    for what, until in (
+        ("postgres_ready_s", lambda: deployment.ready("postgres")),
+        ("webserver_reads_instance_s", webserver_reads),
+        ("daemon_heartbeat_s", lambda: deployment.daemon_beat_after(killed_at)),
+    ):
+        try:
+            wait_for(what, until, 240)
+            fault[what] = round(time.monotonic() - began, 1)
+        except AssertionError:
+            fault[what] = None
+    fault["restarted_by"] = _restarted_by(deployment)
+
+
 def fault_webserver_kill(soak: Soak, i: int, fault: dict) -> None:
-    soak.note(fault, time_to_answer_s=_restart_and_time(soak.deployment, "webserver"))
+    seconds = _restart_and_time(soak.deployment, "webserver", fault)
+    soak.note(fault, restarted_by=_restarted_by(soak.deployment), time_to_answer_s=seconds)
 
 
 def fault_api_kill(soak: Soak, i: int, fault: dict) -> None:
-    soak.note(fault, time_to_answer_s=_restart_and_time(soak.deployment, "api"))
+    seconds = _restart_and_time(soak.deployment, "api", fault)
+    soak.note(fault, restarted_by=_restarted_by(soak.deployment), time_to_answer_s=seconds)
 
 
 def fault_smtp_down(soak: Soak, i: int, fault: dict) -> None:
@@ -324,6 +388,47 @@ def _started_steps(instance, run_id: str) -> list[str]:
     return [s for s in started if s not in finished]
 
 
+WATCHED_SENSORS = ("alert_sensor", "retraining_sensor")
+
+
+def sensors_ticked_after(instance, names: tuple[str, ...], after: float) -> bool:
+    """Each named sensor has a finished tick that began after `after` (epoch seconds): it read
+    what the monitors wrote before then."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    try:
+        states = {
+            s.instigator_name: s
+            for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        }
+        for name in names:
+            state = states.get(name)
+            if state is None:
+                return False
+            ticks = instance.get_ticks(
+                state.instigator_origin_id, state.selector_id, after=after, limit=5
+            )
+            if not any(t.status != TickStatus.STARTED and t.timestamp > after for t in ticks):
+                return False
+    except Exception:  # noqa: BLE001 - the instance database may be restarting
+        return False
+    return True
+
+
+def wait_sensor_ticks(deployment, after: float, timeout: float) -> float | None:
+    """Seconds until the alert and retraining sensors ticked after `after`; None on timeout."""
+    began = time.monotonic()
+    try:
+        wait_for(
+            "the operations sensors' ticks",
+            lambda: sensors_ticked_after(deployment.instance(), WATCHED_SENSORS, after),
+            timeout,
+        )
+    except AssertionError:
+        return None
+    return round(time.monotonic() - began, 1)
+
+
 FAULTS: dict[str, Callable[[Soak, int, dict], None]] = {
     "daemon_kill": fault_daemon_kill,
     "webserver_kill": fault_webserver_kill,
@@ -332,6 +437,7 @@ FAULTS: dict[str, Callable[[Soak, int, dict], None]] = {
     "feed_outage": fault_feed_outage,
     "bias": fault_bias,
     "run_kill": fault_run_kill,
+    "postgres_restart": fault_postgres_restart,
 }
 AFTER_ADVANCE = {"run_kill"}  # the others act before the clock moves to their day
 
@@ -565,8 +671,14 @@ def write_results(name: str, result: dict, soak: Soak, smoke: bool) -> Path:
         f"- home: **reduced** — horizons {', '.join(s['horizons'])} only, reduced protocol and "
         f"zoo ({json.dumps(s['protocol'])}), simulated source; start {s['start']}, "
         f"{s['days']} business days to {s['end']}, >= {s['seconds_per_day']} s per day",
-        f"- services: code server, daemon, webserver, API (`cbi serve`), SMTP (aiosmtpd); "
-        f"{s['supervisor']}",
+        f"- deployment: **{s['deployment']}**",
+        "- services: PostgreSQL, code server, daemon, webserver, API (`cbi serve`); SMTP "
+        "(aiosmtpd, in the driver)",
+        f"- operations sensors: {s['sensor_interval_s']}",
+        f"- wall time: {result['wall_seconds']} s, of which setup (train the home, services "
+        f"up) {result['setup_seconds']} s; **{result['seconds_per_simulated_day']} s per "
+        "simulated day** (faults, refresh, sensor ticks; per-day wall times in the JSON "
+        "timeline, `wall_s`)",
         "",
         "## Runs",
         f"- launched {m['runs']['launched']}, succeeded {m['runs']['succeeded']}, failed "
@@ -643,11 +755,25 @@ def main() -> int:
     parser.add_argument("--name", default="soak")
     parser.add_argument("--smoke", action="store_true", help="label the results a smoke")
     parser.add_argument("--keep", action="store_true", help="keep the soak's folder")
+    parser.add_argument(
+        "--stack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run on the production stack (PostgreSQL, supervisor; default) or, --no-stack, "
+        "on the old harness (SQLite, the driver restarts services)",
+    )
+    parser.add_argument(
+        "--sensor-timeout",
+        type=float,
+        default=90.0,
+        help="after each day's refresh, wait at most this long for the alert and retraining "
+        "sensors to tick before the clock moves",
+    )
     args = parser.parse_args()
 
     days = business_days(dt.date.fromisoformat(args.start), args.days + 1)  # day 0: the start
     plan = parse_faults(args.faults, args.days + 1)
-    root = Path(tempfile.mkdtemp(prefix="cbi-soak-"))
+    root = stack_root() if args.stack else Path(tempfile.mkdtemp(prefix="cbi-soak-"))
     smtp_port = free_port()
     bias_day = next((d for n, d in plan if n == "bias"), None)
     extra = {
@@ -674,14 +800,22 @@ def main() -> int:
     started = time.monotonic()
     deployment = None
     try:
-        deployment = prepare(root, days[0], horizons=HORIZONS, extra_env=extra)
+        if args.stack:
+            deployment = prepare_stack(root, days[0], horizons=HORIZONS, extra_env=extra)
+        else:
+            deployment = prepare(root, days[0], horizons=HORIZONS, extra_env=extra)
         print(f"home trained in {time.monotonic() - started:.0f} s", flush=True)
         from cbi_platform.api.keys import create_key
 
         key, _ = create_key(deployment.home, "soak")
         mail.start()
-        for name in ("code_server", "daemon", "webserver", "api"):
-            deployment.start(name)
+        if args.stack:
+            deployment.start_services()  # cbi stack up: the supervisor starts them all
+        else:
+            for name in ("code_server", "daemon", "webserver", "api"):
+                deployment.start(name)
+        services_up = time.monotonic()
+        print(f"services up in {services_up - started:.0f} s", flush=True)
         client = ApiClient(deployment.api_port, key, args.clients)
         client.start()
         soak = Soak(deployment, mail, days, args.day_timeout)
@@ -717,18 +851,28 @@ def main() -> int:
                     refresh_latency_s=round(end - advanced, 1),
                     retry=int(run.tags.get("dagster/retry_number", "0")),
                 )
+                # The clock moves only once the alert and retraining sensors have read what the
+                # day's monitors wrote: a condition that fires for one day is always seen.
+                entry["sensor_wait_s"] = wait_sensor_ticks(deployment, end, args.sensor_timeout)
             except AssertionError:
                 entry.update(refresh_latency_s=None, timed_out=True)
+            entry["wall_s"] = round(time.time() - advanced, 1)
             soak.timeline.append(entry)
-            print(f"day {i:3d} {day}: {entry.get('refresh_latency_s')} s", flush=True)
+            print(
+                f"day {i:3d} {day}: refresh {entry.get('refresh_latency_s')} s, sensors "
+                f"+{entry.get('sensor_wait_s')} s",
+                flush=True,
+            )
             rest = args.seconds_per_day - (time.time() - advanced)
             if rest > 0:
                 time.sleep(rest)
         for _, action in list(soak.pending):
             action()  # a fault still open at the end is closed (e.g. the SMTP back up)
         soak.pending.clear()
-        # Let the alert sensor (every 60 s) deliver what was queued, then measure.
-        time.sleep(75)
+        # Let the alert sensor deliver what was queued (two ticks from now), then measure.
+        for _ in range(2):
+            wait_sensor_ticks(deployment, time.time(), args.sensor_timeout)
+        loop_seconds = time.monotonic() - services_up
         client.stop()
         for fault in soak.faults:
             _judge(soak, fault)
@@ -744,14 +888,23 @@ def main() -> int:
                 "seconds_per_day": args.seconds_per_day,
                 "day_timeout_s": args.day_timeout,
                 "faults_planned": plan,
-                "supervisor": "no cbi_platform.stack on this branch: the driver restarts "
-                "killed services itself",
+                "deployment": "on the stack (PostgreSQL, supervisor): cbi_platform.stack "
+                "runs PostgreSQL (Dagster instance storage, MLflow backend), code server, "
+                "webserver, daemon and API; its supervisor restarts killed services"
+                if args.stack
+                else "old harness (--no-stack): SQLite instance, the driver restarts killed "
+                "services itself",
+                "supervisor": "cbi_platform.stack supervisor" if args.stack else "the driver",
+                "sensor_interval_s": "5 (CBI_SENSOR_INTERVAL_SECONDS unset, simulated clock); "
+                "the driver waits for an alert and a retraining tick after each refresh",
                 "bias": extra.get("CBI_PLANTED_BIAS"),
             },
             "faults": soak.faults,
             "timeline": soak.timeline,
             "metrics": metrics,
             "wall_seconds": round(time.monotonic() - started, 1),
+            "setup_seconds": round(services_up - started, 1),
+            "seconds_per_simulated_day": round(loop_seconds / max(len(soak.timeline), 1), 1),
         }
         path = write_results(args.name, result, soak, args.smoke)
         print(f"wrote {path}", flush=True)
@@ -788,6 +941,25 @@ def _judge(soak: Soak, fault: dict) -> None:
         fault["retries"] = [(r.run_id, r.status.value) for r in retries]
         fired = log.filter(log["key"].str.starts_with("failed_run")) if log.height else log
         fault["failed_run_alerts"] = fired.height
+    if fault["name"] == "postgres_restart" and "killed_at" in fault:
+        # Until the end of its day (later faults restart services too).
+        end = entry["advanced"] + entry["wall_s"] + 1 if entry else None
+        events = soak.deployment.events_since(fault["killed_at"], until=end)
+        restarts = [e for e in events if e.get("event") == "restart"]
+        fault["supervisor_restarts"] = [
+            {"service": e.get("service"), "reason": e.get("reason")} for e in restarts
+        ]
+        fault["daemon_restarted_too"] = any(e.get("service") == "daemon" for e in restarts)
+        fault["runs_continue"] = entry.get("refresh_latency_s") is not None
+    if fault["name"] in ("daemon_kill", "webserver_kill", "api_kill") and getattr(
+        soak.deployment, "supervised", False
+    ):
+        service = fault["name"].removesuffix("_kill")
+        fault["supervisor_reasons"] = [
+            e.get("reason")
+            for e in soak.deployment.events_since(fault.get("killed_at") or 0)
+            if e.get("event") == "restart" and e.get("service") == service
+        ][:1]
     if fault["name"] == "feed_outage" and log.height:
         stale = log.filter(log["key"].str.contains("stale"))
         fault["stale_alert_events"] = stale.select("event", "as_of", "delivered").to_dicts()

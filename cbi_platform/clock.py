@@ -84,3 +84,25 @@ def data_through(env: Mapping[str, str] | None = None) -> dt.date:
     if not path or not Path(path).exists():
         return day
     return min(read_clock_file(path), day)
+
+
+SENSOR_INTERVAL_ENV = "CBI_SENSOR_INTERVAL_SECONDS"
+SIMULATED_SENSOR_INTERVAL = 5
+
+
+def sensor_interval_seconds(default: int, env: Mapping[str, str] | None = None) -> int:
+    """The minimum interval of the operations sensors (alerts, digest, retraining):
+    `CBI_SENSOR_INTERVAL_SECONDS` when set, else 5 s under the simulated clock (a simulated day
+    lasts seconds: a sensor ticking every minute would never see a condition that fires and
+    clears within it), else `default`."""
+    env = os.environ if env is None else env
+    text = env.get(SENSOR_INTERVAL_ENV, "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{SENSOR_INTERVAL_ENV}={text!r} is not a whole number") from None
+        if value < 1:
+            raise ValueError(f"{SENSOR_INTERVAL_ENV}={text!r}: at least 1 second")
+        return value
+    return SIMULATED_SENSOR_INTERVAL if simulated(env) else default

@@ -135,3 +135,13 @@ def test_alert_book_defaults_today_to_the_clock(clock_file, tmp_path):
     assert book.open_alerts_answered()["status"].to_list() == ["snoozed"]
     clock.write_clock_file(clock_file, dt.date(2025, 6, 3))
     assert book.open_alerts_answered()["status"].to_list() == ["open"]
+
+
+def test_sensor_interval_is_short_under_the_simulated_clock():
+    assert clock.sensor_interval_seconds(60, env={}) == 60
+    assert clock.sensor_interval_seconds(600, env={clock.CLOCK_ENV: "/tmp/clock"}) == 5
+    setting = {clock.CLOCK_ENV: "/tmp/clock", clock.SENSOR_INTERVAL_ENV: "12"}
+    assert clock.sensor_interval_seconds(60, env=setting) == 12
+    assert clock.sensor_interval_seconds(60, env={clock.SENSOR_INTERVAL_ENV: "30"}) == 30
+    with pytest.raises(ValueError, match=clock.SENSOR_INTERVAL_ENV):
+        clock.sensor_interval_seconds(60, env={clock.SENSOR_INTERVAL_ENV: "0"})

@@ -115,3 +115,18 @@ def test_deployment_settings_from_the_environment_are_checked() -> None:
         build_resources({**env, "CBI_PROTOCOL_OVERRIDES": '{"spam": 1}'})
     with pytest.raises(ValueError, match="not JSON"):
         build_resources({**env, "CBI_PROTOCOL_OVERRIDES": "span=110"})
+
+
+def test_operations_sensors_tick_often_under_the_simulated_clock(monkeypatch, tmp_path) -> None:
+    from cbi_platform import clock
+    from cbi_platform.defs.operations.sensors import build_sensors
+    from cbi_platform.defs.pipeline import retrain_job
+
+    timed = ("alert_sensor", "alert_digest_sensor", "retraining_sensor")
+    monkeypatch.delenv(clock.CLOCK_ENV, raising=False)
+    monkeypatch.delenv(clock.SENSOR_INTERVAL_ENV, raising=False)
+    real = {s.name: s.minimum_interval_seconds for s in build_sensors(retrain_job, ALL_CHECKS)}
+    assert [real[n] for n in timed] == [60, 600, 60]
+    monkeypatch.setenv(clock.CLOCK_ENV, str(tmp_path / "clock"))
+    soak = {s.name: s.minimum_interval_seconds for s in build_sensors(retrain_job, ALL_CHECKS)}
+    assert [soak[n] for n in timed] == [5, 5, 5]

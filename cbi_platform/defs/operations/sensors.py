@@ -59,7 +59,7 @@ def build_sensors(retrain_job, checks) -> list:
 
     @dg.sensor(
         name="alert_sensor",
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=clock.sensor_interval_seconds(60),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Reads the monitors' condition log and the blocking checks; mails each "
         "alert once when it fires and once when it clears (SMTP).",
@@ -74,7 +74,7 @@ def build_sensors(retrain_job, checks) -> list:
 
     @dg.sensor(
         name="alert_digest_sensor",
-        minimum_interval_seconds=600,
+        minimum_interval_seconds=clock.sensor_interval_seconds(600),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Once a day (from CBI_DIGEST_HOUR, local time of the daily schedule): one "
         "mail with yesterday's fired, cleared and still-open alerts, their run and playbook "
@@ -119,7 +119,7 @@ def build_sensors(retrain_job, checks) -> list:
     @dg.sensor(
         name="retraining_sensor",
         job=retrain_job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=clock.sensor_interval_seconds(60),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Accuracy or coverage degraded -> a retraining run for that horizon "
         "partition only (run_key per condition, horizon and episode; JSON cursor; cooldown). "
