@@ -91,9 +91,10 @@ from cbi_platform_tests.stack_deployment import (  # noqa: E402
 HORIZONS = ("1w", "1m")
 START = dt.date(2025, 6, 2)  # a Monday; 120 business days end mid-November
 SOAK_DAY_TAG = "cbi/soak_day"
+# Each fault at least once, all within the first 90 days (what fits 60 minutes here).
 DEFAULT_FAULTS = (
     "daemon_kill@8,webserver_kill@16,run_kill@24,api_kill@32,feed_outage@40,smtp_down@41,"
-    "bias@60,daemon_kill@80,run_kill@95"
+    "postgres_restart@50,bias@60,daemon_kill@75,run_kill@85"
 )
 BIAS_LOGRET = "pm0.08"
 API_PATHS = ("/health", "/forecast/1w", "/forecast/1m", "/predictions", "/history")
