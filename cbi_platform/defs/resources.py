@@ -407,13 +407,13 @@ class OperationsResource(dg.ConfigurableResource):
         """Where the operations tables are mirrored (a `NullSink` by default)."""
         return self.results.sink(self.database)
 
-    def perturbation(self, tracker):
+    def perturbation(self):
         """The planted degradation, bound to the champion at the time it starts (None: off)."""
         if not self.planted_bias:
             return None
         from cbi_platform.operations.refresh import planted_bias
 
-        return planted_bias(self.planted_bias, tracker)
+        return planted_bias(self.planted_bias, Path(self.database).parent)
 
     def config(self):
         from cbi_platform.operations.config import load_monitoring

@@ -186,13 +186,15 @@ def refresh_horizon(
     return HorizonRefresh(horizon, rows, time.perf_counter() - started, serving, chosen.check)
 
 
-def planted_bias(spec: str, tracker: Tracker) -> Perturbation:
+def planted_bias(spec: str, state_dir: str | Path) -> Perturbation:
     """A planted degradation for replays: "HORIZON:LOGRET:FROM[:TO]" adds LOGRET to the
     forecasts of the version that is champion when the first affected day is refreshed (a
     retrained challenger does not inherit it), from FROM to TO (inclusive; open-ended without
     TO), so the monitors must catch it and, after TO, see it clear. "pm" before LOGRET (e.g.
     "1w:pm0.06:...") alternates its sign day by day: a constant bias can happen to point the
-    way the market went and look like skill; an alternating one degrades in any market."""
+    way the market went and look like skill; an alternating one degrades in any market. The
+    version it binds to is kept in `state_dir` (the operations store's folder), whatever MLflow's
+    tracking store is (a path next to a SQLite URI broke on PostgreSQL or a tracking server)."""
     try:
         horizon, shift, start, *end = spec.split(":")
         alternate = shift.startswith("pm")
@@ -204,7 +206,7 @@ def planted_bias(spec: str, tracker: Tracker) -> Perturbation:
         raise ValueError(
             f"planted bias {spec!r}: expected HORIZON:LOGRET:FROM[:TO], dates YYYY-MM-DD"
         ) from exc
-    marker = Path(tracker.tracking_uri.removeprefix("sqlite:///") + f".planted-{horizon}")
+    marker = Path(state_dir) / f"planted-bias-{horizon}.version"
 
     def perturb(h: str, version: str, as_of: dt.date, logret: float) -> float:
         if h != horizon or not first <= as_of <= last:

@@ -202,14 +202,11 @@ def test_the_alert_sensor_mails_once_when_firing_and_once_when_resolved(tmp_path
 def test_a_planted_degradation_binds_to_the_champion_and_can_alternate(tmp_path):
     from cbi_platform.operations.refresh import planted_bias
 
-    class _Tracker:
-        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-    perturb = planted_bias("1w:pm0.05:2024-03-04:2024-03-06", _Tracker())
+    perturb = planted_bias("1w:pm0.05:2024-03-04:2024-03-06", tmp_path)
     assert perturb("1w", "1", dt.date(2024, 3, 1), 0.01) == 0.01  # before FROM
     shifted = [perturb("1w", "1", D + dt.timedelta(days=i), 0.0) for i in range(3)]
     assert sorted({round(abs(x), 9) for x in shifted}) == [0.05] and len(set(shifted)) == 2
     assert perturb("1w", "2", D, 0.0) == 0.0  # a retrained version does not inherit it
     assert perturb("1m", "1", D, 0.0) == 0.0 and perturb("1w", "1", dt.date(2024, 3, 7), 0) == 0
     with pytest.raises(ValueError, match="HORIZON:LOGRET:FROM"):
-        planted_bias("1w:0.05", _Tracker())
+        planted_bias("1w:0.05", tmp_path)

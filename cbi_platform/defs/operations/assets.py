@@ -118,7 +118,7 @@ def live_forecasts(
         data_reference_date=market_source.reference_date(),
         cache=home.folder("model_cache"),
         horizons=operations.horizons,
-        perturb=operations.perturbation(tracker),
+        perturb=operations.perturbation(),
     )
     inserted = forecast_store.store().append(result.rows)
     if result.conditions:  # a served version that does not reproduce on reload
