@@ -35,6 +35,9 @@ import yaml
 from cbi_platform_tests.operations.conftest import free_port
 
 pytestmark = pytest.mark.slow
+# The waits below are generous: on the quiet 2-core machine the whole test takes about 3
+# minutes; with other work on the cores (the full suite's other worker, a benchmark) the
+# re-executed backfill alone took over 180 s. They bound a hang; they do not measure speed.
 
 REPO = Path(__file__).resolve().parent.parent
 # A reduced protocol and zoo (the replay test's): the daemon's runs take seconds, not minutes.
@@ -273,11 +276,11 @@ def test_backfill_survives_a_killed_run_and_the_schedule_refreshes(deployment):
     def backfill_runs() -> list:
         return instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
 
-    run = _wait("the backfill's run", lambda: (backfill_runs() or [None])[0], 90, deployment)
+    run = _wait("the backfill's run", lambda: (backfill_runs() or [None])[0], 240, deployment)
     step_pid = _wait(
         "the features step's process",
         lambda: _step_worker(instance, run.run_id, "features"),
-        120,
+        240,
         deployment,
     )
     worker = _run_worker_pid(instance, run.run_id)
@@ -290,7 +293,7 @@ def test_backfill_survives_a_killed_run_and_the_schedule_refreshes(deployment):
     failed = _wait(
         "the instance to mark the killed run failed",
         lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
-        60,
+        120,
         deployment,
     )
     assert failed
@@ -317,7 +320,7 @@ def test_backfill_survives_a_killed_run_and_the_schedule_refreshes(deployment):
             instance.get_backfill(backfill_id).status
             in (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED)
         ),
-        90,
+        240,
         deployment,
     )
     again = deployment.gql(
@@ -328,7 +331,7 @@ def test_backfill_survives_a_killed_run_and_the_schedule_refreshes(deployment):
     _wait(
         "the re-executed backfill to complete",
         lambda: instance.get_backfill(retry_id).status == BulkActionStatus.COMPLETED_SUCCESS,
-        180,
+        480,
         deployment,
     )
     for partition in ("1w", "1m"):
@@ -351,7 +354,7 @@ def test_backfill_survives_a_killed_run_and_the_schedule_refreshes(deployment):
         )
         return records[0] if records else None
 
-    refresh = _wait("a scheduled daily refresh to succeed", scheduled_success, 150, deployment)
+    refresh = _wait("a scheduled daily refresh to succeed", scheduled_success, 300, deployment)
     served_by_refresh = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("live_forecasts")), limit=10
     ).records
