@@ -161,21 +161,12 @@ def step_worker_pids(instance, run_id: str) -> dict[str, int]:
     return out
 
 
-@dataclass
-class Deployment:
-    root: Path
-    home: Path
-    instance_dir: Path
-    logs: Path
+class SimulatedClock:
+    """The deployment's clock files (`clock_file`, `data_clock_file`), as the soak drives them."""
+
     clock_file: Path
     data_clock_file: Path
-    env: dict[str, str]
-    grpc_port: int = field(default_factory=free_port)
-    web_port: int = field(default_factory=free_port)
-    api_port: int = field(default_factory=free_port)
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    # -- the clock ------------------------------------------------------------------------------
     def set_day(self, day: dt.date) -> None:
         from cbi_platform import clock
 
@@ -194,6 +185,21 @@ class Deployment:
         from cbi_platform import clock
 
         return clock.read_clock_file(self.clock_file)
+
+
+@dataclass
+class Deployment(SimulatedClock):
+    root: Path
+    home: Path
+    instance_dir: Path
+    logs: Path
+    clock_file: Path
+    data_clock_file: Path
+    env: dict[str, str]
+    grpc_port: int = field(default_factory=free_port)
+    web_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     # -- services -------------------------------------------------------------------------------
     def argv(self, name: str) -> list[str]:

@@ -34,6 +34,7 @@ from cbi_platform_tests.deployment import (
     REPO,
     SMALL,
     SPECS,
+    SimulatedClock,
     free_port,
     http_ok,
     wait_for,
@@ -50,7 +51,7 @@ def stack_root(prefix: str = "cbi-soak-") -> Path:
 
 
 @dataclass
-class StackDeployment:
+class StackDeployment(SimulatedClock):
     root: Path  # the stack's home: PostgreSQL cluster, pidfiles, logs, instance config
     home: Path  # the platform's home (warehouse, forecast history, operations store)
     clock_file: Path
@@ -74,26 +75,6 @@ class StackDeployment:
     @property
     def api_port(self) -> int:
         return self.ports["api"]
-
-    # -- the clock ------------------------------------------------------------------------------
-    def set_day(self, day: dt.date) -> None:
-        from cbi_platform import clock
-
-        clock.write_clock_file(self.clock_file, day)
-
-    def hold_data(self, day: dt.date | None) -> None:
-        """Hold the feed at `day` (an outage), or release it (None: data through the clock)."""
-        from cbi_platform import clock
-
-        if day is None:
-            self.data_clock_file.unlink(missing_ok=True)
-        else:
-            clock.write_clock_file(self.data_clock_file, day)
-
-    def day(self) -> dt.date:
-        from cbi_platform import clock
-
-        return clock.read_clock_file(self.clock_file)
 
     # -- the stack ------------------------------------------------------------------------------
     def _config(self):

@@ -32,6 +32,7 @@ from unittest import mock
 import pytest
 import yaml
 
+from cbi_platform_tests.deployment import SMALL
 from cbi_platform_tests.operations.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -40,18 +41,6 @@ pytestmark = pytest.mark.slow
 # re-executed backfill alone took over 180 s. They bound a hang; they do not measure speed.
 
 REPO = Path(__file__).resolve().parent.parent
-# A reduced protocol and zoo (the replay test's): the daemon's runs take seconds, not minutes.
-SMALL = dict(
-    n_scored=6,
-    span=110,
-    end_offset=5,
-    n_development=8,
-    n_calibration=10,
-    min_first_origin_row=100,
-    min_history=5,
-    regime_folds=2,
-    model_kinds=["benchmark", "tree"],
-)
 LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {
     __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
