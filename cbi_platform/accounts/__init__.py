@@ -1,0 +1,1 @@
+"""The buyer's own data (users, sessions, programmes, price alerts, digests): see `store`."""
