@@ -74,6 +74,27 @@ async function api(path) {
   return body;
 }
 
+// Writes (the buyer's programme, his alerts, his account): a JSON body; the answer's JSON, or an
+// Error carrying the API's message. Other page modules (static/*.js) use api() and apiSend().
+async function apiSend(method, path, body) {
+  const key = localStorage.getItem(KEY_STORAGE);
+  const headers = { "Content-Type": "application/json" };
+  if (key) headers["X-API-Key"] = key;
+  const response = await fetch(path, {
+    method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let answer = null;
+  try { answer = await response.json(); } catch (_) { answer = null; }
+  const message = (answer && answer.message) || `${response.status} ${response.statusText}`;
+  if (response.status === 401) throw new AuthError(message);
+  if (!response.ok) { const e = new Error(message); e.status = response.status; e.body = answer; throw e; }
+  return answer;
+}
+
+// The page's events for its other modules: "cbi:loaded" once the data is in (detail: state.data),
+// "cbi:horizon" whenever the horizon shown changes (detail: the horizon key).
+function announce(name, detail) { document.dispatchEvent(new CustomEvent(name, { detail })); }
+
 async function optional(path) {
   try { return await api(path); } catch (e) { if (e instanceof AuthError) throw e; return { error: e.message }; }
 }
@@ -122,6 +143,7 @@ async function load() {
   $("key-panel").hidden = true;
   $("dashboard").hidden = false;
   renderStatic();
+  announce("cbi:loaded", state.data);
   await renderHorizon();
   document.body.dataset.ready = "true";
 }
@@ -188,6 +210,7 @@ async function renderHorizon() {
   renderChart(f);
   renderStatement(f);
   renderAccuracy(h);
+  announce("cbi:horizon", h);
   if (!state.explain[h]) {
     try { state.explain[h] = await api(`/explain/${h}`); } catch (e) { state.explain[h] = { error: e.message }; }
   }
