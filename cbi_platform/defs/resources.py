@@ -113,6 +113,72 @@ def _open_warehouse(database: str, config: Mapping[str, object]) -> duckdb.DuckD
     raise AssertionError("unreachable")
 
 
+# The unpartitioned tables both run lanes write: a training run (market_data_job, retrain_job)
+# and the daily refresh each rebuild them from the source, and a refresh may land in the middle
+# of a retrain. A run must not see one version in one step and another in the next (the soak
+# caught a retrain whose features were built on one day's prices and checked against the next
+# day's, and failed its leakage gates), so each run pins the version it wrote, or first read,
+# in `run_pins.<table>__<run id>` and reads only that one afterwards. Pins of runs that are
+# over are dropped at the next pin. cbi_platform_tests/defs/test_run_pins.py keeps this list
+# equal to what the jobs share.
+RUN_PINNED_TABLES = frozenset(
+    {"raw_market_prices", "market_prices", "news_articles", "news_sentiment"}
+)
+PIN_SCHEMA = "run_pins"
+_LIVE_RUN_STATUSES = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED"})
+
+
+def _run_of(context) -> tuple[str, object] | None:
+    """(run id, instance) of the run an IO context belongs to; None outside a run."""
+    try:
+        step = context.step_context
+    except (dg.DagsterInvariantViolationError, AttributeError):
+        return None
+    if step is None:
+        return None
+    return step.run_id, step.instance
+
+
+def pin_table(table: str, run_id: str) -> str:
+    return f"{table}__{run_id.replace('-', '')}"
+
+
+def _pinned(context, table_slice_table: str) -> bool:
+    return table_slice_table in RUN_PINNED_TABLES and not context.has_asset_partitions
+
+
+def _sweep_pins(connection: duckdb.DuckDBPyConnection, instance, keep: str) -> list[str]:
+    """Drop the pins of runs that are over (or unknown to this instance); returns them."""
+    dropped = []
+    names = connection.execute(
+        "select table_name from information_schema.tables where table_schema = ?", [PIN_SCHEMA]
+    ).fetchall()
+    for (name,) in names:
+        run_hex = name.rsplit("__", 1)[-1]
+        if run_hex == keep:
+            continue
+        run_id = "-".join(
+            (run_hex[:8], run_hex[8:12], run_hex[12:16], run_hex[16:20], run_hex[20:])
+        )
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status.value not in _LIVE_RUN_STATUSES:
+            connection.execute(f'drop table if exists {PIN_SCHEMA}."{name}"')
+            dropped.append(name)
+    return dropped
+
+
+def _pin(connection: duckdb.DuckDBPyConnection, schema: str, table: str, run) -> str:
+    """Copy `schema.table` to this run's pin (replacing it) and sweep; returns the pin's name."""
+    run_id, instance = run
+    name = pin_table(table, run_id)
+    connection.execute(f"create schema if not exists {PIN_SCHEMA};")
+    connection.execute(
+        f'create or replace table {PIN_SCHEMA}."{name}" as select * from {schema}.{table};'
+    )
+    _sweep_pins(connection, instance, keep=run_id.replace("-", ""))
+    return name
+
+
 class _LockedDuckDbClient(DuckDbClient):
     """dagster_duckdb's client with every connection (load or store) opened under the
     warehouse's lock (storage.write_lock) and closed as soon as it is done, whatever happens: a
@@ -135,6 +201,9 @@ class _LockedDuckDbClient(DuckDbClient):
                     connection.begin()
                 yield connection
                 if storing:
+                    run = _run_of(context)
+                    if run is not None and _pinned(context, table_slice.table):
+                        _pin(connection, table_slice.schema, table_slice.table, run)
                     _refuse_a_dead_run(context)  # the run may have died while this wrote
                     connection.commit()
             finally:
@@ -150,7 +219,46 @@ class WarehouseIOManager(DuckDBPolarsIOManager):
         return [_KeepEmptyTablesHandler()]
 
     def create_io_manager(self, context) -> dg.IOManager:
-        return duckdb_io_manager_with_client(self, _LockedDuckDbClient())
+        return _RunPinnedIOManager(
+            duckdb_io_manager_with_client(self, _LockedDuckDbClient()),
+            database=self.database,
+            schema=self.schema_ or "public",
+        )
+
+
+class _RunPinnedIOManager(dg.IOManager):
+    """The warehouse IO manager, with RUN_PINNED_TABLES read from the run's own pin: the
+    version the run stored (pinned in the store's transaction), else the one it first read
+    (pinned by that read, under the same lock)."""
+
+    def __init__(self, inner: dg.IOManager, database: str, schema: str):
+        self._inner, self._database, self._schema = inner, database, schema
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        self._inner.handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext):
+        table = context.asset_key.path[-1] if context.has_asset_key else None
+        run = _run_of(context)
+        if table is None or run is None or not _pinned(context, table):
+            return self._inner.load_input(context)
+        name = pin_table(table, run[0])
+        with write_lock(self._database, WAREHOUSE_LOCK_TIMEOUT):
+            connection = _open_warehouse(self._database, {"custom_user_agent": "dagster"})
+            try:
+                exists = connection.execute(
+                    "select count(*) from information_schema.tables "
+                    "where table_schema = ? and table_name = ?",
+                    [PIN_SCHEMA, name],
+                ).fetchone()[0]
+                if not exists:
+                    _pin(connection, self._schema, table, run)
+                    context.log.info(f"{table}: this run reads the version of now (pinned)")
+                return pl.DataFrame(
+                    connection.execute(f'select * from {PIN_SCHEMA}."{name}"').arrow()
+                )
+            finally:
+                connection.close()
 
 
 class MarketSourceResource(dg.ConfigurableResource):
