@@ -23,12 +23,15 @@ from cbi_platform.release.control import RETRAIN_REQUESTED
 def failed_check_conditions(
     instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], link_base: str
 ) -> list[Condition]:
-    """A condition per blocking check: firing while its latest evaluation failed."""
+    """A condition per blocking check: firing while its latest evaluation failed. Dated by the
+    day of the evaluation; under a simulated clock (the soak) by the simulated day the sensor
+    reads it on, since the evaluation's timestamp is wall time (a check failed on a simulated
+    day would otherwise be dated years after the rest of its alert book)."""
     out = []
     for key, evaluation in latest_check_evaluations(instance, check_keys).items():
         day = (
             dt.datetime.fromtimestamp(evaluation.timestamp).date()
-            if evaluation.timestamp is not None
+            if evaluation.timestamp is not None and not clock.simulated()
             else clock.today()
         )
         out.append(
