@@ -38,8 +38,14 @@ Faults (`--faults NAME@DAY,...`; DAY counts business days from 0):
 - feed_outage: no new data for 3 simulated days (data clock held), then the feed catches up;
 - bias: a planted forecast degradation of the 1w champion from that day (CBI_PLANTED_BIAS,
   alternating sign): when do the monitors alert, is a retrain requested, promoted?
-Not planted: bad data (negative price, duplicate date, missing column): those need a files
-source whose files the driver rewrites, and the soak runs on the simulated source.
+- bad_negative_price, bad_duplicate_date, bad_missing_column: the feed delivers that day with
+  a negative ZL close, the day's ZL row twice, or without `published_at` (CBI_PLANTED_DATA,
+  cbi_platform/market/planted.py); the day's refresh must fail at validation with a message
+  naming the column and rows, a failed-run alert fire, the warehouse keep the day before, and
+  the next day's refresh succeed;
+- late_revision: from that day on the feed delivers the close of 5 business days earlier 3%
+  higher, published that day: no row lost or duplicated, the warehouse holds the revised value.
+Not planted: a Celery worker killed mid-step (the soak's runs do not use the Celery executor).
 
 Results: benchmarks/results/<name>.{md,json,png}.
 """
@@ -94,7 +100,8 @@ SOAK_DAY_TAG = "cbi/soak_day"
 # Each fault at least once, all within the first 90 days (what fits 60 minutes here).
 DEFAULT_FAULTS = (
     "daemon_kill@8,webserver_kill@16,run_kill@24,api_kill@32,feed_outage@40,smtp_down@41,"
-    "postgres_restart@50,bias@60,daemon_kill@75,run_kill@85"
+    "postgres_restart@50,bias@60,daemon_kill@75,run_kill@85,bad_negative_price@92,"
+    "bad_duplicate_date@96,bad_missing_column@100,late_revision@104"
 )
 BIAS_LOGRET = "pm0.08"
 API_PATHS = ("/health", "/forecast/1w", "/forecast/1m", "/predictions", "/history")
@@ -199,6 +206,9 @@ class Soak:
     faults: list[dict] = field(default_factory=list)
     killed_runs: list[dict] = field(default_factory=list)
     pending: list[tuple[int, Callable[[], None]]] = field(default_factory=list)
+    # Planted data faults (CBI_PLANTED_DATA) in force, and days whose refresh must fail.
+    planted: list[dict] = field(default_factory=list)
+    expect_failure: set = field(default_factory=set)
     started_utc: dt.datetime = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None)
     )
@@ -225,7 +235,20 @@ class Soak:
         for run in runs:
             if run.status == dg.DagsterRunStatus.SUCCESS:
                 return run
+        # A planted bad day: its refresh must fail (a step failure is not retried).
+        if (
+            day in self.expect_failure
+            and runs
+            and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs)
+        ):
+            return runs[0]
         return None
+
+    def write_planted(self) -> None:
+        path = Path(self.deployment.env["CBI_PLANTED_DATA"])
+        partial = path.with_name(path.name + ".tmp")
+        partial.write_text(json.dumps(self.planted))
+        os.replace(partial, path)
 
 
 def _restart_and_time(deployment, name: str, fault: dict | None = None) -> float:
@@ -430,7 +453,58 @@ def wait_sensor_ticks(deployment, after: float, timeout: float) -> float | None:
     return round(time.monotonic() - began, 1)
 
 
+def _warehouse_rows(soak: Soak) -> dict:
+    """Rows of the validated market table, and (symbol, date) pairs seen twice."""
+    from cbi_platform.storage import read_connection
+
+    with read_connection(soak.deployment.home / "warehouse.duckdb") as con:
+        rows, pairs = con.execute(
+            "select count(*), count(*) - count(distinct (symbol, date)) from cbi.market_prices"
+        ).fetchone()
+    return {"rows": int(rows), "duplicate_pairs": int(pairs)}
+
+
+def _bad_day(kind: str):
+    """A malformed delivery on the fault's day only: the refresh must fail at `market_prices`
+    with a message naming the column and rows, and the warehouse keep the day before."""
+
+    def fault_bad_data(soak: Soak, i: int, fault: dict) -> None:
+        day = soak.days[i]
+        entry = {"kind": kind, "day": day.isoformat()}
+        soak.planted.append(entry)
+        soak.write_planted()
+        soak.expect_failure.add(day)
+        fault.update(planted=entry, warehouse_before=_warehouse_rows(soak))
+
+        def clear() -> None:
+            soak.planted.remove(entry)
+            soak.write_planted()
+
+        soak.pending.append((i + 1, clear))
+
+    return fault_bad_data
+
+
+def fault_late_revision(soak: Soak, i: int, fault: dict) -> None:
+    """From this day on the feed delivers a past close (5 business days back) 3% higher,
+    published today: data, not an error; nothing may be lost or duplicated."""
+    day, revised = soak.days[i], soak.days[max(i - 5, 0)]
+    entry = {
+        "kind": "late_revision",
+        "day": day.isoformat(),
+        "revised": revised.isoformat(),
+        "factor": 1.03,
+    }
+    soak.planted.append(entry)
+    soak.write_planted()
+    fault.update(planted=entry)
+
+
 FAULTS: dict[str, Callable[[Soak, int, dict], None]] = {
+    "bad_negative_price": _bad_day("negative_price"),
+    "bad_duplicate_date": _bad_day("duplicate_date"),
+    "bad_missing_column": _bad_day("missing_column"),
+    "late_revision": fault_late_revision,
     "daemon_kill": fault_daemon_kill,
     "webserver_kill": fault_webserver_kill,
     "api_kill": fault_api_kill,
@@ -720,8 +794,10 @@ def write_results(name: str, result: dict, soak: Soak, smoke: bool) -> Path:
         )
     lines += [
         "",
-        "Not planted: bad data (negative price, duplicate date, missing column) — it needs a "
-        "files source whose files the driver rewrites; the soak runs on the simulated source.",
+        "Bad data and the late revision are planted in the simulated feed's delivery "
+        "(`CBI_PLANTED_DATA`, cbi_platform/market/planted.py), before the platform's "
+        "validation reads it. Not planted: a Celery worker killed mid-step (the soak's runs "
+        "do not use the Celery executor).",
         "",
         "## Alert log",
         "",
@@ -783,6 +859,7 @@ def main() -> int:
         "CBI_SMTP_SECURITY": "none",
         "CBI_SMTP_SENDER": "cbi@localhost",
         "CBI_SMTP_RECIPIENTS": "ops@localhost",
+        "CBI_PLANTED_DATA": str(root / "planted_data.json"),  # absent until a data fault
     }
     if bias_day is not None:
         extra["CBI_PLANTED_BIAS"] = f"1w:{BIAS_LOGRET}:{days[bias_day].isoformat()}"
@@ -961,6 +1038,37 @@ def _judge(soak: Soak, fault: dict) -> None:
             for e in soak.deployment.events_since(fault.get("killed_at") or 0)
             if e.get("event") == "restart" and e.get("service") == service
         ][:1]
+    if fault["name"].startswith("bad_"):
+        instance = soak.deployment.instance()
+        runs = soak.runs_of_day(day)
+        fault["runs_of_the_day"] = [r.status.value for r in runs]
+        messages = []
+        for run in runs:
+            for record in instance.all_logs(run.run_id):
+                event = record.dagster_event
+                if event is not None and event.event_type_value == "STEP_FAILURE":
+                    error = event.event_specific_data.error
+                    messages.append(f"{event.step_key}: {error.message.strip()[:400]}")
+        fault["failure_messages"] = messages[:2]
+        fault["warehouse_after_the_day"] = _warehouse_rows(soak)
+        nxt = next((t for t in soak.timeline if t["i"] == i + 1), {})
+        fault["next_day_refresh_latency_s"] = nxt.get("refresh_latency_s")
+        if log.height:
+            failed = log.filter(log["key"].str.starts_with("failed_run/daily_refresh_job"))
+            fault["failed_run_alert_events"] = failed.select(
+                "event", "as_of", "delivered"
+            ).to_dicts()
+    if fault["name"] == "late_revision":
+        from cbi_platform.storage import read_connection
+
+        with read_connection(soak.deployment.home / "warehouse.duckdb") as con:
+            rows = con.execute(
+                "select value, published_at from cbi.market_prices "
+                "where symbol = 'ZL' and date = ?",
+                [fault["planted"]["revised"]],
+            ).fetchall()
+        fault["revised_close_in_warehouse"] = [[v, str(p)] for v, p in rows]
+        fault["warehouse_at_end"] = _warehouse_rows(soak)
     if fault["name"] == "feed_outage" and log.height:
         stale = log.filter(log["key"].str.contains("stale"))
         fault["stale_alert_events"] = stale.select("event", "as_of", "delivered").to_dicts()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from dataclasses import dataclass
@@ -32,7 +33,15 @@ def load_market(config: SourceConfig, bigquery_client=None) -> MarketBundle:
     if config.replay_through is not None:
         from cbi_platform.market.replay import published_by
 
-        return published_by(bundle, config.replay_through)
+        bundle = published_by(bundle, config.replay_through)
+    if config.kind == "simulated":
+        from cbi_platform.market.planted import plant, planted_faults
+
+        faults = planted_faults()  # the soak's bad days (CBI_PLANTED_DATA); none by default
+        if faults and bundle.as_of is not None:
+            bundle = dataclasses.replace(
+                bundle, prices=plant(bundle.prices, bundle.target, bundle.as_of, faults)
+            )
     return bundle
 
 
