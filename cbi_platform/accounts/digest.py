@@ -388,7 +388,7 @@ def render(
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(_text(name, inputs, moved, notices, unsubscribe_url))
 
-    cell = "padding:6px 8px;border-bottom:1px solid #e5e7eb;font-size:14px;"
+    cell = "padding:6px 4px;border-bottom:1px solid #e5e7eb;font-size:13px;"
     head = cell + "text-align:left;color:#6b7280;font-weight:600;"
     parts = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -422,13 +422,13 @@ def render(
         "</td></tr>"
     )
     rows = "".join(
-        f'<tr><td style="{cell}">{e(f.horizon)}</td>'
-        f'<td style="{cell}">{e(str(f.target_date or "–"))}</td>'
+        f'<tr><td style="{cell}"><strong>{e(f.horizon)}</strong><br>'
+        f'<span style="font-size:11px;color:#6b7280;">{e(str(f.target_date or "–"))}</span></td>'
         + "".join(f'<td style="{cell}text-align:right;">{_fmt(f.zones[z])}</td>' for z in ZONES)
         + "</tr>"
         for f in inputs.forecasts
     )
-    header = "".join(f'<th style="{head}">{label}</th>' for label in ("Horizon", "Target date"))
+    header = f'<th style="{head}">Horizon, date</th>'
     header += "".join(f'<th style="{head}text-align:right;">{z.upper()}</th>' for z in ZONES)
     parts.append(
         '<tr><td style="padding:8px 20px;"><h2 style="font-size:16px;margin:8px 0;">Target zones '

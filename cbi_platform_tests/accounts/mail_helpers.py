@@ -69,3 +69,19 @@ def unsubscribe_token(message: Message) -> str:
     found = re.search(r"/unsubscribe\?token=([A-Za-z0-9_\-]+)", message["List-Unsubscribe"])
     assert found, message["List-Unsubscribe"]
     return found.group(1)
+
+
+def html_with_inline_images(message: Message) -> str:
+    """The HTML part with each `cid:` image replaced by a data: URL of its part, as a mail
+    client shows it (a browser cannot resolve cid:)."""
+    import base64
+
+    page = html_of(message)
+    for part in message.walk():
+        cid = part["Content-ID"]
+        if cid and part.get_content_maintype() == "image":
+            data = base64.b64encode(part.get_payload(decode=True)).decode()
+            page = page.replace(
+                f"cid:{cid.strip('<>')}", f"data:{part.get_content_type()};base64,{data}"
+            )
+    return page
