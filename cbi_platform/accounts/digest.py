@@ -27,6 +27,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -138,6 +139,16 @@ def is_random_walk(row: Mapping[str, Any]) -> bool:
     )
 
 
+def buyer_words(text: str) -> str:
+    """The page's words: a statement's "band" is the buyer's "range" (static/app.js)."""
+    return re.sub(
+        r"\bbands?\b",
+        lambda m: "ranges" if m.group(0).lower().endswith("s") else "range",
+        text,
+        flags=re.IGNORECASE,
+    )
+
+
 def read_inputs(home: Path, max_business_days_behind: int | None = None) -> DigestInputs | None:
     """The digest's inputs from `home`'s snapshots; None when no forecast was served yet."""
     home = Path(home)
@@ -175,8 +186,8 @@ def read_inputs(home: Path, max_business_days_behind: int | None = None) -> Dige
                 target_date=row.get("target_date"),
                 price=_finite(row.get("price")),
                 zones={z: _finite(row.get(z)) for z in ZONES},
-                statement=str(row.get("statement") or ""),
-                drivers=tuple(words[:TOP_DRIVERS]),
+                statement=buyer_words(str(row.get("statement") or "")),
+                drivers=() if is_random_walk(row) else tuple(words[:TOP_DRIVERS]),
                 provisional=bool(row.get("provisional")),
                 failed_gates=tuple(str(g) for g in _json_list(row.get("failed_gates"))),
                 random_walk=is_random_walk(row),
@@ -443,6 +454,9 @@ def render(
             + "".join(f"<li>{e(d)}</li>" for d in f.drivers)
             + "</ul>"
             if f.drivers
+            else '<p style="margin:2px 0 8px 18px;font-size:13px;color:#374151;">No driver moves '
+            "this forecast: it is the random walk.</p>"
+            if f.random_walk
             else ""
         )
         for f in inputs.forecasts
@@ -453,8 +467,10 @@ def render(
         "</div></td></tr>"
     )
     rec = inputs.recommendation
+    rec_when = f" (logged for {rec['as_of']})" if rec and rec.get("as_of") != inputs.as_of else ""
     rec_html = (
-        f'<p style="margin:4px 0;font-size:15px;"><strong>{e(_action(rec))}</strong></p>'
+        f'<p style="margin:4px 0;font-size:15px;"><strong>{e(_action(rec))}</strong>'
+        f"{e(rec_when)}</p>"
         f'<p style="margin:4px 0;font-size:14px;">{e(str(rec.get("text") or ""))}</p>'
         if rec
         else '<p style="margin:4px 0;font-size:14px;">No recommendation was logged yet.</p>'

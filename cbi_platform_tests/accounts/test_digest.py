@@ -86,6 +86,11 @@ def test_the_digest_arrives_as_html_with_text_chart_unsubscribe_and_notices(
     for z in ("p10", "p30", "p50", "p70", "p90"):
         assert f"{one_month.zones[z]:.2f}" in page and f"{one_month.zones[z]:.2f}" in text
     assert "41% probability ZL is between" in page
+    assert "this range held in 60 of 150" in page  # the buyer's words, as on the page
+    assert not re.search(r"\bbands?\b", page + text, re.IGNORECASE)
+    # The random-walk horizons list no driver (their drivers are of a model not used).
+    assert page.count("No driver moves this forecast: it is the random walk.") == 3
+    assert "not used: ridge" not in page
     assert "ZL 63-day volatility (31% annualised) pushes the 1m forecast up" in page
     assert "BUY 180,000 lb" in page and "BUY 180,000 lb" in text
     assert "Detected regime: <strong>bull</strong>" in page
