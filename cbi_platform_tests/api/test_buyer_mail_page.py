@@ -53,6 +53,13 @@ def test_the_mail_card_sets_the_digest_and_alerts_by_label(browser, mail_site):
     try:
         run.open_with_key(key)
         page = run.page
+        assert page.locator("#mail-card").is_hidden()  # a key alone is no person: no card
+        assert not [u for u in run.requests if "/me/" in u]
+        # Stands in for the sign-in of api.sessions (it sets app.js's state.user and loads).
+        page.evaluate(
+            "state.user = {name: 'Ana'};"
+            "document.dispatchEvent(new CustomEvent('cbi:loaded', {detail: state.data}))"
+        )
         page.wait_for_selector("#mail-card:not([hidden])")
         assert page.inner_text("#mail-status") == "No digest by mail."
         page.get_by_label("Digest by mail").select_option("weekly")

@@ -59,8 +59,13 @@
     level.required = fixed;
   }
 
+  // Only a person signed in has a digest and alerts (app.js's state.user, set at sign-in); a
+  // page opened with an API key alone makes no /me request.
+  function signedIn() { return typeof state !== "undefined" && Boolean(state.user); }
+
   async function start() {
     const card = byId("mail-card");
+    if (!signedIn()) { card.hidden = true; return; }
     try { await refresh(); card.hidden = false; }
     catch (e) { card.hidden = true; return; } // not signed in as a person: the card stays hidden
   }
