@@ -38,7 +38,7 @@ import polars as pl
 
 from cbi_platform.accounts import outbox
 from cbi_platform.accounts.links import public_url
-from cbi_platform.accounts.store import AccountStore, Tx
+from cbi_platform.accounts.store import AccountStore, Tx, utc_now
 from cbi_platform.settings import HORIZONS, RANDOM_WALK
 from cbi_platform.storage import read_snapshot
 
@@ -385,8 +385,10 @@ def render(
     moved: Sequence[str],
     unsubscribe_url: str,
     subject_prefix: str = "[CBI ZL]",
+    chart: bytes | None = None,
 ) -> EmailMessage:
-    """The digest mail (no From/To: the mailer adds them)."""
+    """The digest mail (no From/To: the mailer adds them). `chart`: the PNG, when already drawn
+    for these inputs (one drawing serves every subscriber of a day)."""
     notices = notice_sentences(inputs)
     e = html.escape
     message = EmailMessage()
@@ -514,7 +516,7 @@ def render(
     message.add_alternative("".join(parts), subtype="html")
     html_part = message.get_payload()[1]
     html_part.add_related(
-        chart_png(inputs),
+        chart if chart is not None else chart_png(inputs),
         maintype="image",
         subtype="png",
         cid=f"<{CHART_CID}>",
@@ -607,7 +609,9 @@ def set_cadence(store: AccountStore, user_id: int, cadence: str) -> dict[str, An
     return subscription(store, user_id)
 
 
-def _queue_one(tx: Tx, sub: Mapping[str, Any], inputs: DigestInputs, prefix: str) -> int | None:
+def _queue_one(
+    tx: Tx, sub: Mapping[str, Any], inputs: DigestInputs, prefix: str, chart: bytes
+) -> int | None:
     previous = json.loads(sub["last_payload"]) if sub["last_payload"] else None
     current = payload(inputs)
     token, hashed = outbox.new_token()
@@ -618,6 +622,7 @@ def _queue_one(tx: Tx, sub: Mapping[str, Any], inputs: DigestInputs, prefix: str
         moved=changes(previous, current),
         unsubscribe_url=public_url(f"/unsubscribe?token={token}"),
         subject_prefix=prefix,
+        chart=chart,
     )
     # An older digest still waiting (SMTP down) is superseded: the buyer wants today's.
     tx.execute(
@@ -656,7 +661,8 @@ def queue_due_digests(
                 "WHERE s.cadence <> 'off' AND u.disabled_at IS NULL ORDER BY s.user_id"
             ).all()
         ]
-    queued = []
+    queued: list[int] = []
+    chart: bytes | None = None
     for user_id in users:
         with store.transaction() as tx:
             sub = tx.execute(
@@ -675,7 +681,8 @@ def queue_due_digests(
                 continue  # this day's digest is already on its way
             if not is_due(sub["cadence"], last, inputs.as_of, inputs.as_of_dates):
                 continue
-            if _queue_one(tx, sub, inputs, subject_prefix) is not None:
+            chart = chart if chart is not None else chart_png(inputs)
+            if _queue_one(tx, sub, inputs, subject_prefix, chart) is not None:
                 queued.append(user_id)
     return queued
 
@@ -705,6 +712,6 @@ def unsubscribe(store: AccountStore, token: str) -> str | None:
             return "You will receive no more digests. You can choose one again on the ZL page."
         tx.execute(
             "UPDATE price_alerts SET removed_at = COALESCE(removed_at, ?) WHERE id = ?",
-            (dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(), row["ref_id"]),
+            (utc_now(), row["ref_id"]),
         )
         return "This price alert is removed: it will mail you no more."
