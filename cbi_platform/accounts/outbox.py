@@ -146,6 +146,18 @@ def _mark_sent(tx: Tx, row: dict[str, Any], now: str) -> None:
         )
 
 
+def _withdrawn(tx: Tx, row: dict[str, Any]) -> str | None:
+    """Why a queued mail is no longer wanted (its owner unsubscribed or removed the alert while
+    it waited for the SMTP server), or None."""
+    if row["kind"] == DIGEST:
+        sub = tx.execute(
+            "SELECT cadence FROM digest_subscriptions WHERE user_id = ?", (row["user_id"],)
+        ).one()
+        return "unsubscribed before delivery" if sub is None or sub["cadence"] == "off" else None
+    alert = tx.execute("SELECT removed_at FROM price_alerts WHERE id = ?", (row["ref_id"],)).one()
+    return "alert removed before delivery" if alert is None or alert["removed_at"] else None
+
+
 def deliver(store: AccountStore, send: Send, now: dt.datetime | None = None) -> Delivery:
     """Send every queued mail once, oldest first (the module docstring has the guarantees)."""
     now = now or dt.datetime.now(dt.UTC)
@@ -165,16 +177,25 @@ def deliver(store: AccountStore, send: Send, now: dt.datetime | None = None) -> 
         queued = tx.execute(
             "SELECT id FROM mail_outbox WHERE status = ? ORDER BY id", (QUEUED,)
         ).all()
-    for (mail_id,) in ((r["id"],) for r in queued):
+    for mail_id in [r["id"] for r in queued]:
         with store.transaction() as tx:
+            row = tx.execute("SELECT * FROM mail_outbox WHERE id = ?", (mail_id,)).one()
+            if row is None or row["status"] != QUEUED:
+                continue  # another deliverer took it, or it was superseded meanwhile
+            withdrawn = _withdrawn(tx, row)
+            if withdrawn:
+                tx.execute(
+                    "UPDATE mail_outbox SET status = ?, last_error = ? WHERE id = ?",
+                    (SUPERSEDED, withdrawn, mail_id),
+                )
+                continue
             claimed = tx.execute(
                 "UPDATE mail_outbox SET status = ?, claimed_at = ?, attempts = attempts + 1 "
                 "WHERE id = ? AND status = ?",
                 (SENDING, utc_now(), mail_id, QUEUED),
             ).rowcount
-            row = tx.execute("SELECT * FROM mail_outbox WHERE id = ?", (mail_id,)).one()
-        if not claimed or row is None:
-            continue  # another deliverer took it, or it was superseded meanwhile
+        if not claimed:
+            continue
         try:
             send(_parse(row["message"]), row["recipient"], row["dedup_key"])
         except AlertDeliveryError as exc:

@@ -146,10 +146,7 @@ def router(home: Path, current_user, require_csrf) -> APIRouter:
             return _error(404, "not_found", f"you have no price alert {alert_id}")
         return Response(status_code=204, headers=NO_STORE)
 
-    @routes.get("/unsubscribe", response_class=HTMLResponse)
-    def unsubscribe(token: Annotated[str, Query(min_length=8, max_length=200)]):
-        """One click from a mail: stops the digest (or removes the price alert) the link came
-        with. Open (the token is the credential) and idempotent."""
+    def _unsubscribe(token: str) -> HTMLResponse:
         said = digest.unsubscribe(store, token)
         if said is None:
             return _page(
@@ -158,5 +155,17 @@ def router(home: Path, current_user, require_csrf) -> APIRouter:
                 404,
             )
         return _page("Unsubscribed", said)
+
+    @routes.get("/unsubscribe", response_class=HTMLResponse)
+    def unsubscribe(token: Annotated[str, Query(min_length=8, max_length=200)]):
+        """One click from a mail: stops the digest (or removes the price alert) the link came
+        with. Open (the token is the credential) and idempotent."""
+        return _unsubscribe(token)
+
+    @routes.post("/unsubscribe", response_class=HTMLResponse)
+    def unsubscribe_one_click(token: Annotated[str, Query(min_length=8, max_length=200)]):
+        """RFC 8058 one-click unsubscribe (List-Unsubscribe-Post): what a mail client's own
+        unsubscribe button sends; the same effect as the link."""
+        return _unsubscribe(token)
 
     return routes

@@ -237,6 +237,19 @@ def test_smtp_down_queues_the_digest_and_delivers_it_once_later(home, smtp_serve
     assert digest.subscription(store, uid)["last_sent_as_of"] == home.last_day.isoformat()
 
 
+def test_a_digest_waiting_for_the_server_is_dropped_once_unsubscribed(home, smtp_server, tmp_path):
+    inbox, port = smtp_server
+    store = AccountStore.for_home(tmp_path, env={})
+    uid = add_user(store, "ana@example.com", "Ana")
+    digest.set_cadence(store, uid, "daily")
+    _tick(store, home, free_port())  # the server is down: the digest waits
+    digest.set_cadence(store, uid, "off")  # e.g. he unsubscribed from an earlier digest
+    result = outbox.deliver(store, send_to(port))
+    assert result.sent == [] and not inbox.mails
+    [row] = outbox.mails(store)
+    assert (row["status"], row["last_error"]) == ("superseded", "unsubscribed before delivery")
+
+
 def test_a_crash_mid_send_is_not_resent(home, smtp_server, tmp_path):
     inbox, port = smtp_server
     store = AccountStore.for_home(tmp_path, env={})

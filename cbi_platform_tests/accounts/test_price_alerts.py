@@ -233,3 +233,15 @@ def test_without_an_smtp_host_nothing_is_queued(tmp_path):
     result = sensor(dg.build_sensor_context(resources=resources))
     assert "no SMTP host configured" in result.skip_reason.skip_message
     assert outbox.mails(store) == []
+
+
+def test_an_alert_removed_while_its_mail_waits_is_not_mailed(smtp_server, tmp_path):
+    inbox, port = smtp_server
+    store = AccountStore.for_home(tmp_path, env={})
+    uid = add_user(store, "ana@example.com", "Ana")
+    alert = price_alerts.add_alert(store, uid, "below", level=42.0)
+    assert price_alerts.evaluate(store, _day(0, 41.0)).queued == [alert.id]
+    assert price_alerts.remove_alert(store, uid, alert.id)
+    assert outbox.deliver(store, send_to(port)).sent == [] and not inbox.mails
+    assert [r["status"] for r in outbox.mails(store)] == ["superseded"]
+    assert _mails_sent(store) == []

@@ -151,3 +151,11 @@ def test_unsubscribe_link_is_open_one_click_and_idempotent(client):
     unknown = client.get("/unsubscribe?token=<script>alert(1)</script>")
     assert unknown.status_code == 404 and "<script>" not in unknown.text
     assert client.get("/unsubscribe").status_code == 422
+    # RFC 8058: a mail client's one-click POST to the List-Unsubscribe URL does the same.
+    digest.set_cadence(client.store, uid, "weekly")
+    posted = client.post(
+        f"/unsubscribe?token={token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert posted.status_code == 200 and digest.subscription(client.store, uid)["cadence"] == "off"
