@@ -8,6 +8,7 @@ from cbi_platform.defs.distributed import (
     route_pool_to_queue,
     shared_data_job_celery,
 )
+from cbi_platform.defs.operations.buyer_mail import build_buyer_mail_sensors
 from cbi_platform.defs.operations.sensors import build_schedule, build_sensors
 from cbi_platform.defs.operations.soak import build_soak_sensor
 from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, JOBS, daily_refresh_job, retrain_job
@@ -31,7 +32,11 @@ defs = dg.Definitions(
     assets=route_pool_to_queue(ALL_ASSETS),
     asset_checks=ALL_CHECKS,
     jobs=[*JOBS, shared_data_job_celery, horizon_job_celery],
-    sensors=[*build_sensors(retrain_job, ALL_CHECKS), *_day_loop["sensors"]],
+    sensors=[
+        *build_sensors(retrain_job, ALL_CHECKS),
+        *build_buyer_mail_sensors(),
+        *_day_loop["sensors"],
+    ],
     schedules=_day_loop["schedules"],
     resources=_resources,
 )

@@ -40,7 +40,7 @@ from typing import Any
 
 ACCOUNTS_FILE = "accounts.sqlite3"
 DSN_ENV = "CBI_ACCOUNTS_DSN"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 # `{id}` becomes the dialect's auto-increment key. Keep each statement portable otherwise.
@@ -119,7 +119,35 @@ _SCHEMA_V1 = (
         last_payload TEXT
     )""",
 )
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+# Version 2 (the buyer's mail, issue 22 §5-§6): an outbox of rendered mails (each row written in
+# the transaction that decided to mail, delivered later: an SMTP outage delays, never loses; a
+# crash mid-send is never resent, see `accounts.outbox`), and the buyer's note on a price alert.
+_SCHEMA_V2 = (
+    """CREATE TABLE IF NOT EXISTS mail_outbox (
+        id {id},
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('digest', 'price_alert')),
+        dedup_key TEXT NOT NULL UNIQUE,
+        recipient TEXT NOT NULL,
+        as_of TEXT NOT NULL,
+        ref_id INTEGER,
+        message_id TEXT NOT NULL,
+        message TEXT NOT NULL,
+        payload TEXT,
+        unsubscribe_token_hash TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL
+            CHECK (status IN ('queued', 'sending', 'sent', 'in_doubt', 'superseded')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        claimed_at TEXT,
+        sent_at TEXT,
+        last_error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS mail_outbox_status ON mail_outbox (status)",
+    "CREATE INDEX IF NOT EXISTS mail_outbox_user ON mail_outbox (user_id, kind)",
+    "ALTER TABLE price_alerts ADD COLUMN note TEXT",
+)
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class AccountStoreError(RuntimeError):
@@ -277,6 +305,7 @@ class AccountStore:
             "price_alerts",
             "price_alert_mails",
             "digest_subscriptions",
+            "mail_outbox",
         )
         with self.transaction() as tx:
             return {t: int(tx.execute(f"SELECT COUNT(*) AS n FROM {t}").one()["n"]) for t in tables}

@@ -26,7 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cbi_platform.api import schemas
+from cbi_platform.api import buyer_mail, schemas
 from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
 from cbi_platform.api.keys import ApiKey, verify_key
@@ -333,6 +333,7 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
+    app.include_router(buyer_mail.router(Path(home), *buyer_mail.SIGN_IN_PENDING))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

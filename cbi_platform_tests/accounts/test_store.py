@@ -28,7 +28,7 @@ def test_sqlite_store_is_wal_migrates_once_and_commits(tmp_path):
     assert AccountStore(tmp_path / "accounts.sqlite3").migrate() == SCHEMA_VERSION
     con = sqlite3.connect(tmp_path / "accounts.sqlite3")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     assert store.table_counts()["users"] == 1
 
 
