@@ -827,6 +827,12 @@ def main() -> int:
     parser.add_argument("--faults", default=DEFAULT_FAULTS)
     parser.add_argument("--seconds-per-day", type=float, default=3.0)
     parser.add_argument("--day-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=900.0,
+        help="after the last day, wait at most this long for runs still in flight (a retrain)",
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--start", default=START.isoformat())
     parser.add_argument("--name", default="soak")
@@ -947,6 +953,10 @@ def main() -> int:
         for _, action in list(soak.pending):
             action()  # a fault still open at the end is closed (e.g. the SMTP back up)
         soak.pending.clear()
+        # A retrain still running when the days end is waited for (its result is the point of
+        # the bias fault), at most --drain-timeout seconds.
+        drained = _drain_runs(deployment, args.drain_timeout)
+        print(f"runs in flight at the end: {drained}", flush=True)
         # Let the alert sensor deliver what was queued (two ticks from now), then measure.
         for _ in range(2):
             wait_sensor_ticks(deployment, time.time(), args.sensor_timeout)
@@ -995,6 +1005,31 @@ def main() -> int:
         mail.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _drain_runs(deployment, timeout: float) -> dict:
+    """Wait for every queued or running run to finish; what was in flight and how it ended."""
+    import dagster as dg
+
+    live = {
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    }
+    instance = deployment.instance()
+    waiting = [r.run_id for r in instance.get_runs() if r.status in live]
+    deadline, began = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        runs = [instance.get_run_by_id(r) for r in waiting]
+        if not any(r is not None and r.status in live for r in runs):
+            break
+        time.sleep(2)
+    runs = [instance.get_run_by_id(r) for r in waiting]
+    return {
+        "runs": [(r.job_name, r.status.value) for r in runs if r is not None],
+        "waited_s": round(time.monotonic() - began, 1),
+    }
 
 
 def _judge(soak: Soak, fault: dict) -> None:
