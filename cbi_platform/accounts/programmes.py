@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -201,7 +202,7 @@ def get_programme(store: AccountStore, user_id: int) -> tuple[BuyerProgramme, bo
         row = tx.execute("SELECT * FROM programmes WHERE user_id = ?", (user_id,)).one()
     if row is None:
         return default_programme(), True
-    return BuyerProgramme(**{f.name: row[f.name] for f in fields(BuyerProgramme)}), False
+    return validate_programme({f.name: row[f.name] for f in fields(BuyerProgramme)}), False
 
 
 def set_programme(store: AccountStore, user_id: int, programme: BuyerProgramme) -> None:
@@ -257,7 +258,13 @@ def request_backtest(
     ready for that date (cached), queued or running (its status). A failed or outdated one is
     queued again. Returns the row's view and whether this call queued it."""
     key = programme_hash(programme)
-    params = json.dumps({"programme": asdict(programme), "as_of": as_of}, sort_keys=True)
+    # A queued or running row is left as it is: its run reads the newest data anyway and
+    # records the date it ran on. Each queueing gets its own request id (the run key's last
+    # part), so a failed backtest asked for again is a new Dagster run, not a skipped key.
+    params = json.dumps(
+        {"programme": asdict(programme), "as_of": as_of, "request": secrets.token_hex(8)},
+        sort_keys=True,
+    )
     now = utc_now()
     with store.transaction() as tx:
         row = tx.execute("SELECT * FROM programme_backtests WHERE programme_hash = ?", (key,)).one()
@@ -269,11 +276,6 @@ def request_backtest(
                 (key, params, now),
             )
             queued = True
-        elif row["status"] == "queued":
-            tx.execute(  # still waiting: run it on the newest data
-                "UPDATE programme_backtests SET params_json = ? WHERE programme_hash = ?",
-                (params, key),
-            )
         elif row["status"] == "failed" or (
             row["status"] == "ready" and json.loads(row["params_json"]).get("as_of") != as_of
         ):
@@ -293,13 +295,13 @@ class QueuedBacktest:
     programme_hash: str
     programme: BuyerProgramme
     as_of: str
-    requested_at: str
+    request: str
 
     @property
     def run_key(self) -> str:
         """One Dagster run per programme, data as-of date and request (a failed backtest asked
         for again is a new request, so it gets a new run)."""
-        return f"programme-{self.programme_hash[:16]}-{self.as_of}-{self.requested_at}"
+        return f"programme-{self.programme_hash[:16]}-{self.as_of}-{self.request}"
 
 
 def queued_backtests(store: AccountStore) -> list[QueuedBacktest]:
@@ -315,7 +317,7 @@ def queued_backtests(store: AccountStore) -> list[QueuedBacktest]:
                 row["programme_hash"],
                 BuyerProgramme(**params["programme"]),
                 params["as_of"],
-                row["requested_at"],
+                params["request"],
             )
         )
     return out

@@ -30,12 +30,12 @@ DEAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 class ProgrammeBacktestConfig(dg.Config):
-    """One queued backtest: the programme's hash, the data as-of date, its request time and
+    """One queued backtest: the programme's hash, the data as-of date, its request id and
     the five fields the buyer set."""
 
     programme_hash: str
     as_of: str
-    requested_at: str
+    request: str
     railcar_lb: float
     railcars_per_window: int
     window_days: int
@@ -51,7 +51,7 @@ def run_config(queued: QueuedBacktest) -> dict:
                 "config": {
                     "programme_hash": queued.programme_hash,
                     "as_of": queued.as_of,
-                    "requested_at": queued.requested_at,
+                    "request": queued.request,
                     "railcar_lb": programme.railcar_lb,
                     "railcars_per_window": programme.railcars_per_window,
                     "window_days": programme.window_days,
@@ -84,7 +84,7 @@ def programme_backtest(
         carry_cents_per_lb_month=config.carry_cents_per_lb_month,
         max_worst_shortfall_cents=config.max_worst_shortfall_cents,
     )
-    queued = QueuedBacktest(config.programme_hash, programme, config.as_of, config.requested_at)
+    queued = QueuedBacktest(config.programme_hash, programme, config.as_of, config.request)
     store = AccountStore.for_home(home.path)
     warehouse = Path(home.path) / "warehouse.duckdb"
 
