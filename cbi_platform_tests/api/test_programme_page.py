@@ -156,6 +156,11 @@ def test_set_a_programme_see_it_queued_then_ready_with_the_table(
         assert p90 == f"${round(result['coming_window']['even']['p90_dollars']):,}"
         assert "the coming 42 trading days" in rows.nth(2).inner_text()
         assert "frozen from the development period" in page.inner_text("#programme-caption")
+        # accessible names, contrast, table headers: axe finds nothing in the card
+        from axe_playwright_python.sync_playwright import Axe
+
+        axe = Axe().run(page, context="#programme-card")
+        assert axe.violations_count == 0, axe.generate_report()
         # the one error: the refused field's 422, as the browser logs it
         assert [e for e in run.errors if "status of 422" not in e] == []
         assert len(run.errors) == 1

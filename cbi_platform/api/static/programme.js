@@ -120,7 +120,7 @@
     table.replaceChildren();
     table.append(node("caption", `Average cost per window: c/lb, and dollars for ${lb(r.total_lb)}`, "caption"));
     const head = node("tr");
-    for (const h of ["", "P10", "P50", "P90"]) {
+    for (const h of ["Buying", "P10", "P50", "P90"]) {
       const th = node("th", h);
       th.scope = "col";
       head.append(th);
