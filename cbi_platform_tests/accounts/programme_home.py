@@ -14,11 +14,21 @@ from cbi_platform.accounts.store import AccountStore, utc_now
 from cbi_platform_tests.procurement.conftest import forecast_frame, make_prices
 
 
-def write_warehouse(home: Path, n_days: int = 400, seed: int = 11):
-    """ZL closes and every-day random-walk decision forecasts (1w, 1m, 3m, all scored)."""
+def write_warehouse(
+    home: Path,
+    n_days: int = 400,
+    seed: int = 11,
+    prices: pl.DataFrame | None = None,
+    forecasts_from: int = 0,
+):
+    """ZL closes (`prices`: date, price; default a seeded random walk of `n_days`) and
+    random-walk decision forecasts (1w, 1m, 3m, all scored) for every day from row
+    `forecasts_from`, as the pipeline's `series_from: scored` leaves them."""
     home.mkdir(parents=True, exist_ok=True)
-    prices = make_prices(n_days, seed)
+    prices = make_prices(n_days, seed) if prices is None else prices
     forecasts = forecast_frame(prices, "random_walk", scored_from=0)
+    first = prices["date"][forecasts_from]
+    forecasts = forecasts.filter(pl.col("date") >= first)
     market_prices = prices.select(  # noqa: F841 (read by name in the SQL below)
         pl.lit("ZL").alias("symbol"),
         "date",
