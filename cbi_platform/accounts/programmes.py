@@ -29,7 +29,11 @@ from typing import Any
 
 from cbi_platform.accounts.store import AccountStore, utc_now
 from cbi_platform.procurement.programme import DEFAULT_CONFIG, Programme, load_config
-from cbi_platform.procurement.programme_backtest import DEVELOPMENT_RECORD
+from cbi_platform.procurement.programme_backtest import (
+    DEVELOPMENT_RECORD,
+    load_development_record,
+    recommended_policy,
+)
 
 # field: (low, high, unit, integer). Inclusive bounds.
 BOUNDS: dict[str, tuple[float, float, str, bool]] = {
@@ -381,16 +385,28 @@ def execute_backtest(
     return result
 
 
+def shown_policy(programme: BuyerProgramme) -> str:
+    """The policy shown for his tolerance (the development rule; see programme_backtest)."""
+    return recommended_policy(
+        programme.max_worst_shortfall_cents, load_config(), load_development_record()
+    )
+
+
 def scaled_recommendation(
     recommendation: Mapping[str, Any] | None, programme: BuyerProgramme
 ) -> dict[str, Any] | None:
     """Today's recommendation as a share of the platform's window, applied to his volume: the
-    lb and railcars to buy today out of his window's lb (None without a recommendation)."""
+    lb and railcars to buy today out of his window's lb (None without a recommendation).
+    `same_policy` says whether the platform's logged policy is the one shown for his tolerance
+    (on the real development record it always is: even buying)."""
     if not recommendation or not recommendation.get("total_lb"):
         return None
     share = float(recommendation.get("buy_lb") or 0.0) / float(recommendation["total_lb"])
     buy_lb = share * programme.total_lb
+    mine = shown_policy(programme)
     return {
+        "shown_policy": mine,
+        "same_policy": mine == recommendation.get("policy"),
         "as_of": str(recommendation.get("as_of")),
         "action": recommendation.get("action"),
         "policy": recommendation.get("policy"),

@@ -33,7 +33,10 @@ its P10: a persistent move), and wider than the true range of an average otherwi
 conservative range. Only even buying is priced this way; a forecast-driven policy's coming
 window needs the paths, which the zones do not give, so its coming-window range is not stated.
 
-Measured (benchmarks/programme_backtest.py): see docs/procurement.md, "The buyer's programme".
+Measured (benchmarks/programme_backtest.py; vm, 2 cpus, 2026-12-07; real ZL closes and the
+scored period's 1,512 days of decision forecasts, 72 windows): 0.13 s for the default programme
+(even shown), 0.29 s with a forecast-driven policy shown, 0.9 s through the sensor and the job
+in process (benchmarks/results/programme_backtest.md).
 """
 
 from __future__ import annotations

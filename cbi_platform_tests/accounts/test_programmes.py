@@ -202,3 +202,7 @@ def test_todays_recommendation_scaled_to_his_volume():
     assert (a["buy_lb"], a["buy_railcars"], a["window_lb"]) == pytest.approx((90_000, 0.5, 900_000))
     assert b["buy_lb"] == pytest.approx(4 * a["buy_lb"]) and b["buy_railcars"] == pytest.approx(2)
     assert pg.scaled_recommendation(None, small) is None
+    # the platform logged even buying, the policy shown for every tolerance on the real record
+    assert a["shown_policy"] == "even" and a["same_policy"] is False  # rec carries no policy
+    assert pg.scaled_recommendation({**rec, "policy": "even"}, small)["same_policy"] is True
+    assert pg.scaled_recommendation({**rec, "policy": "cvar"}, small)["same_policy"] is False

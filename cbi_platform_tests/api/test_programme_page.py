@@ -137,6 +137,8 @@ def test_set_a_programme_see_it_queued_then_ready_with_the_table(
         assert "76,000 lb" in page.inner_text("#rec-action")
         assert "your programme" in page.inner_text("#rec-action")
         assert "(0.4 railcars)" in page.inner_text("#rec-programme")
+        # this home logged the cvar policy; his tolerance shows even buying: said so
+        assert "for your tolerance the backtest shows even" in page.inner_text("#rec-programme")
         # the daemon's part, in process; the page polls and shows the result
         requests = run_queued_backtests(home.path)
         hashes = {

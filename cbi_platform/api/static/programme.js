@@ -77,7 +77,8 @@
     line.textContent =
       `For ${body.default ? "the default" : "your"} programme (${p.railcars_per_window} railcars × ${lb(p.railcar_lb)} = ` +
       `${lb(p.total_lb)} per window): today ${String(rec.action || "").toUpperCase()} ${lb(rec.buy_lb)} ` +
-      `(${cars(rec.buy_railcars)} railcars), ${(100 * rec.share).toFixed(1)}% of the window, as the platform's advice for its own programme.`;
+      `(${cars(rec.buy_railcars)} railcars), ${(100 * rec.share).toFixed(1)}% of the window, as the platform's advice for its own programme.` +
+      (rec.same_policy ? "" : ` Today's advice comes from the ${rec.policy} policy; for your tolerance the backtest shows ${rec.shown_policy}.`);
     if (body.default) return;
     const action = byId("rec-action");
     const word = action.querySelector("span");
