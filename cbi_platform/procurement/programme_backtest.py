@@ -35,7 +35,7 @@ window needs the paths, which the zones do not give, so its coming-window range 
 
 Measured (benchmarks/programme_backtest.py; vm, 2 cpus, 2026-12-07; real ZL closes and the
 scored period's 1,512 days of decision forecasts, 72 windows): 0.13 s for the default programme
-(even shown), 0.29 s with a forecast-driven policy shown, 0.9 s through the sensor and the job
+(even shown), 0.25 s with a forecast-driven policy shown, 0.4 s through the sensor and the job
 in process (benchmarks/results/programme_backtest.md).
 """
 
