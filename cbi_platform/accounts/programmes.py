@@ -25,6 +25,7 @@ import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from cbi_platform.accounts.store import AccountStore, utc_now
@@ -306,6 +307,11 @@ class QueuedBacktest:
         """One Dagster run per programme, data as-of date and request (a failed backtest asked
         for again is a new request, so it gets a new run)."""
         return f"programme-{self.programme_hash[:16]}-{self.as_of}-{self.request}"
+
+
+def store_exists(store: AccountStore) -> bool:
+    """Whether there is a store to read (a sensor tick must not create the SQLite file)."""
+    return store.dialect == "postgresql" or Path(store.location).exists()
 
 
 def queued_backtests(store: AccountStore) -> list[QueuedBacktest]:

@@ -59,7 +59,12 @@ def _execute(home, request, instance=None):
 
 
 def test_the_sensor_asks_one_run_per_queued_programme_and_none_for_cached(home):
+    # a home without an accounts store: skipped, and no store created by the tick
+    skipped = _sensor(home)
+    assert isinstance(skipped, dg.SkipReason) and "no accounts store yet" in skipped.skip_message
+    assert not (home / "accounts.sqlite3").exists()
     store = AccountStore.for_home(home, env={})
+    store.migrate()
     assert _sensor(home).run_requests == []
     default = pg.default_programme()
     other = pg.validate_programme({**default.as_json(), "total_lb": None, "window_days": 63})

@@ -16,6 +16,7 @@ from cbi_platform.accounts.programmes import (
     mark_failed,
     queued_backtests,
     running_backtests,
+    store_exists,
 )
 from cbi_platform.accounts.store import AccountStore
 from cbi_platform.defs.resources import ForecastStoreResource, MarketSourceResource, PlatformHome
@@ -132,6 +133,8 @@ def programme_backtest_job():
 )
 def programme_backtest_sensor(context: dg.SensorEvaluationContext, home: PlatformHome):
     store = AccountStore.for_home(home.path)
+    if not store_exists(store):
+        return dg.SkipReason(f"no accounts store yet ({store.describe()})")
     for row in running_backtests(store):
         run = context.instance.get_run_by_id(row["run_id"]) if row["run_id"] else None
         if run is not None and run.status in DEAD:
