@@ -12,6 +12,10 @@ from cbi_platform.defs.operations.buyer_mail import build_buyer_mail_sensors
 from cbi_platform.defs.operations.sensors import build_schedule, build_sensors
 from cbi_platform.defs.operations.soak import build_soak_sensor
 from cbi_platform.defs.pipeline import ALL_ASSETS, ALL_CHECKS, JOBS, daily_refresh_job, retrain_job
+from cbi_platform.defs.procurement.programme import (
+    programme_backtest_job,
+    programme_backtest_sensor,
+)
 from cbi_platform.defs.resources import build_resources
 
 _resources = build_resources()
@@ -31,11 +35,12 @@ defs = dg.Definitions(
     # gpu-pool assets carry the celery queue tag `gpu` (other executors ignore it).
     assets=route_pool_to_queue(ALL_ASSETS),
     asset_checks=ALL_CHECKS,
-    jobs=[*JOBS, shared_data_job_celery, horizon_job_celery],
+    jobs=[*JOBS, shared_data_job_celery, horizon_job_celery, programme_backtest_job],
     sensors=[
         *build_sensors(retrain_job, ALL_CHECKS),
         *build_buyer_mail_sensors(),
         *_day_loop["sensors"],
+        programme_backtest_sensor,
     ],
     schedules=_day_loop["schedules"],
     resources=_resources,

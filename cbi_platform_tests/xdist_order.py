@@ -70,6 +70,8 @@ SECONDS = {
     "deploy/test_serving_container.py": 6.0,
     "test_storage.py": 6.0,
     "test_lifeline.py": 26.0,
+    "api/test_programme_page.py": 27.0,  # two Chromium pages and the programme job in process
+    "defs/test_programme_job.py": 14.0,
 }
 
 

@@ -26,7 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cbi_platform.api import buyer_mail, schemas
+from cbi_platform.api import buyer_mail, programme, schemas
 from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
 from cbi_platform.api.keys import ApiKey, verify_key
@@ -254,6 +254,8 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     async def backtest():
         """Every policy's backtested record, and where the report and plot are."""
         return _json(reader.backtest())
+
+    app.include_router(programme.router(home, *programme.signed_in_dependencies()))
 
     playbook_url = os.environ.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md")
     book = AlertBook(Path(home) / "operations.duckdb")  # builds nothing until written

@@ -133,6 +133,9 @@ REFRESH = (
 LANE = "cbi/lane"
 TRAINING_LANE = {LANE: "training"}
 REFRESH_LANE = {LANE: "refresh"}
+# buyer: a buyer's programme backtest, one at a time beside the others: it reads the warehouse
+# (short locked reads) and writes only the accounts store. BUYER_LANE is defined beside its job
+# in defs/procurement/programme.py (this module imports that package, so it cannot import this).
 
 market_data_job = dg.define_asset_job(
     "market_data_job",
