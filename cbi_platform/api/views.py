@@ -16,9 +16,10 @@ from typing import Any
 import polars as pl
 
 from cbi_platform.api import schemas
+from cbi_platform.serving.notices import is_random_walk as _is_random_walk
 from cbi_platform.serving.record import Column
 from cbi_platform.serving.store import COLUMNS, JSON_COLUMNS, SERVED
-from cbi_platform.settings import HORIZONS, RANDOM_WALK
+from cbi_platform.settings import HORIZONS
 
 NO_FORECASTS = "no forecasts yet: run `make run`"
 # The history's columns with their types: a history written before a migration lacks some.
@@ -52,18 +53,6 @@ def _json(text: Any, default: Any) -> Any:
     except ValueError:
         return default
     return decoded if decoded is not None else default
-
-
-def _is_random_walk(row: Mapping[str, Any]) -> bool:
-    """The served forecast is the random walk: its combiner is the random walk, or it is
-    shrunk all the way to it (weight 0 on the models)."""
-    shrink = row.get("shrink_weight")
-    note = row.get("driver_note") or ""
-    return (
-        row.get("combiner") == RANDOM_WALK
-        or (shrink is not None and shrink == 0)
-        or note.startswith("the ensemble is the random walk")
-    )
 
 
 def _float(value: Any) -> float | None:
