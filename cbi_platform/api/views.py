@@ -391,6 +391,15 @@ def health_json(
     conditions: pl.DataFrame | None,
     max_behind: int,
 ) -> bytes:
+    return _dump(schemas.HealthOut, health_payload(view, conditions, max_behind))
+
+
+def health_payload(
+    view: ForecastView | None,
+    conditions: pl.DataFrame | None,
+    max_behind: int,
+) -> dict[str, Any]:
+    """The data's freshness (/health's answer) as a dict: the notices read it too."""
     refreshed_at, stale_condition = last_refresh(conditions)
     if view is None or view.empty:
         payload = {
@@ -404,7 +413,7 @@ def health_json(
             "last_forecast_at": None,
             "last_refresh_at": refreshed_at,
         }
-        return _dump(schemas.HealthOut, payload)
+        return payload
     fresh = view.freshness()
     behind = fresh["business_days_behind"]
     stale = stale_condition or (behind is not None and behind > max_behind)
@@ -427,4 +436,4 @@ def health_json(
         "max_business_days_behind": max_behind,
         "last_refresh_at": refreshed_at,
     }
-    return _dump(schemas.HealthOut, payload)
+    return payload

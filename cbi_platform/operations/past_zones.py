@@ -26,7 +26,6 @@ from typing import Any
 
 import polars as pl
 
-from cbi_platform.ensemble.conformal import _independent_outcomes, coverage_interval
 from cbi_platform.operations.validation import score_matured
 from cbi_platform.settings import HORIZON_NAMES, HORIZONS
 
@@ -39,6 +38,13 @@ ZONE_BANDS: tuple[tuple[str, str, str, float], ...] = (
 ZONE_LEVELS = ("p10", "p30", "p50", "p70", "p90")
 DEFAULT_LAST = 90  # hit rates over the last this many matured forecasts
 DEFAULT_CHART = 260  # the chart draws at most this many past zones
+METHOD = (
+    f"A zone held when the realised price (the close on the target date, or the last close "
+    f"before it) lay inside it. Hit rates count the last {DEFAULT_LAST} matured forecasts; the "
+    "95% interval is the Wilson interval of the share on the effective sample size, the number "
+    "of non-overlapping (origin, target date] windows among them: forecasts made every day for "
+    "h trading days ahead share most of their outcome, so about n / h of them are independent."
+)
 LABELS = {
     SERVED_SOURCE: "Served forecasts whose target date has passed, with the price on that date.",
     WALK_FORWARD_SOURCE: (
@@ -90,7 +96,10 @@ def hit_rate(
         return HitRate(
             band, nominal, 0, 0, 0, None, None, None, f"{subject} has no matured outcome yet."
         )
-    held = int(rows.select(pl.col("actual").is_between(pl.col(lo), pl.col(hi)).sum()).item())
+    # Heavy (mapie, scikit-learn, scipy): delayed, so the API starts without them.
+    from cbi_platform.ensemble.conformal import _independent_outcomes, coverage_interval
+
+    held = rows.filter(pl.col("actual").is_between(pl.col(lo), pl.col(hi))).height
     n_eff = max(1, _independent_outcomes(rows["origin"].to_list(), rows["target_date"].to_list()))
     share = held / n
     low, high = coverage_interval(share, n_eff)
