@@ -5,7 +5,7 @@
 
 (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const ICONS = { stale: "⏱", provisional: "⚠", random_walk: "=" };
+  const ICONS = { stale: "◔", provisional: "⚠", random_walk: "=" };
   const insight = { notices: null, calibration: {}, horizon: null };
 
   function byId(id) { return document.getElementById(id); }
@@ -164,7 +164,7 @@
       const fresh = item.status !== "ok" ? "absent" : item.stale ? "stale" : "fresh";
       head.append(
         node("span", { class: "intel-title" }, item.title),
-        node("span", { class: `intel-fresh ${fresh}` }, (item.stale ? "⏱ " : "") + item.freshness),
+        node("span", { class: `intel-fresh ${fresh}` }, (item.stale ? "◔ " : "") + item.freshness),
       );
       wrap.append(head, node("dd", { class: "intel-text" }, item.text));
       list.append(wrap);
