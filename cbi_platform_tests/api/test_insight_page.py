@@ -72,8 +72,10 @@ def test_past_zones_intelligence_and_notices_on_the_desktop(browser, insight_sit
         api12 = client.get("/calibration/12m").json()
         assert page.locator("#past-zones-label").get_attribute("data-source") == "walk_forward"
         assert page.inner_text("#past-zones-label") == api12["label"]
-        assert page.locator("#past-zones-rates li").first.inner_text().startswith(
-            "The walk-forward 12m P30–P70 range held 20 of the last 60"
+        assert (
+            page.locator("#past-zones-rates li")
+            .first.inner_text()
+            .startswith("The walk-forward 12m P30–P70 range held 20 of the last 60")
         )
 
         # The three notices of the 12m forecast: each its own class, icon, label and sentence.
