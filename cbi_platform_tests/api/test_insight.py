@@ -66,6 +66,7 @@ def test_calibration_falls_back_to_the_published_walk_forward(client):
     assert "walk-forward" in body["label"] and "never served" in body["label"]
     inner = body["hit_rates"][0]
     assert (inner["held"], inner["n"]) == (WALK_FORWARD_HELD_P30_P70, WALK_FORWARD_ORIGINS)
+    assert body["hit_rates"][1]["held"] == 2 * WALK_FORWARD_HELD_P30_P70
     assert len(body["zones"]) == WALK_FORWARD_ORIGINS
 
 
