@@ -117,9 +117,8 @@ class HomeReader:
         }
         self._news_configured: tuple[str, ...] | None = None
 
-    def _health(self) -> tuple[tuple[object, ...], dict[str, Any]]:
-        view, conditions = self.forecasts.get(), self.conditions.get()
-        return (view, conditions), health_payload(view, conditions, self.max_business_days_behind)
+    def _health(self, view, conditions) -> dict[str, Any]:
+        return health_payload(view, conditions, self.max_business_days_behind)
 
     def news_configured(self) -> tuple[str, ...]:
         """The horizons whose features use news (sentiment.yaml), read once."""
@@ -138,17 +137,26 @@ class HomeReader:
         )
 
     def notices(self) -> bytes:
-        sources, health = self._health()
-        return self._memo("notices", sources, lambda: insight.notices_json(sources[0], health))
+        view, conditions = self.forecasts.get(), self.conditions.get()
+        return self._memo(
+            "notices",
+            (view, conditions),
+            lambda: insight.notices_json(view, self._health(view, conditions)),
+        )
 
     def intelligence(self) -> bytes:
-        sources, health = self._health()
+        view, conditions = self.forecasts.get(), self.conditions.get()
         state, news = self.market_state.get(), self.news_state.get()
         published = self.news_state.path.exists()
         return self._memo(
             "intelligence",
-            (*sources, state, news, published),
+            (view, conditions, state, news, published),
             lambda: insight.intelligence_json(
-                sources[0], health, state, news, published, self.news_configured()
+                view,
+                self._health(view, conditions),
+                state,
+                news,
+                published,
+                self.news_configured(),
             ),
         )

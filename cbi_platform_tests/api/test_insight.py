@@ -176,3 +176,23 @@ def test_intelligence_says_what_is_absent_instead_of_inventing(tmp_path, home):
         items["regime"]["freshness"]
         == "as of 2025-03-14 · stale: 10 business days before 2025-03-28"
     )
+
+
+def test_answers_are_built_once_per_publication(tmp_path, home):
+    import shutil
+
+    from cbi_platform.api.data import HomeReader
+    from cbi_platform.operations.market_state import publish_market_state
+
+    copy = tmp_path / "copy"
+    shutil.copytree(home.path, copy)
+    reader = HomeReader(copy, max_business_days_behind=2)
+    first = reader.intelligence()
+    assert reader.intelligence() is first and reader.calibration("1w") is reader.calibration("1w")
+    state = json.loads(market_state_path(copy).read_text())
+    state["regime"] = {**state["regime"], "regime": "crisis", "trading_days": 2}
+    publish_market_state(copy, state)
+    second = json.loads(reader.intelligence())
+    regime = next(i for i in second["items"] if i["key"] == "regime")
+    assert regime["text"].startswith(f"Crisis since {state['regime']['since']}: 2 trading days")
+    assert reader.market_state.loads == 2
