@@ -50,6 +50,24 @@ def _business_days(n: int) -> str:
     return f"{n} business day{'' if n == 1 else 's'}"
 
 
+def health_of(
+    record: Mapping[str, Any], max_business_days_behind: int, stale_condition: bool = False
+) -> dict[str, Any]:
+    """The `health` mapping `notices` reads, from one forecast record's own freshness fields
+    (for callers without the API's /health, e.g. the mail digest): stale when the data were more
+    than `max_business_days_behind` business days behind, or when the daily refresh's freshness
+    check fires (`stale_condition`)."""
+    behind = record.get("data_business_days_behind")
+    late = behind is not None and behind > max_business_days_behind
+    return {
+        "status": "stale" if late or stale_condition else "ok",
+        "data_last_date": record.get("data_last_date"),
+        "business_days_behind": behind,
+        "data_reference_date": record.get("data_reference_date"),
+        "max_business_days_behind": max_business_days_behind,
+    }
+
+
 def stale_notice(health: Mapping[str, Any] | None) -> Notice | None:
     """The stale-data notice from the API's health (`/health`: status, data_last_date,
     business_days_behind, data_reference_date, max_business_days_behind), or None when fresh."""

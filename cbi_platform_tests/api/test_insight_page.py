@@ -41,7 +41,7 @@ def _open(browser, server, key, **context) -> PageRun:  # noqa: F811
 def _show(page, horizon: str) -> None:
     page.click(f"#horizons button[data-horizon='{horizon}']")
     page.wait_for_selector(f"#past-zones-card[data-horizon='{horizon}'][data-ready=true]")
-    page.wait_for_selector(f"#notices[data-horizon='{horizon}']")
+    page.wait_for_selector(f"#notices[data-horizon='{horizon}'][data-ready=true]")
 
 
 def test_past_zones_intelligence_and_notices_on_the_desktop(browser, insight_site):  # noqa: F811

@@ -8,6 +8,7 @@ from cbi_platform.serving.notices import (
     PROVISIONAL,
     RANDOM_WALK_KIND,
     STALE,
+    health_of,
     is_random_walk,
     notices,
 )
@@ -94,3 +95,17 @@ def test_all_three_at_once_come_stale_first_each_its_own_kind():
     found = notices(record, {**FRESH, "status": "stale"})
     assert [n.kind for n in found] == [STALE, PROVISIONAL, RANDOM_WALK_KIND]
     assert len({n.label for n in found}) == 3 and len({n.sentence for n in found}) == 3
+
+
+def test_health_from_a_record_alone_matches_the_apis_rule():
+    late = {**MODEL, "data_last_date": dt.date(2026, 11, 27), "data_business_days_behind": 6,
+            "data_reference_date": dt.date(2026, 12, 7)}  # fmt: skip
+    (notice,) = notices(late, health_of(late, 2))
+    assert notice.sentence.startswith(
+        "Data are stale: the last close is 2026-11-27, 6 business days before 2026-12-07"
+    )
+    on_time = {**late, "data_business_days_behind": 2}
+    assert notices(on_time, health_of(on_time, 2)) == []
+    assert [n.kind for n in notices(on_time, health_of(on_time, 2, stale_condition=True))] == [
+        STALE
+    ]

@@ -43,7 +43,7 @@
     }
     box.hidden = list.length === 0;
     box.dataset.horizon = insight.horizon || "";
-    box.dataset.ready = "true";
+    box.dataset.ready = String(insight.notices !== null);  // true once the API has answered
   }
 
   // ---- past zones against what happened (§3)
