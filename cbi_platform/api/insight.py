@@ -23,6 +23,7 @@ from cbi_platform.operations.past_zones import (
     past_zones,
     walk_forward_rows,
 )
+from cbi_platform.sentiment.features import SENTIMENT_WINDOW_DAYS, SURPRISE_WINDOW_DAYS
 from cbi_platform.serving.notices import notices
 from cbi_platform.settings import HORIZON_NAMES, HORIZONS
 
@@ -386,7 +387,8 @@ def news_item(
             status="not_published",
         )
     text = (
-        f"Tone of the news over the last 5 business days: mean score {_signed(news['mean_score'])}"
+        f"Tone of the news over the last {SENTIMENT_WINDOW_DAYS} business days: mean score "
+        f"{_signed(news['mean_score'])}"
         f" (−1 negative to +1 positive) from {news['articles']} articles"
     )
     if news.get("percentile") is not None and news.get("history_days"):
@@ -394,7 +396,7 @@ def news_item(
             f", higher than {news['percentile']:.0f}% of the {news['history_days']} earlier days"
         )
     if news.get("surprise") is not None:
-        text += f"; {_signed(news['surprise'])} against the 63-day tone"
+        text += f"; {_signed(news['surprise'])} against the {SURPRISE_WINDOW_DAYS}-day tone"
     text += f". Used in the {where} forecast."
     return _item(
         "news",
