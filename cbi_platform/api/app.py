@@ -26,7 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cbi_platform.api import buyer_mail, programme, schemas
+from cbi_platform.api import buyer_mail, insight_routes, programme, schemas
 from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
 from cbi_platform.api.keys import ApiKey, verify_key
@@ -201,6 +201,7 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
         return _error(500, "internal", "internal error; the server log has the details")
 
     keyed = {"dependencies": [Depends(require_key)], "responses": ERROR_RESPONSES}
+    app.include_router(insight_routes.router(reader, keyed))  # issue 22 §3, §4, §7
 
     @app.get("/forecast/{horizon}", response_model=schemas.ForecastOut, tags=["forecasts"], **keyed)
     async def forecast(horizon: schemas.Horizon):

@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from cbi_platform.api import insight
 from cbi_platform.api import keys as api_keys
 from cbi_platform.api.cache import CachedFile
 from cbi_platform.api.views import (
@@ -18,10 +19,12 @@ from cbi_platform.api.views import (
     NotPublished,
     backtest_json,
     health_json,
+    health_payload,
     recommendation_json,
 )
 from cbi_platform.operations.condition_log import TABLE as CONDITIONS_TABLE
 from cbi_platform.serving.store import TABLE as FORECAST_TABLE
+from cbi_platform.settings import HORIZONS
 from cbi_platform.storage import snapshot_path
 
 FORECASTS_DB = "forecasts.duckdb"
@@ -56,6 +59,7 @@ class HomeReader:
         self.policy_record = CachedFile(self.procurement / "policy_record.json", _json_list)
         self.keys = CachedFile(api_keys.keys_path(self.home), api_keys.parse_keys)
         self._derived: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        self._insight_files()
 
     def view(self) -> ForecastView:
         """The forecast history's view; raises NotPublished when nothing was published."""
@@ -98,4 +102,61 @@ class HomeReader:
             "health",
             (view, conditions),
             lambda: health_json(view, conditions, self.max_business_days_behind),
+        )
+
+    # ---- the buyer's insight (cbi_platform.api.insight) ----------------------------------
+
+    def _insight_files(self) -> None:
+        from cbi_platform.operations.market_state import market_state_path, news_state_path
+        from cbi_platform.serving.walk_forward_zones import parse_walk_forward_zones, zones_path
+
+        self.market_state = CachedFile(market_state_path(self.home), json.loads)
+        self.news_state = CachedFile(news_state_path(self.home), json.loads)
+        self.walk_forward = {
+            h: CachedFile(zones_path(self.home, h), parse_walk_forward_zones) for h in HORIZONS
+        }
+        self._news_configured: tuple[str, ...] | None = None
+
+    def _health(self, view, conditions) -> dict[str, Any]:
+        return health_payload(view, conditions, self.max_business_days_behind)
+
+    def news_configured(self) -> tuple[str, ...]:
+        """The horizons whose features use news (sentiment.yaml), read once."""
+        if self._news_configured is None:
+            from cbi_platform.sentiment.config import load_sentiment_settings
+
+            self._news_configured = load_sentiment_settings().enabled_horizons
+        return self._news_configured
+
+    def calibration(self, horizon: str) -> bytes:
+        view, walk = self.forecasts.get(), self.walk_forward[horizon].get()
+        return self._memo(
+            f"calibration/{horizon}",
+            (view, walk),
+            lambda: insight.calibration_json(view, walk, horizon),
+        )
+
+    def notices(self) -> bytes:
+        view, conditions = self.forecasts.get(), self.conditions.get()
+        return self._memo(
+            "notices",
+            (view, conditions),
+            lambda: insight.notices_json(view, self._health(view, conditions)),
+        )
+
+    def intelligence(self) -> bytes:
+        view, conditions = self.forecasts.get(), self.conditions.get()
+        state, news = self.market_state.get(), self.news_state.get()
+        published = self.news_state.path.exists()
+        return self._memo(
+            "intelligence",
+            (view, conditions, state, news, published),
+            lambda: insight.intelligence_json(
+                view,
+                self._health(view, conditions),
+                state,
+                news,
+                published,
+                self.news_configured(),
+            ),
         )

@@ -259,3 +259,85 @@ class AlertAnswerOut(BaseModel):
     until: dt.date | None
     opened_as_of: dt.date = Field(description="the episode answered: the day it fired")
     answered_at: dt.datetime
+
+
+# ---- the buyer's insight (issue 22 §3, §4, §7): past zones, market intelligence, notices ----
+
+
+class PastZone(BaseModel):
+    origin: dt.date = Field(description="the day the forecast was made")
+    target_date: dt.date
+    actual_date: dt.date = Field(description="the close the realised price comes from")
+    price: float | None = Field(description="the close at the origin")
+    p10: float | None
+    p30: float | None
+    p50: float | None
+    p70: float | None
+    p90: float | None
+    actual: float = Field(description="the realised price at the target date")
+
+
+class HitRateOut(BaseModel):
+    band: str = Field(description="the zone, e.g. P30–P70")
+    nominal: float = Field(description="the share a well-calibrated zone holds")
+    held: int = Field(description="matured forecasts whose realised price lay inside")
+    n: int = Field(description="the last n matured forecasts counted")
+    n_effective: int = Field(description="non-overlapping outcomes among them")
+    share: float | None
+    low: float | None = Field(description="95% Wilson interval on n_effective outcomes")
+    high: float | None
+    sentence: str
+
+
+class CalibrationOut(BaseModel):
+    """What past forecasts said, and what happened, at one horizon."""
+
+    horizon: Horizon
+    horizon_days: int
+    unit: str = "c/lb"
+    source: str = Field(description="served | walk_forward | none")
+    label: str = Field(description="where the zones come from, in words")
+    n_matured: int
+    hit_rates: list[HitRateOut]
+    summary: str = Field(description="the chart in words (its text alternative)")
+    method: str
+    zones: list[PastZone]
+
+
+class NoticeOut(BaseModel):
+    kind: str = Field(description="provisional | stale | random_walk")
+    label: str
+    sentence: str = Field(description="why, in one plain sentence")
+
+
+class HorizonNotices(BaseModel):
+    horizon: Horizon
+    notices: list[NoticeOut]
+
+
+class NoticesOut(BaseModel):
+    """What the buyer must never misread, per served horizon."""
+
+    as_of: dt.date | None
+    health_status: str = Field(description="ok, stale or no_data (as /health)")
+    horizons: list[HorizonNotices]
+
+
+class IntelligenceItem(BaseModel):
+    key: str = Field(description="regime, volatility, correlation_<pair>, cot or news")
+    title: str
+    status: str = Field(
+        description="ok | not_in_data | not_configured | not_published (why there is no value)"
+    )
+    as_of: dt.date | None = Field(description="the date the value describes")
+    stale: bool
+    freshness: str = Field(description="the as-of date and whether it is current, in words")
+    text: str = Field(description="the value in one or two plain sentences")
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class IntelligenceOut(BaseModel):
+    """Market intelligence: each item with its own freshness."""
+
+    reference_date: dt.date | None = Field(description="the day freshness is judged against")
+    items: list[IntelligenceItem]

@@ -16,9 +16,10 @@ from typing import Any
 import polars as pl
 
 from cbi_platform.api import schemas
+from cbi_platform.serving.notices import is_random_walk as _is_random_walk
 from cbi_platform.serving.record import Column
 from cbi_platform.serving.store import COLUMNS, JSON_COLUMNS, SERVED
-from cbi_platform.settings import HORIZONS, RANDOM_WALK
+from cbi_platform.settings import HORIZONS
 
 NO_FORECASTS = "no forecasts yet: run `make run`"
 # The history's columns with their types: a history written before a migration lacks some.
@@ -52,18 +53,6 @@ def _json(text: Any, default: Any) -> Any:
     except ValueError:
         return default
     return decoded if decoded is not None else default
-
-
-def _is_random_walk(row: Mapping[str, Any]) -> bool:
-    """The served forecast is the random walk: its combiner is the random walk, or it is
-    shrunk all the way to it (weight 0 on the models)."""
-    shrink = row.get("shrink_weight")
-    note = row.get("driver_note") or ""
-    return (
-        row.get("combiner") == RANDOM_WALK
-        or (shrink is not None and shrink == 0)
-        or note.startswith("the ensemble is the random walk")
-    )
 
 
 def _float(value: Any) -> float | None:
@@ -402,6 +391,15 @@ def health_json(
     conditions: pl.DataFrame | None,
     max_behind: int,
 ) -> bytes:
+    return _dump(schemas.HealthOut, health_payload(view, conditions, max_behind))
+
+
+def health_payload(
+    view: ForecastView | None,
+    conditions: pl.DataFrame | None,
+    max_behind: int,
+) -> dict[str, Any]:
+    """The data's freshness (/health's answer) as a dict: the notices read it too."""
     refreshed_at, stale_condition = last_refresh(conditions)
     if view is None or view.empty:
         payload = {
@@ -415,7 +413,7 @@ def health_json(
             "last_forecast_at": None,
             "last_refresh_at": refreshed_at,
         }
-        return _dump(schemas.HealthOut, payload)
+        return payload
     fresh = view.freshness()
     behind = fresh["business_days_behind"]
     stale = stale_condition or (behind is not None and behind > max_behind)
@@ -438,4 +436,4 @@ def health_json(
         "max_business_days_behind": max_behind,
         "last_refresh_at": refreshed_at,
     }
-    return _dump(schemas.HealthOut, payload)
+    return payload

@@ -126,6 +126,7 @@ def forecast_row(
         "drivers": drivers,
         "drivers_detail": detail,
         "driver_note": note,
+        "volatility": sd * price / 45.0,  # varies with the price: a history to rank against
         "combiner": "random_walk" if random_walk else "inverse_error",
         "shrink_weight": 0.0 if random_walk else 0.8,
         "data_last_date": as_of,

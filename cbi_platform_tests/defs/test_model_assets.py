@@ -57,6 +57,18 @@ def test_forecast_pipeline_produces_honest_calibrated_forecasts(tmp_path):
     q = live.select("lo90", "p10", "p30", "p50", "p70", "p90", "hi90").row(0)
     assert list(q) == sorted(q)
     assert shap["model"].n_unique() >= 3 and "random_walk" not in shap["model"].to_list()
+    # The walk-forward's past zones are published for the buyer's page: the ensemble's rows
+    # with an outcome and a zone (serving.walk_forward_zones; the first origins have none).
+    from cbi_platform.serving.walk_forward_zones import zones_path
+
+    past = pl.read_parquet(zones_path(home, "1m"))
+    resolved_zones = zones.filter(
+        (pl.col("model") == "ensemble")
+        & pl.col("actual").is_not_null()
+        & pl.col("p10").is_not_null()
+    )
+    assert past.height == resolved_zones.height > 0
+    assert past["actual"].to_list() == resolved_zones.sort("origin")["actual"].to_list()
 
     from cbi_platform.serving.store import ForecastStore
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import duckdb
 import polars as pl
@@ -12,6 +14,7 @@ from cbi_platform.defs.features.checks import news_aware_leakage_check
 from cbi_platform.defs.market.assets import market_prices, raw_market_data
 from cbi_platform.defs.resources import build_resources
 from cbi_platform.defs.sentiment.assets import news_sentiment
+from cbi_platform.operations.market_state import news_state, news_state_path
 from cbi_platform.sentiment.config import SentimentSettings
 from cbi_platform.sentiment.features import DAILY_SCHEMA, SENTIMENT_FEATURES
 from cbi_platform_tests.conftest import file_resources
@@ -62,6 +65,9 @@ def test_news_sentiment_materializes_with_the_lexicon_and_says_why(tmp_path):
     daily = _table(tmp_path, "news_sentiment")
     assert daily.height == meta["dagster/row_count"] and set(DAILY_SCHEMA) <= set(daily.columns)
     assert (daily["published_at"] == daily["date"]).all()
+    # The latest day is published for the buyer's page (operations.market_state.news_state).
+    published = json.loads(news_state_path(tmp_path / "home").read_text())
+    assert published == news_state(daily, scorer=meta["scorer"])
     again = _metadata(run(), "news_sentiment")  # the next day: old articles keep their scores
     assert again["articles_from_cache"] == again["articles_scored"] == meta["articles_scored"]
     assert_frame_equal(_table(tmp_path, "news_sentiment"), daily)

@@ -218,14 +218,7 @@ async function renderHorizon() {
 }
 
 function renderStatement(f) {
-  $("statement").textContent = buyerWords(f.statement);
-  const prov = $("provisional");
-  if (f.provisional) {
-    prov.hidden = false;
-    prov.textContent = `Provisional: no model version passed the promotion checks (${f.failed_gates.join("; ") || "see the model card"}).`;
-  } else {
-    prov.hidden = true;
-  }
+  $("statement").textContent = buyerWords(f.statement);  // provisional etc.: insight.js's notices
   const table = $("zones-table");
   table.replaceChildren();
   const head = el("tr");

@@ -24,6 +24,7 @@ from cbi_platform.regimes.detected import regime_outlook
 from cbi_platform.release.register import HorizonInputs, register_version
 from cbi_platform.reporting import markdown_table
 from cbi_platform.serving.publish import live_zone, serve_version
+from cbi_platform.serving.walk_forward_zones import publish_walk_forward_zones
 from cbi_platform.tracking import registered_model_name
 
 FEATURES = dg.AssetKey("features")
@@ -146,7 +147,7 @@ def registered_version(
     description="Latest forecast per horizon from the served (champion) version: price level, "
     "P10..P90, 90% band, achieved-probability statement, regime, drivers, volatility, data "
     "freshness; provisional when the served version failed a promotion gate; appended to the "
-    "history.",
+    "history. Publishes the walk-forward's past zones for the buyer's page.",
 )
 def forecasts(
     context: dg.AssetExecutionContext,
@@ -195,6 +196,7 @@ def forecasts(
         )
         rows.append(served.record)
         gaps[horizon] = served.reload_gap_logret
+        publish_walk_forward_zones(home.path, horizon, zones)  # the page's past zones
         context.log.info(f"{horizon}: {served.record['statement']}")
     inserted = forecast_store.store().append(rows)
     json_columns = ("drivers", "drivers_detail", "failed_gates")

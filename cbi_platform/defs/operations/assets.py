@@ -16,6 +16,7 @@ from cbi_platform.defs.resources import (
 )
 from cbi_platform.defs.sentiment.assets import SENTIMENT_SETTINGS, news_input
 from cbi_platform.operations import daily, drift
+from cbi_platform.operations.market_state import market_state, publish_market_state
 from cbi_platform.operations.validation import validation_plot
 from cbi_platform.release.reproduction import served_reference_predictions
 from cbi_platform.release.shadow import shadow_review
@@ -261,22 +262,27 @@ def drift_metrics(
     group_name=GROUP,
     kinds={"polars"},
     description="Rolling soy-palm and soy-crude return correlations against their own "
-    "point-in-time history (percentile band, N consecutive days outside = a break).",
+    "point-in-time history (percentile band, N consecutive days outside = a break); publishes "
+    "the market state (regime and how long it has lasted, correlations, COT) for the buyer's page.",
 )
 def correlation_monitor(
     context: dg.AssetExecutionContext,
     market_prices: pl.DataFrame,
     market_source: MarketSourceResource,
     operations: OperationsResource,
+    home: PlatformHome,
 ) -> dg.Output[pl.DataFrame]:
+    as_of = market_source.reference_date()
     results, conditions = daily.correlation_report(
         market_prices,
         market_source.target(),
-        as_of=market_source.reference_date(),
+        as_of=as_of,
         config=operations.config(),
         link=operations.run_link(context.run.run_id),
     )
     operations.conditions().record(conditions, context.run.run_id)
+    state = market_state(market_prices, market_source.target(), as_of, results)
+    publish_market_state(home.path, state)
     frames = [
         r.frame.tail(260).with_columns(pair=pl.lit(name), partner=pl.lit(r.partner))
         for name, r in results.items()

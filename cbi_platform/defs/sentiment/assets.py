@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from cbi_platform.defs.resources import PlatformHome, SentimentResource
+from cbi_platform.operations.market_state import news_state, publish_news_state
 from cbi_platform.sentiment.config import SentimentSettings, load_sentiment_settings
 from cbi_platform.sentiment.features import DAILY_SCHEMA, F_COUNT, F_MEAN, daily_sentiment
 from cbi_platform.sentiment.score import score_articles_subprocess
@@ -49,6 +50,7 @@ def news_sentiment(
     if info.get("notice"):
         context.log.warning(info["notice"])
     scorer = {k: info.get(k) for k in ("name", "kind", "model_path", "notice", "fingerprint")}
+    publish_news_state(home.path, news_state(daily, scorer=info["name"]))  # the buyer's page
     return dg.Output(
         daily,
         metadata={
