@@ -13,9 +13,12 @@ write under the store's lock, then a snapshot), the only requests that open a Du
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -26,10 +29,14 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cbi_platform.accounts.users import User
 from cbi_platform.api import schemas
 from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
+from cbi_platform.api.errors import ApiError
 from cbi_platform.api.keys import ApiKey, verify_key
+from cbi_platform.api.sessions import SAFE_METHODS, SessionAuth, csrf_ok
+from cbi_platform.api.sessions import router as session_router
 from cbi_platform.api.views import NotPublished
 from cbi_platform.operations.alerts import AlertAnswerError, AlertBook, playbook_link
 from cbi_platform.storage import StoreBusyError
@@ -64,12 +71,6 @@ ANSWER_RESPONSES = {
 ANSWER_STATUS = {"unknown_alert": 404, "not_open": 409, "nothing_to_remove": 409, "invalid": 422}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
 class SecurityHeaders:
     """Pure ASGI middleware (no per-request task overhead): adds the headers above."""
 
@@ -92,9 +93,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, headers: dict | None = None, field: str | None = None
+) -> JSONResponse:
+    body = {"error": code, "message": message, "status": status}
+    if field is not None:
+        body["field"] = field
     return JSONResponse(
-        {"error": code, "message": message, "status": status},
+        body,
         status_code=status,
         headers={"cache-control": "no-store", **(headers or {})},
     )
@@ -108,18 +114,33 @@ API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
 
 
+@dataclass(frozen=True)
+class SessionCaller:
+    """A signed-in person calling a data endpoint (instead of a machine's key)."""
+
+    name: str
+    user: User
+
+
 async def require_key(
     request: Request,
     key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-) -> ApiKey:
-    """The caller's key record: 401 without a key, 403 for an unknown or revoked one."""
+) -> ApiKey | SessionCaller:
+    """The caller: a key record (machines), or a signed-in person's session cookie (the page).
+    401 without either, 403 for an unknown or revoked key, or a cookie write without the
+    session's CSRF token."""
     presented = key or (credentials.credentials if credentials else None)
     if not presented:
+        session = await request.app.state.auth.session_of(request)
+        if session is not None:
+            if request.method not in SAFE_METHODS and not csrf_ok(session, request):
+                raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
+            return SessionCaller(session.user.email, session.user)
         raise ApiError(
             401,
             "missing_key",
-            "an API key is required: send it as the X-API-Key header (or Authorization: "
+            "sign in, or send an API key as the X-API-Key header (or Authorization: "
             "Bearer); create one with `cbi keys create --name NAME`",
             headers={"www-authenticate": "Bearer"},
         )
@@ -138,8 +159,13 @@ def _max_business_days_behind() -> int:
     return load_monitoring(os.environ.get("CBI_MONITORING")).refresh.max_business_days_behind
 
 
-def create_app(home: Path | str, max_business_days_behind: int | None = None) -> FastAPI:
-    """The API and the page over the platform home `home` (the folder `make run` writes)."""
+def create_app(
+    home: Path | str,
+    max_business_days_behind: int | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> FastAPI:
+    """The API and the page over the platform home `home` (the folder `make run` writes);
+    `clock` (tests) is the accounts' clock for sessions and lock-outs."""
     if max_business_days_behind is None:
         max_business_days_behind = _max_business_days_behind()
     reader = HomeReader(Path(home), max_business_days_behind)
@@ -155,11 +181,13 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
         ),
     )
     app.state.reader = reader
+    app.state.auth = SessionAuth(home, clock)
     app.add_middleware(SecurityHeaders)
+    app.include_router(session_router())
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return _error(exc.status, exc.code, exc.message, exc.headers, exc.field)
 
     @app.exception_handler(NotPublished)
     async def _not_published(request: Request, exc: NotPublished):
@@ -299,20 +327,26 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     answering["responses"] = ANSWER_RESPONSES
 
     @app.post("/alerts/ack", **answering)
-    def acknowledge(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def acknowledge(
+        body: schemas.AcknowledgeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Acknowledge an open alert: no further mail for this episode (recorded, with the
         caller's key name as who)."""
         return _answer(lambda: book.acknowledge(body.key, by=caller.name, reason=body.reason))
 
     @app.post("/alerts/snooze", **answering)
-    def snooze(body: schemas.SnoozeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def snooze(
+        body: schemas.SnoozeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Snooze an open alert until a day (inclusive): no mail for it until then."""
         return _answer(
             lambda: book.snooze(body.key, body.until, by=caller.name, reason=body.reason)
         )
 
     @app.post("/alerts/unsnooze", **answering)
-    def unsnooze(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def unsnooze(
+        body: schemas.AcknowledgeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Remove an alert's acknowledgement or snooze: it mails again."""
         return _answer(lambda: book.unsnooze(body.key, by=caller.name, reason=body.reason))
 
