@@ -44,7 +44,7 @@ MAX_NAME_LENGTH = 100
 SIGNIN_FAILED = "wrong email or password"
 
 HASHER = PasswordHasher()
-_DUMMY_HASH: str | None = None
+_DUMMY_HASHES: dict[tuple[int, int, int], str] = {}
 
 Clock = Callable[[], dt.datetime]
 
@@ -130,10 +130,11 @@ def check_password(password: str, email: str, field: str = "password") -> str:
 
 
 def _dummy_hash() -> str:
-    global _DUMMY_HASH
-    if _DUMMY_HASH is None:
-        _DUMMY_HASH = HASHER.hash("not a password of anyone: equal work for unknown emails")
-    return _DUMMY_HASH
+    """A hash of nobody's password with the hasher's parameters (the same verify cost)."""
+    params = (HASHER.time_cost, HASHER.memory_cost, HASHER.parallelism)
+    if params not in _DUMMY_HASHES:
+        _DUMMY_HASHES[params] = HASHER.hash("nobody's password: equal work for unknown emails")
+    return _DUMMY_HASHES[params]
 
 
 def _verify(password_hash: str, password: str) -> bool:

@@ -35,6 +35,8 @@ from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
 from cbi_platform.api.errors import ApiError
 from cbi_platform.api.keys import ApiKey, verify_key
+from cbi_platform.api.release import ReleaseControl, release_control_for_home
+from cbi_platform.api.release import router as release_router
 from cbi_platform.api.sessions import SAFE_METHODS, SessionAuth, csrf_ok
 from cbi_platform.api.sessions import router as session_router
 from cbi_platform.api.views import NotPublished
@@ -163,9 +165,11 @@ def create_app(
     home: Path | str,
     max_business_days_behind: int | None = None,
     clock: Callable[[], dt.datetime] | None = None,
+    release_control: ReleaseControl | None = None,
 ) -> FastAPI:
-    """The API and the page over the platform home `home` (the folder `make run` writes);
-    `clock` (tests) is the accounts' clock for sessions and lock-outs."""
+    """The API and the page over the platform home `home` (the folder `make run` writes).
+    `clock` (tests): the accounts' clock for sessions and lock-outs; `release_control`: where
+    engineers' promote/rollback find the registry and audit log (default: the home's)."""
     if max_business_days_behind is None:
         max_business_days_behind = _max_business_days_behind()
     reader = HomeReader(Path(home), max_business_days_behind)
@@ -184,6 +188,7 @@ def create_app(
     app.state.auth = SessionAuth(home, clock)
     app.add_middleware(SecurityHeaders)
     app.include_router(session_router())
+    app.include_router(release_router(release_control or release_control_for_home(home)))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
