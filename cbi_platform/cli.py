@@ -453,8 +453,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     urls = {}
     for item in args.postgres or []:
         name, sep, url = item.partition("=")
-        if not sep or name not in ("dagster", "mlflow"):
-            return _fail(f"--postgres {item!r}: expected dagster=URL or mlflow=URL")
+        if not sep or name not in ("dagster", "mlflow", "accounts"):
+            return _fail(f"--postgres {item!r}: expected dagster=URL, mlflow=URL or accounts=URL")
         urls[name] = url
     try:
         report = restore(
@@ -609,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres",
         action="append",
         metavar="NAME=URL",
-        help="restore the dagster / mlflow PostgreSQL dump into this database (repeatable)",
+        help="restore the dagster / mlflow / accounts PostgreSQL dump into this database "
+        "(repeatable)",
     )
     p.add_argument(
         "--force", action="store_true", help="restore into a non-empty home (replaces files)"
