@@ -70,6 +70,10 @@ SECONDS = {
     "deploy/test_serving_container.py": 6.0,
     "test_storage.py": 6.0,
     "test_lifeline.py": 26.0,
+    "api/test_signin_page.py": 15.0,
+    "accounts/test_users.py": 8.0,
+    "accounts/test_postgres_store.py": 8.0,
+    "api/test_security.py": 8.0,
 }
 
 
