@@ -420,8 +420,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbi_platform.api import create_app
 
     home = Path(args.home).resolve() if args.home else _home()
+
+    def release_control():
+        """The registry and audit log `cbi promote` uses (with its results mirror), for the
+        engineers' POST /release/promote and /release/rollback."""
+        from cbi_platform.defs.resources import build_resources
+
+        resources = build_resources({**os.environ, "CBI_HOME": str(home)})
+        return resources["mlflow"].tracker(), resources["operations"].audit()
+
     print(f"serving {home} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-    uvicorn.run(create_app(home), host=args.host, port=args.port, log_level=args.log_level)
+    app = create_app(home, release_control=release_control)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

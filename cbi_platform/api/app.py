@@ -2,8 +2,10 @@
 
 A reader: every answer comes from the published snapshots under the home (`HomeReader`),
 held in memory until a file changes; nothing here builds SQL. Data endpoints need an API key
-(`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health, /meta, /docs and the page's
-static files are open, and the page itself holds no data.
+(`X-API-Key: <key>` or `Authorization: Bearer <key>`: machines) or a signed-in session's
+cookie (people: `sessions`); /health, /meta, /docs and the page's static files are open, and
+the page itself holds no data. The buyer's own rows (users, sessions, programmes, alerts) are
+written to the accounts store (`cbi_platform.accounts`), never to a DuckDB file.
 
 The one exception to "a reader": an engineer may answer an open alert (POST /alerts/ack,
 /alerts/snooze, /alerts/unsnooze). These need a key like the data endpoints, record the key's
@@ -130,14 +132,18 @@ async def require_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> ApiKey | SessionCaller:
     """The caller: a key record (machines), or a signed-in person's session cookie (the page).
-    401 without either, 403 for an unknown or revoked key, or a cookie write without the
-    session's CSRF token."""
+    401 without either; 403 for an unknown or revoked key, and for a cookie write without the
+    session's CSRF token or by a buyer."""
     presented = key or (credentials.credentials if credentials else None)
     if not presented:
         session = await request.app.state.auth.session_of(request)
         if session is not None:
-            if request.method not in SAFE_METHODS and not csrf_ok(session, request):
-                raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
+            if request.method not in SAFE_METHODS:
+                # A person's write here is an engineer's (answering an operating alert).
+                if not csrf_ok(session, request):
+                    raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
+                if session.user.role != "engineer":
+                    raise ApiError(403, "engineer_only", "this action is for engineers only")
             return SessionCaller(session.user.email, session.user)
         raise ApiError(
             401,
@@ -180,8 +186,8 @@ def create_app(
             "Forecasts of the CBOT soybean-oil (ZL) price level at 1w, 1m, 3m, 6m and 12m with "
             "target zones (P10-P90), probability statements, drivers, the detected regime, "
             "accuracy next to the random walk and the procurement recommendation. Data "
-            "endpoints need an API key (`X-API-Key` header or `Authorization: Bearer`); "
-            "create one with `cbi keys create --name NAME`."
+            "endpoints need an API key (`X-API-Key` header or `Authorization: Bearer`; create "
+            "one with `cbi keys create --name NAME`) or a signed-in session (POST /session)."
         ),
     )
     app.state.reader = reader
@@ -211,7 +217,7 @@ def create_app(
             return _error(
                 405,
                 "method_not_allowed",
-                "method not allowed: the API is read-only except answering alerts (see /docs)",
+                "method not allowed: see /docs for the methods each path takes",
             )
         return _error(exc.status_code, "http_error", str(exc.detail))
 

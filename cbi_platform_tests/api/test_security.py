@@ -165,6 +165,13 @@ def test_writes_without_the_csrf_token_are_refused_and_change_nothing(make_clien
     # A data write through the cookie (answering an alert) needs the token too.
     response = ann.post("/alerts/ack", json={"key": "stale_data/target", "reason": "seen"})
     assert response.status_code == 403 and response.json()["error"] == "csrf"
+    # With the token, answering an operating alert is still an engineer's job, not a buyer's.
+    response = ann.post(
+        "/alerts/ack",
+        json={"key": "stale_data/target", "reason": "seen"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert response.status_code == 403 and response.json()["error"] == "engineer_only"
     # With its own token the same sign-out works.
     assert ann.delete("/session", headers={"X-CSRF-Token": token}).status_code == 200
     assert ann.get("/session").status_code == 401
