@@ -83,10 +83,10 @@ class PageRun:
         self.context.close()
 
 
-def _save(page, tmp_path: Path, name: str) -> Path:
+def _save(page, tmp_path: Path, name: str, min_bytes: int = 10_000) -> Path:
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    assert shot.stat().st_size > min_bytes
     if os.environ.get("CBI_SAVE_SCREENSHOT") == "1":
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, RESULTS / name)

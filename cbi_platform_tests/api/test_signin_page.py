@@ -10,7 +10,7 @@ from cbi_platform.accounts.store import AccountStore
 from cbi_platform.accounts.users import Users
 from cbi_platform.api import create_app
 from cbi_platform_tests.api.conftest import ServerThread
-from cbi_platform_tests.api.test_page import PageRun, browser  # noqa: F401 (fixture)
+from cbi_platform_tests.api.test_page import PageRun, _save, browser  # noqa: F401 (fixture)
 
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
@@ -61,12 +61,17 @@ def test_a_script_in_a_name_is_shown_as_text_and_runs_nothing(browser, server): 
         run.close()
 
 
-def test_sign_in_with_the_keyboard_only_and_axe_finds_no_violation(browser, server):  # noqa: F811
+def test_sign_in_with_the_keyboard_only_and_axe_finds_no_violation(
+    browser,  # noqa: F811
+    server,
+    tmp_path,
+):
     from axe_playwright_python.sync_playwright import Axe
 
     run = _open(browser, server)
     try:
         page = run.page
+        _save(page, tmp_path, "signin_page.png", min_bytes=5_000)
         axe = Axe()
         results = axe.run(page, context="#signin-panel")
         assert results.violations_count == 0, results.generate_report()
@@ -78,8 +83,10 @@ def test_sign_in_with_the_keyboard_only_and_axe_finds_no_violation(browser, serv
         page.keyboard.press("Enter")
         page.wait_for_selector("body[data-ready=true]")
         assert page.get_by_role("button", name="Sign out").is_visible()
+        page.get_by_text("Change password", exact=True).first.click()
         results = axe.run(page, context="#account")
         assert results.violations_count == 0, results.generate_report()
+        _save(page, tmp_path, "signin_account_bar.png")
         assert run.errors == []
     finally:
         run.close()
