@@ -275,6 +275,7 @@ class Users:
         if len(password) > MAX_PASSWORD_LENGTH:
             password = password[:MAX_PASSWORD_LENGTH]
         ok = _verify(row["password_hash"] if row else _dummy_hash(), password) and row is not None
+        ok = ok and not row["disabled_at"]  # a disabled account answers like a wrong password
         with self.store.transaction() as tx:
             tx.execute(
                 "INSERT INTO signin_attempts (email, client, at, ok) VALUES (?, ?, ?, ?)",

@@ -185,3 +185,12 @@ def test_an_outdated_hash_is_rehashed_at_sign_in(users, tmp_path):
     with users.store.transaction() as tx:
         stored = tx.execute("SELECT password_hash FROM users").one()["password_hash"]
     assert stored != weak and not users_module.HASHER.check_needs_rehash(stored)
+
+
+def test_a_disabled_account_answers_like_a_wrong_password(users):
+    users.add("ann@example.com", "Ann", "buyer", PASSWORD)
+    with users.store.transaction() as tx:
+        tx.execute("UPDATE users SET disabled_at = ?", ("2026-03-01T00:00:00+00:00",))
+    with pytest.raises(SignInRefused) as exc:
+        users.authenticate("ann@example.com", PASSWORD, "c1")
+    assert (exc.value.status, str(exc.value)) == (401, SIGNIN_FAILED)

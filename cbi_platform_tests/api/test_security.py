@@ -9,6 +9,7 @@ test's folder) beside the shared home's forecasts, and a hand-moved clock (no sl
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 import time
 
@@ -104,6 +105,19 @@ def test_session_fixation_a_planted_cookie_is_never_the_session(make_client):
     attacker.cookies.set(COOKIE, planted)
     assert attacker.get("/session").status_code == 401
     assert attacker.get("/predictions").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_login_csrf_a_cross_site_form_cannot_sign_a_victim_in(make_client, content_type):
+    # A page on another site can POST a form (these content types need no CORS preflight);
+    # the JSON body of such a post must not be read as credentials.
+    client = make_client()
+    body = json.dumps({"email": ANN[0], "password": ANN[1]})
+    response = client.post("/session", content=body, headers={"content-type": content_type})
+    assert response.status_code == 422
+    assert COOKIE not in client.cookies
 
 
 def test_signing_in_again_makes_a_new_id_and_the_old_one_is_useless(make_client):
