@@ -10,7 +10,11 @@ client costs little next to the server (both share this machine's cores). A temp
 key is created for the run and revoked at the end (its revoked hash stays in the home's key
 file, named `api-load-<time>`). Everything stops by itself: the request count is bounded and
 the whole run times out after --timeout seconds.
-Results: benchmarks/results/api_load.{md,json}.
+With `--auth cookie` the clients are signed-in people instead: a temporary buyer is added to
+the home's accounts store, each client gets a session of its own (made in the store, as
+POST /session makes it, without the argon2 sign-in) and sends its `cbi_session` cookie; the
+buyer and his sessions are removed at the end.
+Results: benchmarks/results/api_load.{md,json} (api_load_cookie.{md,json} with --auth cookie).
 """
 
 from __future__ import annotations
@@ -57,11 +61,10 @@ def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60.0) -> 
 
 
 async def _client(
-    port: int, path: str, key: str, claim, latencies: list[float], statuses: dict, errors: list
+    port: int, path: str, auth: str, claim, latencies: list[float], statuses: dict, errors: list
 ) -> None:
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\n"
-        "Connection: keep-alive\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\nConnection: keep-alive\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -89,7 +92,7 @@ async def _client(
         writer.close()
 
 
-async def _load(port: int, path: str, key: str, clients: int, requests: int) -> dict:
+async def _load(port: int, path: str, auths: list[str], requests: int) -> dict:
     remaining = [requests]
 
     def claim() -> bool:
@@ -103,7 +106,7 @@ async def _load(port: int, path: str, key: str, clients: int, requests: int) -> 
     errors: list[str] = []
     started = time.perf_counter()
     await asyncio.gather(
-        *(_client(port, path, key, claim, latencies, statuses, errors) for _ in range(clients))
+        *(_client(port, path, auth, claim, latencies, statuses, errors) for auth in auths)
     )
     wall = time.perf_counter() - started
     return {"latencies": latencies, "statuses": statuses, "errors": errors, "wall": wall}
@@ -123,15 +126,32 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--path", default="/forecast/1m")
     parser.add_argument("--timeout", type=float, default=300.0, help="whole-run limit, seconds")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "api_load"))
+    parser.add_argument("--auth", choices=["key", "cookie"], default="key")
+    parser.add_argument("--out", help="default: benchmarks/results/api_load[_cookie]")
     args = parser.parse_args()
+    suffix = "_cookie" if args.auth == "cookie" else ""
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / f"api_load{suffix}")
     if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 200:
         parser.error("--requests must be 1..100000 and --clients 1..200")
     home = Path(args.home).resolve()
     from cbi_platform.api.keys import create_key, revoke_key
+    from cbi_platform.api.sessions import SESSION_CACHE_S
 
     name = f"api-load-{int(time.time())}"
     key, record = create_key(home, name)
+    auths = [f"X-API-Key: {key}"] * args.clients
+    if args.auth == "cookie":
+        import secrets as random_secrets
+
+        from cbi_platform.accounts.sessions import Sessions
+        from cbi_platform.accounts.store import AccountStore
+        from cbi_platform.accounts.users import Users
+
+        accounts = AccountStore.for_home(home)
+        users = Users(accounts)
+        buyer = users.add(f"{name}@example.com", name, "buyer", random_secrets.token_urlsafe(24))
+        sessions = Sessions(accounts)
+        auths = [f"Cookie: cbi_session={sessions.create(buyer)[0]}" for _ in range(args.clients)]
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "cbi_platform.cli", "serve", "--home", str(home), "--port",
@@ -143,8 +163,8 @@ def main() -> int:
         _wait_ready(port, server)
 
         async def run() -> tuple[dict, dict]:
-            warm = await _load(port, args.path, key, args.clients, args.warmup)
-            measured = await _load(port, args.path, key, args.clients, args.requests)
+            warm = await _load(port, args.path, auths, args.warmup)
+            measured = await _load(port, args.path, auths, args.requests)
             return warm, measured
 
         warm, measured = asyncio.run(asyncio.wait_for(run(), timeout=args.timeout))
@@ -161,6 +181,8 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         revoke_key(home, name)
+        if args.auth == "cookie":
+            users.remove(buyer.email)  # his sessions go with him
 
     lat_ms = sorted(1000 * v for v in measured["latencies"])
     n_ok = measured["statuses"].get(200, 0)
@@ -190,6 +212,9 @@ def main() -> int:
         },
         "server_cpu_s_total": cpu,
         "target_p95_ms": TARGET_P95_MS,
+        "auth": "a session cookie per client (a temporary buyer, removed after the run)"
+        if args.auth == "cookie"
+        else "an API key",
         "key": f"temporary key {record.prefix}... ({name}), revoked after the run",
     }
     result["target_met"] = result["latency_ms"]["p95"] <= TARGET_P95_MS and result["errors"] == 0
@@ -206,7 +231,8 @@ def main() -> int:
 {result["platform"]}, Python {result["python"]}).
 
 {result["server"]}; {args.clients} concurrent keep-alive clients (one asyncio loop in the
-benchmark process, on the same cores) sending {args.requests} GET `{args.path}` with an API key,
+benchmark process, on the same cores) sending {args.requests} GET `{args.path}` with
+{result["auth"]},
 after {args.warmup} warm-up requests; home `{home}`.
 
 | metric | value |
@@ -222,7 +248,9 @@ after {args.warmup} warm-up requests; home `{home}`.
 | server CPU (whole run incl. start-up) | {cpu if cpu is None else round(cpu, 1)} s |
 
 Each answer comes from memory: the snapshot is parsed once, and each request costs one
-`os.stat` of it plus the key check (one SHA-256 and a constant-time compare per stored key).
+`os.stat` of it plus the key check (one SHA-256 and a constant-time compare per stored key),
+or with a cookie one SHA-256 of the session id and a lookup in the in-memory session cache
+(the accounts store is read once per session per {SESSION_CACHE_S:.0f} s).
 """
     out.with_suffix(".md").write_text(md)
     record_run(out.with_suffix(".md"))

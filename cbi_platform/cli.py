@@ -349,6 +349,70 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace, prompt: str) -> str:
+    """From stdin (--password-stdin: the first line) or an interactive prompt, asked twice;
+    never from argv, where other users of the machine could read it."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass(prompt)
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """People who sign in to the page: add, remove, list, reset (an engineer's reset)."""
+    import secrets
+
+    from cbi_platform.accounts.store import AccountStore, AccountStoreError
+    from cbi_platform.accounts.users import AccountError, Users
+
+    home = Path(args.home).resolve() if args.home else _home()
+    store = AccountStore.for_home(home)
+    users = Users(store)
+    try:
+        if args.users_command == "add":
+            password = _read_password(args, f"password for {args.email}: ")
+            user = users.add(args.email, args.name, args.role, password)
+            print(f"added {user.role} {user.email} ({user.name}) to {store.describe()}")
+        elif args.users_command == "remove":
+            user = users.remove(args.email)
+            print(f"removed {user.email}: his sessions, programme and alerts are gone")
+        elif args.users_command == "reset":
+            # A one-time password, printed once: the engineer hands it over, the user changes it.
+            password = secrets.token_urlsafe(12)
+            user = users.reset(args.email, password)
+            print(password)
+            print(
+                f"reset {user.email}: every session ended, the lock cleared; give this one-time "
+                "password to the user (shown only now) and ask for a change after sign-in",
+                file=sys.stderr,
+            )
+        else:
+            records = users.list()
+            if not records:
+                print(f"no users in {store.describe()}: `cbi users add --email ... --name ...`")
+            with store.transaction() as tx:
+                counts = {
+                    int(r["user_id"]): int(r["n"])
+                    for r in tx.execute(
+                        "SELECT user_id, COUNT(*) AS n FROM sessions GROUP BY user_id"
+                    ).all()
+                }
+            for r in records:
+                u = r.user
+                lock = f"  locked until {r.locked_until}" if r.locked_until else ""
+                print(
+                    f"{u.email:32} {u.role:8} {u.name:24} created {r.created_at}  "
+                    f"sessions {counts.get(u.id, 0)}{lock}"
+                )
+    except (AccountError, AccountStoreError, ValueError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The forecast API and the buyer's page (uvicorn) over the home's snapshots."""
     import uvicorn
@@ -356,8 +420,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbi_platform.api import create_app
 
     home = Path(args.home).resolve() if args.home else _home()
+
+    def release_control():
+        """The registry and audit log `cbi promote` uses (with its results mirror), for the
+        engineers' POST /release/promote and /release/rollback."""
+        from cbi_platform.defs.resources import build_resources
+
+        resources = build_resources({**os.environ, "CBI_HOME": str(home)})
+        return resources["mlflow"].tracker(), resources["operations"].audit()
+
     print(f"serving {home} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-    uvicorn.run(create_app(home), host=args.host, port=args.port, log_level=args.log_level)
+    app = create_app(home, release_control=release_control)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -389,8 +463,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     urls = {}
     for item in args.postgres or []:
         name, sep, url = item.partition("=")
-        if not sep or name not in ("dagster", "mlflow"):
-            return _fail(f"--postgres {item!r}: expected dagster=URL or mlflow=URL")
+        if not sep or name not in ("dagster", "mlflow", "accounts"):
+            return _fail(f"--postgres {item!r}: expected dagster=URL, mlflow=URL or accounts=URL")
         urls[name] = url
     try:
         report = restore(
@@ -488,6 +562,20 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("name_or_prefix")
     keys.add_parser("list", help="names, prefixes, dates and status (never the keys)")
     p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("users", help="people who sign in: add, remove, list, reset")
+    p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
+    users = p.add_subparsers(dest="users_command", required=True)
+    u = users.add_parser("add", help="add a user (password from a prompt or --password-stdin)")
+    u.add_argument("--email", required=True)
+    u.add_argument("--name", required=True)
+    u.add_argument("--role", choices=["buyer", "engineer"], default="buyer")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u = users.add_parser("remove", help="remove a user and everything he owns")
+    u.add_argument("--email", required=True)
+    users.add_parser("list", help="emails, roles, names, sessions, locks (never hashes)")
+    u = users.add_parser("reset", help="print a one-time password; end the user's sessions")
+    u.add_argument("--email", required=True)
+    p.set_defaults(func=cmd_users)
     p = sub.add_parser("alerts", help="open alerts: list, ack, snooze, unsnooze; the digest")
     p.add_argument("--home", help="platform home (default: $CBI_HOME or .cbi_home)")
     alerts = p.add_subparsers(dest="alerts_command", required=True)
@@ -531,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres",
         action="append",
         metavar="NAME=URL",
-        help="restore the dagster / mlflow PostgreSQL dump into this database (repeatable)",
+        help="restore the dagster / mlflow / accounts PostgreSQL dump into this database "
+        "(repeatable)",
     )
     p.add_argument(
         "--force", action="store_true", help="restore into a non-empty home (replaces files)"

@@ -72,6 +72,10 @@ SECONDS = {
     "test_lifeline.py": 26.0,
     "api/test_programme_page.py": 27.0,  # two Chromium pages and the programme job in process
     "defs/test_programme_job.py": 14.0,
+    "api/test_signin_page.py": 15.0,
+    "accounts/test_users.py": 8.0,
+    "accounts/test_postgres_store.py": 8.0,
+    "api/test_security.py": 8.0,
 }
 
 

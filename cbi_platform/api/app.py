@@ -2,8 +2,10 @@
 
 A reader: every answer comes from the published snapshots under the home (`HomeReader`),
 held in memory until a file changes; nothing here builds SQL. Data endpoints need an API key
-(`X-API-Key: <key>` or `Authorization: Bearer <key>`); /health, /meta, /docs and the page's
-static files are open, and the page itself holds no data.
+(`X-API-Key: <key>` or `Authorization: Bearer <key>`: machines) or a signed-in session's
+cookie (people: `sessions`); /health, /meta, /docs and the page's static files are open, and
+the page itself holds no data. The buyer's own rows (users, sessions, programmes, alerts) are
+written to the accounts store (`cbi_platform.accounts`), never to a DuckDB file.
 
 The one exception to "a reader": an engineer may answer an open alert (POST /alerts/ack,
 /alerts/snooze, /alerts/unsnooze). These need a key like the data endpoints, record the key's
@@ -13,9 +15,12 @@ write under the store's lock, then a snapshot), the only requests that open a Du
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -26,10 +31,22 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cbi_platform.accounts.users import User
 from cbi_platform.api import buyer_mail, insight_routes, programme, schemas
 from cbi_platform.api.cache import SnapshotReadError
 from cbi_platform.api.data import HomeReader
+from cbi_platform.api.errors import ApiError
 from cbi_platform.api.keys import ApiKey, verify_key
+from cbi_platform.api.release import ReleaseControl, release_control_for_home
+from cbi_platform.api.release import router as release_router
+from cbi_platform.api.sessions import (
+    SAFE_METHODS,
+    SessionAuth,
+    csrf_ok,
+    current_user,
+    require_csrf,
+)
+from cbi_platform.api.sessions import router as session_router
 from cbi_platform.api.views import NotPublished
 from cbi_platform.operations.alerts import AlertAnswerError, AlertBook, playbook_link
 from cbi_platform.storage import StoreBusyError
@@ -64,12 +81,6 @@ ANSWER_RESPONSES = {
 ANSWER_STATUS = {"unknown_alert": 404, "not_open": 409, "nothing_to_remove": 409, "invalid": 422}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
 class SecurityHeaders:
     """Pure ASGI middleware (no per-request task overhead): adds the headers above."""
 
@@ -92,9 +103,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, headers: dict | None = None, field: str | None = None
+) -> JSONResponse:
+    body = {"error": code, "message": message, "status": status}
+    if field is not None:
+        body["field"] = field
     return JSONResponse(
-        {"error": code, "message": message, "status": status},
+        body,
         status_code=status,
         headers={"cache-control": "no-store", **(headers or {})},
     )
@@ -108,18 +124,37 @@ API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 BEARER = HTTPBearer(auto_error=False)
 
 
+@dataclass(frozen=True)
+class SessionCaller:
+    """A signed-in person calling a data endpoint (instead of a machine's key)."""
+
+    name: str
+    user: User
+
+
 async def require_key(
     request: Request,
     key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-) -> ApiKey:
-    """The caller's key record: 401 without a key, 403 for an unknown or revoked one."""
+) -> ApiKey | SessionCaller:
+    """The caller: a key record (machines), or a signed-in person's session cookie (the page).
+    401 without either; 403 for an unknown or revoked key, and for a cookie write without the
+    session's CSRF token or by a buyer."""
     presented = key or (credentials.credentials if credentials else None)
     if not presented:
+        session = await request.app.state.auth.session_of(request)
+        if session is not None:
+            if request.method not in SAFE_METHODS:
+                # A person's write here is an engineer's (answering an operating alert).
+                if not csrf_ok(session, request):
+                    raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token header")
+                if session.user.role != "engineer":
+                    raise ApiError(403, "engineer_only", "this action is for engineers only")
+            return SessionCaller(session.user.email, session.user)
         raise ApiError(
             401,
             "missing_key",
-            "an API key is required: send it as the X-API-Key header (or Authorization: "
+            "sign in, or send an API key as the X-API-Key header (or Authorization: "
             "Bearer); create one with `cbi keys create --name NAME`",
             headers={"www-authenticate": "Bearer"},
         )
@@ -138,8 +173,15 @@ def _max_business_days_behind() -> int:
     return load_monitoring(os.environ.get("CBI_MONITORING")).refresh.max_business_days_behind
 
 
-def create_app(home: Path | str, max_business_days_behind: int | None = None) -> FastAPI:
-    """The API and the page over the platform home `home` (the folder `make run` writes)."""
+def create_app(
+    home: Path | str,
+    max_business_days_behind: int | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    release_control: ReleaseControl | None = None,
+) -> FastAPI:
+    """The API and the page over the platform home `home` (the folder `make run` writes).
+    `clock` (tests): the accounts' clock for sessions and lock-outs; `release_control`: where
+    engineers' promote/rollback find the registry and audit log (default: the home's)."""
     if max_business_days_behind is None:
         max_business_days_behind = _max_business_days_behind()
     reader = HomeReader(Path(home), max_business_days_behind)
@@ -150,16 +192,19 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
             "Forecasts of the CBOT soybean-oil (ZL) price level at 1w, 1m, 3m, 6m and 12m with "
             "target zones (P10-P90), probability statements, drivers, the detected regime, "
             "accuracy next to the random walk and the procurement recommendation. Data "
-            "endpoints need an API key (`X-API-Key` header or `Authorization: Bearer`); "
-            "create one with `cbi keys create --name NAME`."
+            "endpoints need an API key (`X-API-Key` header or `Authorization: Bearer`; create "
+            "one with `cbi keys create --name NAME`) or a signed-in session (POST /session)."
         ),
     )
     app.state.reader = reader
+    app.state.auth = SessionAuth(home, clock)
     app.add_middleware(SecurityHeaders)
+    app.include_router(session_router())
+    app.include_router(release_router(release_control or release_control_for_home(home)))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return _error(exc.status, exc.code, exc.message, exc.headers, exc.field)
 
     @app.exception_handler(NotPublished)
     async def _not_published(request: Request, exc: NotPublished):
@@ -178,7 +223,7 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
             return _error(
                 405,
                 "method_not_allowed",
-                "method not allowed: the API is read-only except answering alerts (see /docs)",
+                "method not allowed: see /docs for the methods each path takes",
             )
         return _error(exc.status_code, "http_error", str(exc.detail))
 
@@ -302,20 +347,26 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     answering["responses"] = ANSWER_RESPONSES
 
     @app.post("/alerts/ack", **answering)
-    def acknowledge(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def acknowledge(
+        body: schemas.AcknowledgeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Acknowledge an open alert: no further mail for this episode (recorded, with the
         caller's key name as who)."""
         return _answer(lambda: book.acknowledge(body.key, by=caller.name, reason=body.reason))
 
     @app.post("/alerts/snooze", **answering)
-    def snooze(body: schemas.SnoozeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def snooze(
+        body: schemas.SnoozeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Snooze an open alert until a day (inclusive): no mail for it until then."""
         return _answer(
             lambda: book.snooze(body.key, body.until, by=caller.name, reason=body.reason)
         )
 
     @app.post("/alerts/unsnooze", **answering)
-    def unsnooze(body: schemas.AcknowledgeIn, caller: Annotated[ApiKey, Depends(require_key)]):
+    def unsnooze(
+        body: schemas.AcknowledgeIn, caller: Annotated[ApiKey | SessionCaller, Depends(require_key)]
+    ):
         """Remove an alert's acknowledgement or snooze: it mails again."""
         return _answer(lambda: book.unsnooze(body.key, by=caller.name, reason=body.reason))
 
@@ -336,7 +387,7 @@ def create_app(home: Path | str, max_business_days_behind: int | None = None) ->
     def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
-    app.include_router(buyer_mail.router(Path(home), *buyer_mail.SIGN_IN_PENDING))
+    app.include_router(buyer_mail.router(Path(home), current_user, require_csrf))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

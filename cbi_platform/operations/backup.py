@@ -5,10 +5,11 @@ store is copied while its `storage.write_lock` is held and a checkpointed connec
 writer is mid-write, no WAL is pending: the warehouse's Dagster IO manager takes the same lock
 for every connection, and a foreign process is kept out by DuckDB's own file lock); a store's
 Parquet snapshots are copied under the same lock, so they match it. SQLite files (MLflow, the
-Dagster instance) go through SQLite's online backup API. Any other file with a sibling `.lock`
-(the API keys file) is copied under that lock. PostgreSQL storage (Dagster via dagster-postgres,
-MLflow via a postgresql:// URI) is dumped with `pg_dump`. `manifest.json` lists every file with
-its size and SHA-256, and the row counts of every table read under the lock; `restore` checks
+Dagster instance, the buyer's accounts) go through SQLite's online backup API. Any other file
+with a sibling `.lock` (the API keys file) is copied under that lock. PostgreSQL storage
+(Dagster via dagster-postgres, MLflow via a postgresql:// URI, the accounts via
+CBI_ACCOUNTS_DSN) is dumped with `pg_dump`. `manifest.json` lists every file with its size and
+SHA-256, and the row counts of every table read under the lock; `restore` checks
 every checksum before it writes anything.
 """
 
@@ -52,6 +53,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # temporaries of atomic writes (hidden files), and worker pid files of the old machine.
 SKIPPED_SUFFIXES = (".lock", ".wal", "-wal", "-shm", "-journal")
 DEFAULT_EXCLUDES = ("services",)
+# The buyer's accounts store (`cbi_platform.accounts.store`, a layer above this one, so its
+# names are repeated here; a test checks they agree): SQLite in the home, copied through the
+# backup API like any SQLite file, or PostgreSQL when the DSN is set (dumped as "accounts").
+ACCOUNTS_FILE = "accounts.sqlite3"
+ACCOUNTS_DSN_ENV = "CBI_ACCOUNTS_DSN"
 # Key tables summarised at the top of the manifest: (label, store file, table).
 KEY_TABLES = (
     ("forecast_history", "forecasts.duckdb", FORECAST_TABLE),
@@ -60,6 +66,10 @@ KEY_TABLES = (
     ("alert_answer_log", "operations.duckdb", ANSWER_LOG_TABLE),
     ("audit_log", "operations.duckdb", AUDIT_TABLE),
     ("condition_log", "operations.duckdb", CONDITION_TABLE),
+    ("users", ACCOUNTS_FILE, "users"),
+    ("sessions", ACCOUNTS_FILE, "sessions"),
+    ("programmes", ACCOUNTS_FILE, "programmes"),
+    ("price_alerts", ACCOUNTS_FILE, "price_alerts"),
 )
 # MLflow columns that hold absolute artifact locations (rewritten when a home moves).
 MLFLOW_LOCATION_COLUMNS = ("artifact_location", "artifact_uri", "storage_location")
@@ -71,7 +81,7 @@ class BackupError(RuntimeError):
 
 @dataclass(frozen=True)
 class PostgresTarget:
-    name: str  # "dagster" or "mlflow"
+    name: str  # "dagster", "mlflow" or "accounts"
     url: str  # postgresql://user:password@host:port/db
 
 
@@ -105,6 +115,9 @@ def sources_from_env(home: Path, env: Mapping[str, str]) -> BackupSources:
         postgres.append(PostgresTarget("dagster", dagster_pg))
     if mlflow_uri.startswith("postgres"):
         postgres.append(PostgresTarget("mlflow", _plain_postgres_url(mlflow_uri)))
+    accounts_dsn = env.get(ACCOUNTS_DSN_ENV) or ""
+    if accounts_dsn.startswith("postgres"):
+        postgres.append(PostgresTarget("accounts", _plain_postgres_url(accounts_dsn)))
     return BackupSources(home, dagster_home, mlflow_uri, configs, postgres)
 
 
@@ -609,8 +622,9 @@ def restore(
 ) -> RestoreReport:
     """Verify every checksum of the backup at `source`, then restore it into `home` (the
     Dagster instance into `dagster_home` when it was separate; PostgreSQL dumps into the URLs
-    of `postgres_urls`, keyed "dagster" / "mlflow"). Nothing is written unless all files check
-    out. A non-empty home is refused unless `force` (then the backup's files replace theirs)."""
+    of `postgres_urls`, keyed "dagster" / "mlflow" / "accounts"). Nothing is written unless
+    all files check out. A non-empty home is refused unless `force` (then the backup's files
+    replace theirs)."""
     home = Path(home).resolve()
     postgres_urls = dict(postgres_urls or {})
     with opened_backup(source) as root:

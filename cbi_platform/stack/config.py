@@ -24,6 +24,7 @@ LOCATION_NAME = "cbi_platform"
 DB_PASSWORD_ENV = "CBI_STACK_DB_PASSWORD"
 DAGSTER_DB = "dagster"
 MLFLOW_DB = "mlflow"
+ACCOUNTS_DB = "accounts"  # the buyer's users, sessions, programmes, alerts (CBI_ACCOUNTS_DSN)
 # Storage keys of a dagster.yaml: the stack replaces them all with one `storage: postgres`.
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")
 
@@ -256,6 +257,12 @@ def mlflow_backend_uri(config: StackConfig) -> str:
     return (
         f"postgresql+psycopg2://{config.db_user}@127.0.0.1:{config.ports['postgres']}/{MLFLOW_DB}"
     )
+
+
+def accounts_dsn(config: StackConfig) -> str:
+    """The accounts store's database (CBI_ACCOUNTS_DSN). No password in it: libpq reads
+    PGPASSWORD, which every service gets from the secrets."""
+    return f"postgresql://{config.db_user}@127.0.0.1:{config.ports['postgres']}/{ACCOUNTS_DB}"
 
 
 def mlflow_tracking_uri(config: StackConfig) -> str:

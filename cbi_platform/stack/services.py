@@ -15,6 +15,7 @@ from cbi_platform.stack.config import (
     DAGSTER_DB,
     REPO_ROOT,
     StackConfig,
+    accounts_dsn,
     mlflow_backend_uri,
     mlflow_tracking_uri,
 )
@@ -50,18 +51,20 @@ def _bin(name: str) -> str:
 def stack_env(
     config: StackConfig, secrets: Secrets, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment every service gets: DAGSTER_HOME, CBI_HOME, MLFLOW_TRACKING_URI, the
-    secrets, and this checkout first on PYTHONPATH."""
+    """The environment every service gets: DAGSTER_HOME, CBI_HOME, MLFLOW_TRACKING_URI,
+    CBI_ACCOUNTS_DSN (the stack's `accounts` database), the secrets, and this checkout first on
+    PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
     env.update(
         DAGSTER_HOME=str(config.paths.dagster_home),
         CBI_HOME=str(config.cbi_home),
         MLFLOW_TRACKING_URI=mlflow_tracking_uri(config),
+        CBI_ACCOUNTS_DSN=accounts_dsn(config),
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *others]),
     )
     env.update(secrets)
-    if DB_PASSWORD in secrets:  # libpq's: MLflow's backend URI carries no password
+    if DB_PASSWORD in secrets:  # libpq's: the MLflow and accounts URIs carry no password
         env["PGPASSWORD"] = secrets[DB_PASSWORD]
     return env
 

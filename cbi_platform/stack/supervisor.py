@@ -339,7 +339,7 @@ def dagster_migrate(env: dict[str, str], secrets: Secrets, log: Callable[[str], 
 
 def main(argv: list[str] | None = None) -> int:
     from cbi_platform.stack import postgres
-    from cbi_platform.stack.config import DAGSTER_DB, MLFLOW_DB, load_config
+    from cbi_platform.stack.config import ACCOUNTS_DB, DAGSTER_DB, MLFLOW_DB, load_config
     from cbi_platform.stack.secrets import DB_PASSWORD, load_secrets
     from cbi_platform.stack.services import build_specs
 
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             postgres.prepare_dirs(paths)
 
     def after_postgres(log: Callable[[str], None]) -> None:
-        databases = (DAGSTER_DB, MLFLOW_DB)
+        databases = (DAGSTER_DB, MLFLOW_DB, ACCOUNTS_DB)
         created = postgres.ensure_role_and_databases(
             paths, config.ports["postgres"], config.db_user, secrets[DB_PASSWORD], databases
         )

@@ -228,6 +228,22 @@ def shared_key(shared_home) -> str:
     return key
 
 
+BUYER_EMAIL = "buyer@example.com"
+BUYER_PASSWORD = "soybean oil buyer 2026"
+
+
+@pytest.fixture(scope="session")
+def shared_user(shared_home):
+    """A buyer who signs in to the shared home's page: (email, password)."""
+    from cbi_platform.accounts.store import AccountStore
+    from cbi_platform.accounts.users import Users
+
+    Users(AccountStore.for_home(shared_home.path, env={})).add(
+        BUYER_EMAIL, "Bea Buyer", "buyer", BUYER_PASSWORD
+    )
+    return BUYER_EMAIL, BUYER_PASSWORD
+
+
 @pytest.fixture(scope="session")
 def shared_client(shared_home, shared_key):
     from fastapi.testclient import TestClient

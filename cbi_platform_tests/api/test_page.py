@@ -57,15 +57,25 @@ class PageRun:
         self.requests: list[str] = []
         self.errors: list[str] = []
         self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.base = base
 
-    def open_with_key(self, key: str) -> None:
+    def _console(self, message) -> None:
+        # GET /session answers 401 before sign-in, by design: Chromium logs that as an error.
+        expected = "status of 401" in message.text and message.location.get("url", "").endswith(
+            "/session"
+        )
+        if message.type == "error" and not expected:
+            self.errors.append(message.text)
+
+    def sign_in(self, user: tuple[str, str]) -> None:
+        email, password = user
         self.page.goto(self.base + "/")
-        self.page.wait_for_selector("#key-panel:not([hidden])")
-        self.page.fill("#key-input", key)
-        self.page.click("#key-form button[type=submit]")
+        self.page.wait_for_selector("#signin-panel:not([hidden])")
+        self.page.get_by_label("Email").fill(email)
+        self.page.get_by_label("Password", exact=True).fill(password)
+        self.page.get_by_role("button", name="Sign in").click()
         self.page.wait_for_selector("body[data-ready=true]", timeout=15000)
         self.page.wait_for_selector("#drivers li")
 
@@ -73,10 +83,10 @@ class PageRun:
         self.context.close()
 
 
-def _save(page, tmp_path: Path, name: str) -> Path:
+def _save(page, tmp_path: Path, name: str, min_bytes: int = 10_000) -> Path:
     shot = tmp_path / name
     page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    assert shot.stat().st_size > min_bytes
     if os.environ.get("CBI_SAVE_SCREENSHOT") == "1":
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, RESULTS / name)
@@ -99,11 +109,11 @@ def _zone_lines(page) -> dict[str, str]:
 
 
 def test_desktop_page_shows_zones_statements_drivers_and_advice(
-    browser, live_server, shared_key, shared_home, shared_client, tmp_path
+    browser, live_server, shared_user, shared_home, shared_client, tmp_path
 ):
     run = PageRun(browser, live_server.url, viewport={"width": 1280, "height": 900})
     try:
-        run.open_with_key(shared_key)
+        run.sign_in(shared_user)
         page = run.page
         # Target zones of the default horizon (1m), as served by the API.
         api = shared_client.get("/forecast/1m").json()
@@ -153,15 +163,20 @@ def test_desktop_page_shows_zones_statements_drivers_and_advice(
         assert _zone_lines(page) == {z: f"{v:.2f}" for z, v in api["target_zones"].items()}
         assert page.locator("#drivers li .tag").first.inner_text() == "model not used"
 
-        # The key stays in this browser: a reload opens the page without asking.
+        # The session cookie stays in this browser: a reload opens the page without asking.
+        assert page.inner_text("#signed-in-as") == "Signed in as Bea Buyer"
         page.reload()
         page.wait_for_selector("body[data-ready=true]")
-        assert page.locator("#key-panel").is_hidden()
+        assert page.locator("#signin-panel").is_hidden()
+        assert page.inner_text("#signed-in-as") == "Signed in as Bea Buyer"
+        # No script can read the session: the cookie is HttpOnly, and nothing is stored.
+        assert page.evaluate("document.cookie") == ""
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0
     finally:
         run.close()
 
 
-def test_phone_layout_fits_390px(browser, live_server, shared_key, tmp_path):
+def test_phone_layout_fits_390px(browser, live_server, shared_user, tmp_path):
     run = PageRun(
         browser,
         live_server.url,
@@ -171,7 +186,7 @@ def test_phone_layout_fits_390px(browser, live_server, shared_key, tmp_path):
         has_touch=True,
     )
     try:
-        run.open_with_key(shared_key)
+        run.sign_in(shared_user)
         page = run.page
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         chart = page.locator("#chart").bounding_box()
@@ -188,16 +203,43 @@ def test_phone_layout_fits_390px(browser, live_server, shared_key, tmp_path):
         run.close()
 
 
-def test_wrong_key_is_refused_and_asked_again(browser, live_server):
+def test_wrong_password_is_refused_and_asked_again(browser, live_server, shared_user):
     run = PageRun(browser, live_server.url, viewport={"width": 1000, "height": 700})
     try:
         page = run.page
         page.goto(live_server.url + "/")
-        page.fill("#key-input", "cbi_wrong")
-        page.click("#key-form button[type=submit]")
-        page.wait_for_function("document.getElementById('key-error').textContent.length > 0")
-        assert page.inner_text("#key-error") == "unknown API key"
+        page.get_by_label("Email").fill(shared_user[0])
+        page.get_by_label("Password", exact=True).fill("not the password at all")
+        page.get_by_role("button", name="Sign in").click()
+        alert = page.get_by_role("alert").filter(has_text="wrong")
+        alert.wait_for()
+        assert alert.inner_text() == "wrong email or password"
         assert page.locator("#dashboard").is_hidden()
-        assert page.evaluate("localStorage.getItem('cbi_api_key')") is None
+        assert page.get_by_label("Password", exact=True).input_value() == ""
+        assert run.context.cookies() == []
+    finally:
+        run.close()
+
+
+def test_sign_out_ends_the_session_and_shows_the_form(browser, live_server, shared_user):
+    run = PageRun(browser, live_server.url, viewport={"width": 1000, "height": 700})
+    try:
+        run.sign_in(shared_user)
+        page = run.page
+        [cookie] = run.context.cookies()
+        assert cookie["name"] == "cbi_session" and cookie["httpOnly"]
+        assert cookie["sameSite"] == "Strict"
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_selector("#signin-panel:not([hidden])")
+        assert page.locator("#dashboard").is_hidden()
+        assert page.inner_text("#signin-error") == "You are signed out."
+        # The old cookie value is useless on the server now.
+        import httpx
+
+        response = httpx.get(
+            live_server.url + "/predictions", cookies={"cbi_session": cookie["value"]}
+        )
+        assert response.status_code == 401
+        assert run.errors == []
     finally:
         run.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,45 @@ def served_home(path: Path) -> tuple[Path, str]:
     tracker.register(run_id, "ensemble", "cbi-zl-1m")
     _dagster_run(home)
     key, _ = create_key(home, "tests")
+    _buyer_accounts(home)
     return home, key
+
+
+BUYER = ("kim@example.com", "kim's long password")
+
+
+def _buyer_accounts(home: Path) -> None:
+    """The buyer's own rows: two users, a session, a programme and a price alert."""
+    from cbi_platform.accounts.sessions import Sessions
+    from cbi_platform.accounts.store import AccountStore, utc_now
+    from cbi_platform.accounts.users import Users
+
+    store = AccountStore.for_home(home, env={})
+    users = Users(store)
+    kim = users.add(BUYER[0], "Kim", "buyer", BUYER[1])
+    users.add("eve@example.com", "Eve", "engineer", "eve's long password")
+    Sessions(store).create(kim)
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO programmes VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kim.id, 180000.0, 12, 21, 0.05, 1.5, utc_now()),
+        )
+        tx.insert(
+            "INSERT INTO price_alerts (user_id, horizon, rule, level, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kim.id, "1m", "below_level", 44.5, utc_now()),
+        )
+
+
+def accounts_rows(home: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(home / "accounts.sqlite3")
+    try:
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("users", "sessions", "programmes", "price_alerts")
+        }
+    finally:
+        con.close()
 
 
 def _dagster_run(home: Path) -> None:
@@ -124,7 +163,13 @@ def test_restored_home_serves_the_same_forecasts_and_the_same_audit_and_alerts(
     manifest = backup(sources_from_env(home, env), archive)
     assert manifest["key_tables"]["forecast_history"] == 30 * len(HORIZONS) + 1
     assert manifest["key_tables"]["audit_log"] == len(HORIZONS)
+    assert {k: manifest["key_tables"][k] for k in ("users", "sessions", "programmes")} == {
+        "users": 2,
+        "sessions": 1,
+        "programmes": 1,
+    }
     kinds = {f["path"]: f["kind"] for f in manifest["files"]}
+    assert kinds["home/accounts.sqlite3"] == "sqlite"
     assert kinds["home/forecasts.duckdb"] == kinds["home/operations.duckdb"] == "duckdb"
     assert kinds["home/mlflow.db"] == kinds["home/history/runs.db"] == "sqlite"
     assert kinds["home/api_keys.json"] == "locked"
@@ -142,6 +187,12 @@ def test_restored_home_serves_the_same_forecasts_and_the_same_audit_and_alerts(
 
     # The API reads the restored snapshots, and serves exactly the same JSON.
     assert api_bodies(new, key) == before
+    # The buyer's accounts: the same users, session, programme and alert; he signs in there.
+    assert accounts_rows(new) == accounts_rows(home)
+    assert accounts_rows(new)["programmes"] and accounts_rows(new)["price_alerts"]
+    with TestClient(create_app(new, max_business_days_behind=2)) as client:
+        signed = client.post("/session", json={"email": BUYER[0], "password": BUYER[1]})
+        assert signed.status_code == 200 and client.get("/predictions").status_code == 200
     for name in OPS_TABLES:
         assert_frame_equal(
             table(new / "operations.duckdb", name), table(home / "operations.duckdb", name)
@@ -265,6 +316,14 @@ def test_backup_during_a_concurrent_writer_is_consistent(tmp_path):
         assert not Path(f"{new / 'operations.duckdb'}.wal").exists()
 
 
+def test_accounts_names_agree_with_the_store():
+    from cbi_platform.accounts import store
+    from cbi_platform.operations import backup as backup_module
+
+    assert backup_module.ACCOUNTS_FILE == store.ACCOUNTS_FILE
+    assert backup_module.ACCOUNTS_DSN_ENV == store.DSN_ENV
+
+
 def test_manifest_names_postgres_storage_from_dagster_yaml(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -285,12 +344,14 @@ def test_manifest_names_postgres_storage_from_dagster_yaml(tmp_path):
     env = {
         "PG_PASSWORD": "s3cret",
         "MLFLOW_TRACKING_URI": "postgresql+psycopg2://ml:pw@db.internal/mlflow",
+        "CBI_ACCOUNTS_DSN": "postgresql://cbi:pw2@db.internal:5432/accounts",
     }
     sources = sources_from_env(home, env)
     urls = {t.name: t.url for t in sources.postgres}
     assert urls == {
         "dagster": "postgresql://dagster:s3cret@db.internal:5432/dagster",
         "mlflow": "postgresql://ml:pw@db.internal/mlflow",
+        "accounts": "postgresql://cbi:pw2@db.internal:5432/accounts",
     }
     assert redact(urls["dagster"]) == "postgresql://dagster:***@db.internal:5432/dagster"
 

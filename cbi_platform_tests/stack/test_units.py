@@ -168,6 +168,11 @@ def test_service_specs_pass_secrets_by_environment_never_on_the_command_line(tmp
         assert spec.env[secrets.DB_PASSWORD] == "db-pw-123456"
     mlflow = next(s for s in specs if s.name == "mlflow")
     assert mlflow.env["PGPASSWORD"] == "db-pw-123456"
+    # The buyer's accounts: every service reaches the stack's `accounts` database, its
+    # password from PGPASSWORD (the secrets), never in the DSN.
+    for spec in specs:
+        assert spec.env["CBI_ACCOUNTS_DSN"] == "postgresql://cbi@127.0.0.1:55432/accounts"
+        assert spec.env["PGPASSWORD"] == "db-pw-123456"
 
 
 def test_scram_verifier_matches_the_rfc_7677_example():

@@ -1,13 +1,13 @@
-// The buyer's page. Reads the API with the key the buyer typed (kept in localStorage, sent as
-// X-API-Key to this origin only). Every text from the API is set with textContent, never as
-// markup, and the page's Content-Security-Policy allows scripts from this server only.
+// The buyer's page. The buyer signs in with email and password: the session lives in an
+// HttpOnly cookie (no script reads it) and writes carry the session's CSRF token, kept in memory
+// only (never in storage). Every text from the API is set with textContent, never as markup, and
+// the page's Content-Security-Policy allows scripts from this server only.
 "use strict";
 
-const KEY_STORAGE = "cbi_api_key";
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 // `meta` comes from GET /meta: the horizons (key, days, words) and the target-zone levels.
-const state = { horizon: "1m", data: null, explain: {}, meta: null };
+const state = { horizon: "1m", data: null, explain: {}, meta: null, user: null, csrf: null };
 
 // Fetched once, when the page opens (it needs no key); a failed fetch is retried on the next load.
 let metaRequest = null;
@@ -63,8 +63,7 @@ class AuthError extends Error {}
 class NotFound extends Error {}
 
 async function api(path) {
-  const key = localStorage.getItem(KEY_STORAGE);
-  const response = await fetch(path, { headers: key ? { "X-API-Key": key } : {}, cache: "no-store" });
+  const response = await fetch(path, { credentials: "same-origin", cache: "no-store" });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
   const message = (body && body.message) || `${response.status} ${response.statusText}`;
@@ -77,11 +76,11 @@ async function api(path) {
 // Writes (the buyer's programme, his alerts, his account): a JSON body; the answer's JSON, or an
 // Error carrying the API's message. Other page modules (static/*.js) use api() and apiSend().
 async function apiSend(method, path, body) {
-  const key = localStorage.getItem(KEY_STORAGE);
   const headers = { "Content-Type": "application/json" };
-  if (key) headers["X-API-Key"] = key;
+  if (state.csrf) headers["X-CSRF-Token"] = state.csrf;
   const response = await fetch(path, {
-    method, headers, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, credentials: "same-origin", cache: "no-store",
+    body: body === undefined ? undefined : JSON.stringify(body),
   });
   let answer = null;
   try { answer = await response.json(); } catch (_) { answer = null; }
@@ -99,11 +98,35 @@ async function optional(path) {
   try { return await api(path); } catch (e) { if (e instanceof AuthError) throw e; return { error: e.message }; }
 }
 
-function showKeyPanel(message) {
+function showSignIn(message) {
+  state.user = null;
+  state.csrf = null;
+  state.data = null;
+  state.explain = {};
+  announce("cbi:user", null);
+  delete document.body.dataset.ready;
   $("dashboard").hidden = true;
-  $("key-panel").hidden = false;
-  $("key-error").textContent = message || "";
-  $("key-input").focus();
+  $("account").hidden = true;
+  $("signin-panel").hidden = false;
+  $("signin-error").textContent = message || "";
+  $("signin-email").focus();
+}
+
+function showAccount(session) {
+  state.user = session.user;
+  state.csrf = session.csrf_token;
+  $("signed-in-as").textContent = `Signed in as ${session.user.name}`;
+  $("signed-in-as").title = session.user.email;
+  $("account").hidden = false;
+  announce("cbi:user", session.user);  // the page's other cards (programme, mail) follow him
+}
+
+// Who is signed in (GET /session): the session, or null when not signed in.
+async function whoAmI() {
+  const response = await fetch("/session", { credentials: "same-origin", cache: "no-store" });
+  if (response.status === 401) return null;
+  if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+  return response.json();
 }
 
 async function loadHealth() {
@@ -124,7 +147,14 @@ async function loadHealth() {
 }
 
 async function load() {
-  if (!localStorage.getItem(KEY_STORAGE)) { showKeyPanel(""); return; }
+  try {
+    const session = state.user ? null : await whoAmI();
+    if (!state.user && !session) { showSignIn(""); return; }
+    if (session) showAccount(session);
+  } catch (e) {
+    showSignIn(`The server cannot be reached: ${e.message}`);
+    return;
+  }
   try {
     const [, predictions, regime, history, performance, recommendation, backtest] = await Promise.all([
       loadMeta(), api("/predictions"), optional("/regime/current"), optional("/history?limit=260"),
@@ -132,15 +162,15 @@ async function load() {
     ]);
     state.data = { predictions, regime, history, performance, recommendation, backtest };
   } catch (e) {
-    if (e instanceof AuthError) { localStorage.removeItem(KEY_STORAGE); showKeyPanel(e.message); return; }
-    $("key-panel").hidden = true;
+    if (e instanceof AuthError) { showSignIn(e.message); return; }
+    $("signin-panel").hidden = true;
     $("dashboard").hidden = false;
     $("statement").textContent = e.message;
     return;
   }
   const available = state.data.predictions.forecasts.map((f) => f.horizon);
   if (!available.includes(state.horizon)) state.horizon = available[0];
-  $("key-panel").hidden = true;
+  $("signin-panel").hidden = true;
   $("dashboard").hidden = false;
   renderStatic();
   announce("cbi:loaded", state.data);
@@ -375,20 +405,56 @@ function spread(labels, gap, minY, maxY) {
   if (labels.length && labels[0].y < minY) { const shift = minY - labels[0].y; for (const l of labels) l.y += shift; }
 }
 
+async function signIn(event) {
+  event.preventDefault();
+  const email = $("signin-email").value.trim();
+  const password = $("signin-password").value;
+  if (!email || !password) { $("signin-error").textContent = "Enter your email and password."; return; }
+  const button = $("signin-form").querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const session = await apiSend("POST", "/session", { email, password });
+    $("signin-password").value = "";
+    $("signin-error").textContent = "";
+    showAccount(session);
+    await load();
+  } catch (e) {
+    $("signin-error").textContent = e.message;
+    $("signin-password").value = "";
+    $("signin-password").focus();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function signOut() {
+  try { await apiSend("DELETE", "/session"); } catch (_) { /* the session is gone either way */ }
+  showSignIn("You are signed out.");
+}
+
+async function changePassword(event) {
+  event.preventDefault();
+  const message = $("password-message");
+  message.className = "error";
+  try {
+    const session = await apiSend("POST", "/me/password", {
+      current_password: $("password-current").value, new_password: $("password-new").value,
+    });
+    showAccount(session);
+    $("password-form").reset();
+    message.className = "ok-message";
+    message.textContent = "Password changed. Your other sessions are signed out.";
+  } catch (e) {
+    if (e instanceof AuthError) { showSignIn(e.message); return; }
+    message.textContent = e.message;
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = $("key-input").value.trim();
-    if (!key) return;
-    localStorage.setItem(KEY_STORAGE, key);
-    $("key-input").value = "";
-    load();
-  });
-  $("forget-key").addEventListener("click", () => {
-    localStorage.removeItem(KEY_STORAGE);
-    state.explain = {};
-    showKeyPanel("Key removed from this browser.");
-  });
+  try { localStorage.removeItem("cbi_api_key"); } catch (_) { /* a key kept by an older page */ }
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("password-form").addEventListener("submit", changePassword);
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
