@@ -439,13 +439,16 @@ def sensors_ticked_after(instance, names: tuple[str, ...], after: float) -> bool
     return True
 
 
-def wait_sensor_ticks(deployment, after: float, timeout: float) -> float | None:
-    """Seconds until the alert and retraining sensors ticked after `after`; None on timeout."""
+def wait_sensor_ticks(
+    deployment, after: float, timeout: float, names: tuple[str, ...] = WATCHED_SENSORS
+) -> float | None:
+    """Seconds until the named sensors (the alert and retraining sensors) ticked after
+    `after`; None on timeout."""
     began = time.monotonic()
     try:
         wait_for(
             "the operations sensors' ticks",
-            lambda: sensors_ticked_after(deployment.instance(), WATCHED_SENSORS, after),
+            lambda: sensors_ticked_after(deployment.instance(), names, after),
             timeout,
         )
     except AssertionError:
@@ -621,7 +624,12 @@ def measure(soak: Soak, client: ApiClient) -> dict:
             "failed": sum(r.status == dg.DagsterRunStatus.FAILURE for r in runs),
             "retried": len(retried),
             "days_without_success": [
-                t["day"] for t in soak.timeline if not t.get("refresh_latency_s")
+                t["day"]
+                for t in soak.timeline
+                if not t.get("refresh_latency_s") and not t.get("failed_as_planted_s")
+            ],
+            "planted_bad_days_refused": [
+                t["day"] for t in soak.timeline if t.get("failed_as_planted_s")
             ],
         },
         "forecast_history": {
@@ -760,7 +768,9 @@ def write_results(name: str, result: dict, soak: Soak, smoke: bool) -> Path:
         f"{m['runs']['failed']}, retried (dagster/retry_number > 0) {m['runs']['retried']}",
         f"- by job and status: `{json.dumps(m['runs']['by_job_and_status'])}`",
         f"- days whose refresh did not succeed within the day timeout: "
-        f"{m['runs']['days_without_success'] or 'none'}",
+        f"{m['runs']['days_without_success'] or 'none'}; planted bad days refused (their "
+        f"refresh failed at validation, as it must): "
+        f"{m['runs']['planted_bad_days_refused'] or 'none'}",
         f"- refresh latency (clock advance -> refresh run success), s: "
         f"`{json.dumps(m['refresh_latency_s'])}`",
         "",
@@ -930,14 +940,28 @@ def main() -> int:
                 )
                 record = deployment.instance().get_run_record_by_id(run.run_id)
                 end = record.end_time or time.time()
-                entry.update(
-                    run_id=run.run_id,
-                    refresh_latency_s=round(end - advanced, 1),
-                    retry=int(run.tags.get("dagster/retry_number", "0")),
-                )
+                retry = int(run.tags.get("dagster/retry_number", "0"))
+                if record.dagster_run.is_failure:  # a planted bad day, refused as it must be
+                    entry.update(
+                        run_id=run.run_id,
+                        failed_as_planted_s=round(end - advanced, 1),
+                        warehouse_after=_warehouse_rows(soak),
+                    )
+                    # The failed-run sensor records the failure before the alert sensor mails.
+                    wait_sensor_ticks(
+                        deployment, end, args.sensor_timeout, ("failed_run_alert_sensor",)
+                    )
+                else:
+                    entry.update(
+                        run_id=run.run_id, refresh_latency_s=round(end - advanced, 1), retry=retry
+                    )
                 # The clock moves only once the alert and retraining sensors have read what the
                 # day's monitors wrote: a condition that fires for one day is always seen.
-                entry["sensor_wait_s"] = wait_sensor_ticks(deployment, end, args.sensor_timeout)
+                entry["sensor_wait_s"] = wait_sensor_ticks(
+                    deployment,
+                    time.time() if entry.get("failed_as_planted_s") else end,
+                    args.sensor_timeout,
+                )
             except AssertionError:
                 entry.update(refresh_latency_s=None, timed_out=True)
             entry["wall_s"] = round(time.time() - advanced, 1)
@@ -1083,9 +1107,12 @@ def _judge(soak: Soak, fault: dict) -> None:
                 event = record.dagster_event
                 if event is not None and event.event_type_value == "STEP_FAILURE":
                     error = event.event_specific_data.error
+                    while error.cause is not None:  # the platform's own message, not Dagster's
+                        error = error.cause
                     messages.append(f"{event.step_key}: {error.message.strip()[:400]}")
         fault["failure_messages"] = messages[:2]
-        fault["warehouse_after_the_day"] = _warehouse_rows(soak)
+        fault["refused_after_s"] = entry.get("failed_as_planted_s")
+        fault["warehouse_after_the_day"] = entry.get("warehouse_after")
         nxt = next((t for t in soak.timeline if t["i"] == i + 1), {})
         fault["next_day_refresh_latency_s"] = nxt.get("refresh_latency_s")
         if log.height:
