@@ -5,15 +5,15 @@ Writes benchmarks/results/page_programme_desktop.png and page_programme_phone.pn
 
 The page runs on a small home (the API tests' served forecasts and recommendation; ZL closes
 ending on the same day and random-walk decision forecasts in the warehouse), behind real
-uvicorn, in headless Chromium. Sign-in is helper A's part and not in this branch: the page is
-signed in by the tests' doubles (a cookie the user double reads; the "cbi:user" event). The
-buyer sets a programme through the form; the queued backtest runs as the Dagster job in process
-(what the daemon does after the sensor asks), and the page shows it ready.
+uvicorn, in headless Chromium. The buyer signs in on the page's own form (a user of the home's
+accounts store) and sets a programme through the form; the queued backtest runs as the Dagster
+job in process (what the daemon does after the sensor asks), and the page shows it ready.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -43,19 +43,14 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from cbi_platform.accounts.store import AccountStore
+    from cbi_platform.accounts.users import Users
     from cbi_platform.api import create_app
-    from cbi_platform.api.keys import create_key
-    from cbi_platform_tests.accounts.programme_home import add_user, write_warehouse
+    from cbi_platform_tests.accounts.programme_home import write_warehouse
     from cbi_platform_tests.api.conftest import ServerThread, build_home
-    from cbi_platform_tests.api.programme_doubles import (
-        accept_any_csrf_test_double,
-        with_test_doubles,
-    )
     from cbi_platform_tests.api.test_page import PageRun, _chromium
-    from cbi_platform_tests.api.test_programme_page import (
-        SIGN_IN_TEST_DOUBLE,
-        run_queued_backtests,
-    )
+    from cbi_platform_tests.api.test_programme_page import run_queued_backtests
+
+    buyer = ("buyer@example.com", "the screenshot buyer's password")
 
     with tempfile.TemporaryDirectory() as tmp:
         home = build_home(Path(tmp) / "home")
@@ -64,10 +59,10 @@ def main() -> None:
             prices=aligned_closes(home.last_day, home.prices[-1]),
             forecasts_from=200,
         )
-        add_user(AccountStore.for_home(home.path, env={}), "buyer@example.com")
-        key, _ = create_key(home.path, "screenshots")
+        # the server signs in from CBI_ACCOUNTS_DSN when set: the home's store here
+        os.environ.pop("CBI_ACCOUNTS_DSN", None)
+        Users(AccountStore.for_home(home.path, env={})).add(buyer[0], "Buyer", "buyer", buyer[1])
         app = create_app(home.path, max_business_days_behind=2)
-        with_test_doubles(app, home.path, csrf=accept_any_csrf_test_double)
         with ServerThread(app) as server, sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=_chromium(), headless=True, args=["--no-sandbox"]
@@ -86,12 +81,8 @@ def main() -> None:
             )
             for i, (name, context) in enumerate(shots):
                 run = PageRun(browser, server.url, **context)
-                run.context.add_cookies(
-                    [{"name": "cbi_test_user", "value": "buyer@example.com", "url": server.url}]
-                )
-                run.open_with_key(key)
+                run.sign_in(buyer)  # the page's own sign-in form
                 page = run.page
-                page.evaluate(SIGN_IN_TEST_DOUBLE)
                 page.wait_for_selector("#programme-form:not([hidden])")
                 if i == 0:  # set the programme once; the phone opens it set
                     for selector, value in (

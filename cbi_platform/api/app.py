@@ -301,7 +301,7 @@ def create_app(
         """Every policy's backtested record, and where the report and plot are."""
         return _json(reader.backtest())
 
-    app.include_router(programme.router(home, *programme.signed_in_dependencies()))
+    app.include_router(programme.router(home, current_user, require_csrf))
 
     playbook_url = os.environ.get("CBI_PLAYBOOK_URL", "docs/PLAYBOOK.md")
     book = AlertBook(Path(home) / "operations.duckdb")  # builds nothing until written

@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -82,20 +82,6 @@ def _page(title: str, text: str, status: int = 200) -> HTMLResponse:
         '<p><a href="/">Open the ZL page</a></p></main></body></html>'
     )
     return HTMLResponse(body, status_code=status, headers=NO_STORE)
-
-
-async def not_signed_in() -> None:
-    """Until sign-in (`api.sessions.current_user` / `require_csrf`) is wired into `create_app`:
-    every /me route answers 401, so nothing is read or written without a signed-in user."""
-    raise HTTPException(401, "sign in first: /me routes belong to a signed-in user")
-
-
-async def no_csrf_check_yet() -> None:
-    """The CSRF dependency's place until `api.sessions.require_csrf` is wired: refuses."""
-    raise HTTPException(401, "sign in first: writes need a signed-in session and its CSRF token")
-
-
-SIGN_IN_PENDING = (not_signed_in, no_csrf_check_yet)  # (current_user, require_csrf) until wired
 
 
 def router(home: Path, current_user, require_csrf) -> APIRouter:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
 from cbi_platform.accounts import programmes as pg
@@ -21,24 +21,6 @@ from cbi_platform.accounts.store import AccountStore
 
 POLL_SECONDS = 3
 TAGS = ["your programme"]
-
-
-def _no_signed_in_user(request: Request):
-    raise HTTPException(401, "sign in to read or set your programme")
-
-
-def _no_csrf_check(request: Request):
-    raise HTTPException(401, "sign in to read or set your programme")
-
-
-def signed_in_dependencies() -> tuple[Callable, Callable]:
-    """The shared contract's `current_user` and `require_csrf` (api.sessions); where that
-    module is absent, dependencies that answer 401 "sign in" for every /me route."""
-    try:
-        from cbi_platform.api.sessions import current_user, require_csrf  # type: ignore
-    except ImportError:
-        return _no_signed_in_user, _no_csrf_check
-    return current_user, require_csrf
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -73,7 +55,8 @@ def _recommendation(request: Request) -> dict[str, Any] | None:
 
 
 def router(home: Path | str, current_user: Callable, require_csrf: Callable) -> APIRouter:
-    """The /me/programme routes over `home`'s accounts store."""
+    """The /me/programme routes over `home`'s accounts store; `current_user` and `require_csrf`
+    are api.sessions' (create_app passes them)."""
     store = AccountStore.for_home(home)
     routes = APIRouter(tags=TAGS)
     user_dep = Annotated[Any, Depends(current_user)]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -242,6 +243,31 @@ def shared_user(shared_home):
         BUYER_EMAIL, "Bea Buyer", "buyer", BUYER_PASSWORD
     )
     return BUYER_EMAIL, BUYER_PASSWORD
+
+
+@contextlib.contextmanager
+def cheaper_argon2():
+    """Real argon2id at a small cost (1 pass, 8 MiB) while the block runs: the tests that sign
+    buyers in hash and verify many passwords on two shared cores. The production parameters
+    and their rehash are tested in cbi_platform_tests/accounts/test_users.py."""
+    from argon2 import PasswordHasher
+
+    from cbi_platform.accounts import users as users_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            users_module, "HASHER", PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+        )
+        yield
+
+
+def sign_in(client, email: str, password: str) -> str:
+    """Sign in over HTTP as the page does (POST /session: the client keeps the session cookie);
+    the session's CSRF token, which every write sends as X-CSRF-Token."""
+    response = client.post("/session", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    assert client.get("/session").json()["user"]["email"] == email
+    return response.json()["csrf_token"]
 
 
 @pytest.fixture(scope="session")

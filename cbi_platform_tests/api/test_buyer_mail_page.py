@@ -1,8 +1,7 @@
 """The "Your mail" card in a real headless Chromium, and the digest's HTML rendered there.
 
-The page's /me routes get TEST-DOUBLE sign-in dependencies (from test_buyer_mail_api: the
-user named by the X-Test-User header, which the browser context sends) until the real
-sessions are wired in; everything else is the real app over a real home.
+The buyer signs in on the page's own form (a user of the home's accounts store): the real app
+over a real home, the session cookie and the CSRF token the page keeps.
 """
 
 from __future__ import annotations
@@ -13,57 +12,44 @@ from playwright.sync_api import expect
 from cbi_platform.accounts import digest, price_alerts
 from cbi_platform.accounts.mail_ticks import digest_tick
 from cbi_platform.accounts.store import AccountStore
-from cbi_platform.api import buyer_mail, create_app
-from cbi_platform.api.keys import create_key
+from cbi_platform.accounts.users import Users
+from cbi_platform.api import create_app
 from cbi_platform_tests.accounts.mail_helpers import add_user, html_with_inline_images, send_to
 from cbi_platform_tests.api import test_page
-from cbi_platform_tests.api.conftest import ServerThread, build_home
-from cbi_platform_tests.api.test_buyer_mail_api import (
-    test_double_current_user,
-    test_double_require_csrf,
-)
+from cbi_platform_tests.api.conftest import ServerThread, build_home, cheaper_argon2
 from cbi_platform_tests.operations import conftest as smtp_fixtures
 
 browser = test_page.browser  # the page tests' headless Chromium (skips without one)
 smtp_server = smtp_fixtures.smtp_server
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+ANA = ("ana@example.com", "ana's long password")
 
 
 @pytest.fixture(scope="module")
 def mail_site(tmp_path_factory):
     home = build_home(tmp_path_factory.mktemp("mail_home"), n_days=30)
-    key, _ = create_key(home.path, "tests")
     store = AccountStore.for_home(home.path, env={})
-    add_user(store, "ana@example.com", "Ana")
-    app = create_app(home.path, max_business_days_behind=2)
-    app.dependency_overrides[buyer_mail.not_signed_in] = test_double_current_user
-    app.dependency_overrides[buyer_mail.no_csrf_check_yet] = test_double_require_csrf
-    with ServerThread(app) as server:
-        yield server, key, store
+    with pytest.MonkeyPatch.context() as patch, cheaper_argon2():
+        patch.delenv("CBI_ACCOUNTS_DSN", raising=False)  # the app signs in from the home's store
+        Users(store).add(ANA[0], "Ana", "buyer", ANA[1])
+        with ServerThread(create_app(home.path, max_business_days_behind=2)) as server:
+            yield server, store
 
 
 def test_the_mail_card_sets_the_digest_and_alerts_by_label(browser, mail_site):
-    server, key, store = mail_site
-    run = test_page.PageRun(
-        browser,
-        server.url,
-        viewport={"width": 390, "height": 844},
-        extra_http_headers={"X-Test-User": "ana@example.com", "X-CSRF-Token": "test-csrf"},
-    )
+    server, store = mail_site
+    run = test_page.PageRun(browser, server.url, viewport={"width": 390, "height": 844})
     try:
-        run.open_with_key(key)
         page = run.page
-        assert page.locator("#mail-card").is_hidden()  # a key alone is no person: no card
-        assert not [u for u in run.requests if "/me/" in u]
-        # Stands in for the sign-in of api.sessions (it sets app.js's state.user and loads).
-        page.evaluate(
-            "state.user = {name: 'Ana'};"
-            "document.dispatchEvent(new CustomEvent('cbi:loaded', {detail: state.data}))"
-        )
+        page.goto(server.url + "/")
+        page.wait_for_selector("#signin-panel:not([hidden])")
+        assert page.locator("#mail-card").is_hidden()  # nobody signed in: no card
+        assert not [u for u in run.requests if "/me/" in u]  # and no /me request
+        run.sign_in(ANA)  # the page's own sign-in form
         page.wait_for_selector("#mail-card:not([hidden])")
         assert page.inner_text("#mail-status") == "No digest by mail."
         page.get_by_label("Digest by mail").select_option("weekly")
-        page.get_by_role("button", name="Save").click()
+        page.get_by_role("button", name="Save", exact=True).click()  # not "Save and backtest"
         expect(page.locator("#mail-status")).to_contain_text("weekly")
         assert digest.subscription(store, 1)["cadence"] == "weekly"
         # A fixed level with a hostile note: shown as text, never run.

@@ -4,36 +4,45 @@ shows each item with its freshness, and a provisional forecast, stale data and t
 each look different (class, icon and label, not colour alone) with the API's sentence.
 
 The home's daily refresh found the data stale, so the 12m forecast (provisional, the random
-walk) carries all three notices. Skips like test_page.py without Playwright or Chromium.
+walk) carries all three notices. The buyer signs in on the page's own form (a user of the
+home's accounts store); the test reads the API with a key. Skips like test_page.py without
+Playwright or Chromium.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from cbi_platform.accounts.store import AccountStore
+from cbi_platform.accounts.users import Users
 from cbi_platform.api import create_app
 from cbi_platform.api.keys import create_key
-from cbi_platform_tests.api.conftest import ServerThread
+from cbi_platform_tests.api.conftest import ServerThread, cheaper_argon2
 from cbi_platform_tests.api.insight_home import build_insight_home
 from cbi_platform_tests.api.test_page import PageRun, browser  # noqa: F401  (a fixture)
+
+BUYER = ("bea@example.com", "bea's long password")
 
 
 @pytest.fixture(scope="module")
 def insight_site(tmp_path_factory):
     home = build_insight_home(tmp_path_factory.mktemp("insight_page"), stale=True)
-    key, _ = create_key(home.path, "page")
-    app = create_app(home.path, max_business_days_behind=2)
-    with ServerThread(app) as server:
-        from fastapi.testclient import TestClient
+    key, _ = create_key(home.path, "tests")  # the test's own reads of the API
+    with pytest.MonkeyPatch.context() as patch, cheaper_argon2():
+        patch.delenv("CBI_ACCOUNTS_DSN", raising=False)  # the app signs in from the home's store
+        Users(AccountStore.for_home(home.path, env={})).add(BUYER[0], "Bea", "buyer", BUYER[1])
+        app = create_app(home.path, max_business_days_behind=2)
+        with ServerThread(app) as server:
+            from fastapi.testclient import TestClient
 
-        with TestClient(app) as client:
-            client.headers["X-API-Key"] = key
-            yield server, key, client
+            with TestClient(app) as client:
+                client.headers["X-API-Key"] = key
+                yield server, client
 
 
-def _open(browser, server, key, **context) -> PageRun:  # noqa: F811
+def _open(browser, server, **context) -> PageRun:  # noqa: F811
     run = PageRun(browser, server.url, **context)
-    run.open_with_key(key)
+    run.sign_in(BUYER)  # the page's own sign-in form
     run.page.wait_for_selector("#intel-card[data-ready=true]")
     return run
 
@@ -45,8 +54,8 @@ def _show(page, horizon: str) -> None:
 
 
 def test_past_zones_intelligence_and_notices_on_the_desktop(browser, insight_site):  # noqa: F811
-    server, key, client = insight_site
-    run = _open(browser, server, key, viewport={"width": 1280, "height": 900})
+    server, client = insight_site
+    run = _open(browser, server, viewport={"width": 1280, "height": 900})
     try:
         page = run.page
         # Past zones at 1w: the bands, the realised line through every matured outcome, and
@@ -135,11 +144,10 @@ def test_past_zones_intelligence_and_notices_on_the_desktop(browser, insight_sit
 
 
 def test_the_cards_fit_a_phone(browser, insight_site):  # noqa: F811
-    server, key, _ = insight_site
+    server, _ = insight_site
     run = _open(
         browser,
         server,
-        key,
         viewport={"width": 390, "height": 844},
         device_scale_factor=2,
         is_mobile=True,

@@ -1,8 +1,8 @@
-"""The programme card in a real headless Chromium: a signed-in buyer (the sign-in is a test
-double: a cookie the user double reads, and the "cbi:user" event A's sign-in fires) sees the
-default, a bad field refused with its name, sets his programme through the form, sees the
-backtest queued, and — after the test runs the Dagster job the sensor asks for, in process —
-ready with the cost table; the recommendation in his volume; the phone layout fits."""
+"""The programme card in a real headless Chromium: a buyer signed in on the page's own form (a
+user of the home's accounts store; the page keeps his session's CSRF token) sees the default,
+a bad field refused with its name, sets his programme through the form, sees the backtest
+queued, and — after the test runs the Dagster job the sensor asks for, in process — ready with
+the cost table; the recommendation in his volume; the phone layout fits."""
 
 from __future__ import annotations
 
@@ -15,23 +15,19 @@ import pytest
 
 from cbi_platform.accounts import programmes as pg
 from cbi_platform.accounts.store import AccountStore
+from cbi_platform.accounts.users import Users
 from cbi_platform.api import create_app
-from cbi_platform.api.keys import create_key
 from cbi_platform.defs.procurement.programme import (
     programme_backtest_job,
     programme_backtest_sensor,
 )
 from cbi_platform.defs.resources import build_resources
-from cbi_platform_tests.accounts.programme_home import add_user, write_warehouse
-from cbi_platform_tests.api.conftest import ServerThread, build_home
-from cbi_platform_tests.api.programme_doubles import accept_any_csrf_test_double, with_test_doubles
+from cbi_platform_tests.accounts.programme_home import write_warehouse
+from cbi_platform_tests.api.conftest import ServerThread, build_home, cheaper_argon2
 from cbi_platform_tests.api.test_page import PageRun, browser  # noqa: F401 (the fixture)
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-SIGN_IN_TEST_DOUBLE = (
-    "document.dispatchEvent(new CustomEvent('cbi:user', "
-    "{detail: {email: 'alice@example.com', role: 'buyer'}}))"
-)
+ALICE = ("alice@example.com", "alice's long password")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +35,11 @@ def programme_server(tmp_path_factory):
     home = build_home(tmp_path_factory.mktemp("programme_page"))
     write_warehouse(home.path)
     store = AccountStore.for_home(home.path, env={})
-    add_user(store, "alice@example.com")
-    key, _ = create_key(home.path, "tests")
-    app = create_app(home.path, max_business_days_behind=2)
-    with_test_doubles(app, home.path, csrf=accept_any_csrf_test_double)
-    with ServerThread(app) as server:
-        yield server, home, store, key
+    with pytest.MonkeyPatch.context() as patch, cheaper_argon2():
+        patch.delenv("CBI_ACCOUNTS_DSN", raising=False)  # the app signs in from the home's store
+        Users(store).add(ALICE[0], "Alice", "buyer", ALICE[1])
+        with ServerThread(create_app(home.path, max_business_days_behind=2)) as server:
+            yield server, home, store
 
 
 def run_queued_backtests(home: Path) -> list[dg.RunRequest]:
@@ -64,14 +59,12 @@ def run_queued_backtests(home: Path) -> list[dg.RunRequest]:
     return requests
 
 
-def open_signed_in(browser, server, key, **viewport) -> PageRun:  # noqa: F811
+def open_signed_in(browser, server, **viewport) -> PageRun:  # noqa: F811
     run = PageRun(browser, server.url, **viewport)
-    run.context.add_cookies(
-        [{"name": "cbi_test_user", "value": "alice@example.com", "url": server.url}]
-    )
-    run.open_with_key(key)
-    run.page.wait_for_selector("#programme-signin:not([hidden])")  # before the sign-in
-    run.page.evaluate(SIGN_IN_TEST_DOUBLE)
+    run.page.goto(server.url + "/")
+    run.page.wait_for_selector("#signin-panel:not([hidden])")
+    assert not [u for u in run.requests if "/me/" in u]  # before the sign-in: no /me request
+    run.sign_in(ALICE)  # the page's own sign-in form
     run.page.wait_for_selector("#programme-form:not([hidden])")
     return run
 
@@ -90,8 +83,8 @@ def test_set_a_programme_see_it_queued_then_ready_with_the_table(
     programme_server,
     tmp_path,
 ):
-    server, home, store, key = programme_server
-    run = open_signed_in(browser, server, key, viewport={"width": 1280, "height": 1000})
+    server, home, store = programme_server
+    run = open_signed_in(browser, server, viewport={"width": 1280, "height": 1000})
     page = run.page
     try:
         # the default, labelled so, and its backtest asked for on opening the card
@@ -172,11 +165,10 @@ def test_set_a_programme_see_it_queued_then_ready_with_the_table(
 
 
 def test_the_card_fits_a_phone(browser, programme_server, tmp_path):  # noqa: F811
-    server, home, store, key = programme_server
+    server, home, store = programme_server
     run = open_signed_in(
         browser,
         server,
-        key,
         viewport={"width": 390, "height": 844},
         device_scale_factor=2,
         is_mobile=True,

@@ -1,10 +1,12 @@
 // "Your mail": the buyer's digest cadence and his price alerts (GET/PUT /me/digest,
 // GET/POST/DELETE /me/alerts), through app.js's api() and apiSend(). Every text from the API is
-// set with textContent.
+// set with textContent. On sign-out ("cbi:user" with null) the card hides and forgets his digest
+// and alerts; an answer that arrives after a sign-out (or another sign-in) is dropped.
 "use strict";
 
 (function () {
   const byId = (id) => document.getElementById(id);
+  let generation = 0;  // one per signed-in person: answers of an earlier one are dropped
 
   function showError(e) {
     byId("mail-error").textContent = e ? e.message || String(e) : "";
@@ -42,7 +44,9 @@
   }
 
   async function refresh() {
+    const ticket = generation;
     const [sub, alerts] = await Promise.all([api("/me/digest"), api("/me/alerts")]);
+    if (ticket !== generation) return false;
     byId("digest-cadence").value = sub.cadence;
     status(
       sub.cadence === "off"
@@ -50,6 +54,7 @@
         : `Digest: ${sub.cadence}` + (sub.last_sent_as_of ? `, last sent for ${sub.last_sent_as_of}.` : ".")
     );
     renderAlerts(alerts);
+    return true;
   }
 
   function syncLevel() {
@@ -66,8 +71,18 @@
   async function start() {
     const card = byId("mail-card");
     if (!signedIn()) { card.hidden = true; return; }
-    try { await refresh(); card.hidden = false; }
+    try { if (await refresh()) card.hidden = false; }
     catch (e) { card.hidden = true; return; } // not signed in as a person: the card stays hidden
+  }
+
+  // Signed out (or another person signed in): nothing of his mail left on the page.
+  function forget() {
+    generation += 1;
+    byId("mail-card").hidden = true;
+    byId("alert-list").replaceChildren();
+    byId("digest-cadence").value = "off";
+    status("");
+    showError(null);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -95,6 +110,12 @@
         await refresh();
       } catch (e) { showError(e); }
     });
+  });
+  let user = null;
+  document.addEventListener("cbi:user", (event) => {
+    const before = user;
+    user = event.detail;
+    if (!user || (before && before.id !== user.id)) forget();
   });
   document.addEventListener("cbi:loaded", start);
 })();

@@ -4,7 +4,11 @@
 // every text from the API is set with textContent.
 // It asks /me/... only for a signed-in person: when the page's data carries the user
 // ("cbi:loaded" detail.user) or the sign-in announces him ("cbi:user", detail: the user);
-// otherwise the card says to sign in (and the page makes no request that must fail).
+// otherwise the card says to sign in (and the page makes no request that must fail). On
+// sign-out ("cbi:user" with null) it stops polling and forgets his programme; an answer that
+// arrives after a sign-out (or another sign-in) is dropped. A 401 while polling means the
+// session ended elsewhere (signed out, a password change in another browser, expiry): the page
+// shows its sign-in, unless this browser holds a new session (its own password change).
 "use strict";
 
 (() => {
@@ -26,6 +30,7 @@
   let platformRecommendation = null;
   let loaded = false;
   let user = null;
+  let generation = 0;  // one per signed-in person: answers of an earlier one are dropped
 
   function byId(id) { return document.getElementById(id); }
   function node(tag, text, cls) {
@@ -88,9 +93,45 @@
     action.append(node("span", "your programme", "tag"));
   }
 
-  function showStatus(body) {
+  function stopPolling() {
     clearTimeout(pollTimer);
     pollTimer = null;
+  }
+
+  // Signed out: no poll, and nothing of his programme left in the card.
+  function forget() {
+    generation += 1;
+    stopPolling();
+    for (const [, id] of FIELDS) { byId(id).value = ""; byId(id).removeAttribute("aria-invalid"); }
+    byId("programme-origin").textContent = "";
+    byId("programme-error").textContent = "";
+    const status = byId("programme-status");
+    status.textContent = "";
+    delete status.dataset.status;
+    byId("programme-table").replaceChildren();
+    byId("programme-table").hidden = true;
+    byId("programme-caption").textContent = "";
+    byId("rec-programme").hidden = true;
+    byId("rec-programme").textContent = "";
+    signIn();
+  }
+
+  // A 401 where he was signed in: the page's sign-in (app.js), unless GET /session finds the
+  // new session of this browser (a password change here crossed the request).
+  async function sessionEnded(e) {
+    const ticket = generation;
+    let session = null;
+    try { session = await whoAmI(); } catch (_) { session = null; }
+    if (ticket !== generation) return;  // signed out (or in again) meanwhile
+    if (session && user && session.user.id === user.id) {
+      if (!pollTimer) pollTimer = setTimeout(poll, 1000 * POLL_SECONDS);
+      return;
+    }
+    if (typeof showSignIn === "function") showSignIn(e.message); else signIn(e.message);
+  }
+
+  function showStatus(body) {
+    stopPolling();
     const el = byId("programme-status");
     el.dataset.status = body.status;
     let words = STATUS_WORDS[body.status] || body.status;
@@ -151,18 +192,33 @@
   }
 
   async function poll() {
-    try { showStatus(await api("/me/programme/backtest")); } catch (e) { byId("programme-status").textContent = e.message; }
+    pollTimer = null;
+    if (!user) return;
+    const ticket = generation;
+    try {
+      const body = await api("/me/programme/backtest");
+      if (ticket === generation) showStatus(body);
+    } catch (e) {
+      if (ticket !== generation) return;
+      if (e instanceof AuthError) await sessionEnded(e);
+      else byId("programme-status").textContent = e.message;
+    }
   }
 
-  async function requestBacktest() {
-    showStatus(await apiSend("POST", "/me/programme/backtest"));
+  async function requestBacktest(ticket) {
+    const body = await apiSend("POST", "/me/programme/backtest");
+    if (ticket === generation) showStatus(body);
   }
 
   async function start() {
+    const ticket = generation;
     try {
-      fill(await api("/me/programme"));
-      await requestBacktest();
+      const body = await api("/me/programme");
+      if (ticket !== generation) return;
+      fill(body);
+      await requestBacktest(ticket);
     } catch (e) {
+      if (ticket !== generation) return;
       if (e instanceof AuthError) signIn(e.message);
       else byId("programme-status").textContent = e.message;
     }
@@ -177,10 +233,14 @@
       byId(id).removeAttribute("aria-invalid");
       body[name] = byId(id).value.trim();
     }
+    const ticket = generation;
     try {
-      fill(await apiSend("PUT", "/me/programme", body));
-      await requestBacktest();
+      const answer = await apiSend("PUT", "/me/programme", body);
+      if (ticket !== generation) return;
+      fill(answer);
+      await requestBacktest(ticket);
     } catch (e) {
+      if (ticket !== generation) return;
       if (e instanceof AuthError) { signIn(e.message); return; }
       error.textContent = e.message;
       const bad = e.body && FIELDS.find(([name]) => name === e.body.field);
@@ -199,7 +259,10 @@
     if (user) start(); else signIn();
   });
   document.addEventListener("cbi:user", (event) => {
+    const before = user;
     user = event.detail;
-    if (loaded && user) start();
+    if (!user) { loaded = false; forget(); return; }  // signed out: the next "cbi:loaded" starts
+    if (before && before.id !== user.id) forget();  // another person: nothing of the first
+    if (loaded) start();  // e.g. a new session after his password change
   });
 })();
