@@ -6,7 +6,8 @@ Without --home it builds two small homes in a temporary folder through the platf
 (`cbi_platform_tests/api/insight_home.py`: the API tests' forecasts, the market state from the
 simulator, the news state and the walk-forward's past zones), one fresh and one whose daily
 refresh found the data stale (for the notices). With --home it photographs that home (e.g. the
-`.cbi_home` of `make run`), creating a temporary API key that is revoked at the end.
+`.cbi_home` of `make run`). The page is opened as a person opens it: a buyer signs in on its
+form (a temporary user, removed at the end when the home is not a built one).
 
 Each shot is one entry of SHOTS: a file name, the viewport, the horizon to show and the element
 to photograph (None: the whole page). The server is uvicorn in a thread of this process, on
@@ -19,7 +20,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,8 @@ class Shot:
 
 
 SHOTS = (
+    Shot("buyer_page.png", DESKTOP, "1m", None),
+    Shot("buyer_page_phone.png", PHONE, "1m", None),
     Shot("page_history_desktop.png", DESKTOP, "1m", "#past-zones-card"),
     Shot("page_history_phone.png", PHONE, "1m", "#past-zones-card"),
     Shot("page_history_walk_forward.png", DESKTOP, "12m", "#past-zones-card"),
@@ -56,16 +58,20 @@ def _chromium() -> str:
     raise SystemExit("no chromium binary on PATH (apt-get install chromium)")
 
 
-def _photograph(browser, url: str, key: str, shot: Shot, out: Path) -> Path:
+EMAIL, PASSWORD = "screenshots@example.com", "shots-password-2026"
+
+
+def _photograph(browser, url: str, shot: Shot, out: Path) -> Path:
     viewport = {k: v for k, v in shot.viewport.items() if k in ("width", "height")}
     extra = {k: v for k, v in shot.viewport.items() if k not in ("width", "height")}
     context = browser.new_context(viewport=viewport, **extra)
     try:
         page = context.new_page()
         page.goto(url + "/")
-        page.wait_for_selector("#key-panel:not([hidden])")
-        page.fill("#key-input", key)
-        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#signin-panel:not([hidden])")
+        page.get_by_label("Email").fill(EMAIL)
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
         page.wait_for_selector("body[data-ready=true]", timeout=20000)
         page.click(f"#horizons button[data-horizon='{shot.horizon}']")
         page.wait_for_selector(f"#past-zones-card[data-horizon='{shot.horizon}'][data-ready=true]")
@@ -89,8 +95,9 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
+    from cbi_platform.accounts.store import AccountStore
+    from cbi_platform.accounts.users import Users
     from cbi_platform.api import create_app
-    from cbi_platform.api.keys import create_key, revoke_key
     from cbi_platform_tests.api.conftest import ServerThread
     from cbi_platform_tests.api.insight_home import build_insight_home
 
@@ -112,15 +119,16 @@ def main() -> None:
             )
             try:
                 for home, shots in groups:
-                    key, record = create_key(home, f"page-screenshots-{int(time.time())}")
+                    users = Users(AccountStore.for_home(home))
+                    users.add(EMAIL, "Sam Buyer", "buyer", PASSWORD)
                     try:
                         with ServerThread(create_app(home, max_business_days_behind=2)) as server:
                             for shot in shots:
-                                path = _photograph(browser, server.url, key, shot, args.out)
+                                path = _photograph(browser, server.url, shot, args.out)
                                 print(f"wrote {path}")
                     finally:
                         if args.home:  # a built home goes away with the folder
-                            revoke_key(home, record.name)
+                            users.remove(EMAIL)
             finally:
                 browser.close()
 
