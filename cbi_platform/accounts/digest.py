@@ -39,7 +39,8 @@ import polars as pl
 from cbi_platform.accounts import outbox
 from cbi_platform.accounts.links import public_url
 from cbi_platform.accounts.store import AccountStore, Tx, utc_now
-from cbi_platform.settings import HORIZONS, RANDOM_WALK
+from cbi_platform.serving.notices import is_random_walk  # the page's rule, one place
+from cbi_platform.settings import HORIZONS
 from cbi_platform.storage import read_snapshot
 
 CADENCES = ("daily", "weekly", "off")
@@ -125,18 +126,6 @@ def _finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def is_random_walk(row: Mapping[str, Any]) -> bool:
-    """The served forecast is the random walk: its combiner is, or it is shrunk all the way to
-    it, or its driver note says so (the API's rule, `api.views._is_random_walk`)."""
-    shrink = row.get("shrink_weight")
-    note = row.get("driver_note") or ""
-    return (
-        row.get("combiner") == RANDOM_WALK
-        or (shrink is not None and shrink == 0)
-        or note.startswith("the ensemble is the random walk")
-    )
 
 
 def buyer_words(text: str) -> str:
