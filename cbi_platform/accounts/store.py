@@ -42,6 +42,7 @@ ACCOUNTS_FILE = "accounts.sqlite3"
 DSN_ENV = "CBI_ACCOUNTS_DSN"
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
+MIGRATION_LOCK_KEY = 0x43424941  # "CBIA": PostgreSQL advisory lock held while migrating
 
 # `{id}` becomes the dialect's auto-increment key. Keep each statement portable otherwise.
 _SCHEMA_V1 = (
@@ -279,6 +280,11 @@ class AccountStore:
             else ("INTEGER PRIMARY KEY AUTOINCREMENT")
         )
         with self._raw() as tx:
+            if self.dialect == "postgresql":
+                # Services starting together (API, daemon, code server) must not migrate twice:
+                # one waits for the other's transaction, then finds the layout current. SQLite's
+                # BEGIN IMMEDIATE serializes them already.
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
             tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = tx.execute("SELECT MAX(version) AS v FROM schema_version").one()
             found = int(row["v"]) if row and row["v"] is not None else 0

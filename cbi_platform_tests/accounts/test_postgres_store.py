@@ -52,3 +52,32 @@ def test_users_sessions_and_backup_on_postgresql(postgres_server, tmp_path):  # 
     assert restored.table_counts() == store.table_counts()
     assert Users(restored, clock).authenticate("kim@example.com", PASSWORD, "d").id == kim.id
     assert Sessions(restored, clock).lookup(session_id).user == kim
+
+
+def test_services_starting_together_migrate_once(postgres_server):  # noqa: F811
+    """The API, the daemon and the code server open the store at once on a fresh database:
+    every one succeeds and the layout is written once (without the advisory lock the second
+    transaction fails on the first one's ALTER TABLE, or duplicates the version rows)."""
+    import threading
+
+    url, psql = postgres_server
+    subprocess.run([str(psql), url("postgres"), "-c", "CREATE DATABASE racing"], check=True)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_store() -> None:
+        try:
+            start.wait()
+            AccountStore(url("racing")).migrate()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with AccountStore(url("racing")).transaction() as tx:
+        versions = [r["version"] for r in tx.execute("SELECT version FROM schema_version").all()]
+    assert sorted(versions) == list(range(1, len(versions) + 1))
