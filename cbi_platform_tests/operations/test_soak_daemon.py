@@ -1,7 +1,9 @@
 """The soak's day loop through a real `dagster-daemon` (issue 21): the simulated clock moves
 over three business days and the soak sensor launches exactly one daily refresh per day, each
 a success that serves that day's forecast; the daemon killed (SIGKILL) between days and
-restarted, as a supervisor would, launches no day twice."""
+restarted, as a supervisor would, launches no day twice. A buyer with a daily digest (issue 22
+§5) gets it from the same daemon's `buyer_digest_sensor` through a real SMTP server: never two
+for one as-of date across the kills, and the last day's arrives."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from cbi_platform.operations.soak import SOAK_DAY_TAG
 from cbi_platform_tests.deployment import Deployment, prepare, wait_for
+from cbi_platform_tests.operations.conftest import Inbox, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +24,33 @@ DAYS = [FRIDAY, dt.date(2025, 6, 9), dt.date(2025, 6, 10)]  # Fri, (weekend), Mo
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory) -> Iterator[Deployment]:
-    deployment = prepare(tmp_path_factory.mktemp("soak"), FRIDAY, horizons=("1w",))
+def inbox() -> Iterator[tuple[Inbox, int]]:
+    from aiosmtpd.controller import Controller
+
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, inbox) -> Iterator[Deployment]:
+    from cbi_platform.accounts.digest import set_cadence
+    from cbi_platform.accounts.store import AccountStore
+    from cbi_platform_tests.accounts.mail_helpers import add_user
+
+    smtp = {
+        "CBI_SMTP_HOST": "127.0.0.1",
+        "CBI_SMTP_PORT": str(inbox[1]),
+        "CBI_SMTP_SECURITY": "none",
+        "CBI_SMTP_SENDER": "cbi@localhost",
+    }
+    deployment = prepare(tmp_path_factory.mktemp("soak"), FRIDAY, horizons=("1w",), extra_env=smtp)
+    store = AccountStore.for_home(deployment.home, env={})
+    set_cadence(store, add_user(store, "buyer@example.com"), "daily")
     try:
         deployment.start("code_server")
         deployment.start("daemon")
@@ -49,7 +77,7 @@ def _succeeded(instance, day: dt.date):
     return finished[0] if finished else None
 
 
-def test_one_refresh_per_simulated_day_across_daemon_restarts(deployment):
+def test_one_refresh_per_simulated_day_across_daemon_restarts(deployment, inbox):
     import dagster as dg
 
     from cbi_platform.serving.store import ForecastStore
@@ -91,6 +119,24 @@ def test_one_refresh_per_simulated_day_across_daemon_restarts(deployment):
     served = ForecastStore(deployment.home / "forecasts.duckdb").history(role="served")
     assert set(served["horizon"]) == {"1w"}
     assert set(DAYS) <= set(served["as_of"].to_list()), served.select("as_of", "created_at")
+
+    # The buyer's digest, from the daemon's own sensor ticks: the last day's arrives, and no
+    # as-of date is mailed twice however often the daemon died and its sensors re-ran.
+    def digests() -> list[str]:
+        return [
+            m["X-CBI-Digest-As-Of"]
+            for _, rcpt, m in inbox[0].mails
+            if m["X-CBI-Digest-As-Of"] and rcpt == ["buyer@example.com"]
+        ]
+
+    wait_for(
+        "the digest of the last day",
+        lambda: DAYS[-1].isoformat() in digests(),
+        90,
+        deployment.log_tail,
+    )
+    assert len(digests()) == len(set(digests())), digests()
+    assert set(digests()) <= {d.isoformat() for d in served["as_of"].to_list()}
 
 
 def _sensor_state(instance):
