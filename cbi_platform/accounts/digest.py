@@ -500,7 +500,7 @@ def render(
         '<tr><td style="padding:16px 20px;font-size:12px;color:#6b7280;">You receive this because '
         "you chose a digest on the ZL page. "
         f'<a href="{e(unsubscribe_url, quote=True)}" style="color:#2563eb;">Unsubscribe</a> '
-        "(one click, no sign-in).</td></tr></table></td></tr></table></body></html>"
+        "(no sign-in needed).</td></tr></table></td></tr></table></body></html>"
     )
     message.add_alternative("".join(parts), subtype="html")
     html_part = message.get_payload()[1]
@@ -544,7 +544,7 @@ def _text(
     )
     lines += ["", "What changed since your last digest:"]
     lines += [f"  - {m}" for m in moved] or ["  This is your first digest."]
-    lines += ["", f"Unsubscribe (one click): {unsubscribe_url}"]
+    lines += ["", f"Unsubscribe (no sign-in needed): {unsubscribe_url}"]
     return "\n".join(lines) + "\n"
 
 

@@ -263,7 +263,7 @@ def render(
     message.set_content(
         f"Hello {name},\n\n{what}.\nYour alert: {rule}.\n{note}\nIt mails once per crossing: "
         "staying on this side mails nothing more.\n\n"
-        f"Remove this alert (one click): {unsubscribe_url}\n"
+        f"Remove this alert (no sign-in needed): {unsubscribe_url}\n"
     )
     note_html = (
         f'<p style="margin:4px 0;font-size:14px;">Your note: {e(alert.note)}</p>'
@@ -281,7 +281,7 @@ def render(
         '<p style="margin:8px 0;font-size:13px;color:#6b7280;">It mails once per crossing: '
         "staying on this side mails nothing more.</p>"
         f'<p style="font-size:12px;"><a href="{e(unsubscribe_url, quote=True)}" '
-        'style="color:#2563eb;">Remove this alert</a> (one click)</p>'
+        'style="color:#2563eb;">Remove this alert</a> (no sign-in needed)</p>'
         "</td></tr></table></body></html>",
         subtype="html",
     )

@@ -1,5 +1,5 @@
 """The buyer's mail endpoints (issue 22 §5-§6): his digest cadence, his price alerts, and the
-one-click unsubscribe link of every mail.
+unsubscribe link of every mail (a page with one button; one-click POST for mail clients).
 
 `router(home, current_user, require_csrf)` takes the sign-in dependencies as arguments (the
 shared contract of `api.sessions`): every `/me/...` route reads or changes the signed-in user's
@@ -144,14 +144,27 @@ def router(home: Path, current_user, require_csrf) -> APIRouter:
 
     @routes.get("/unsubscribe", response_class=HTMLResponse)
     def unsubscribe(token: Annotated[str, Query(min_length=8, max_length=200)]):
-        """One click from a mail: stops the digest (or removes the price alert) the link came
-        with. Open (the token is the credential) and idempotent."""
-        return _unsubscribe(token)
+        """The link in a mail: a page with one button that unsubscribes (POST). Opening the
+        link changes nothing, so a mail scanner that follows links cannot unsubscribe anyone."""
+        e = html.escape
+        body = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Unsubscribe</title>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="stylesheet" href="/static/app.css"></head><body>'
+            '<main class="card unsubscribe"><h1>Unsubscribe</h1>'
+            "<p>Stop the mail this link came with (the digest, or this price alert)?</p>"
+            f'<form method="post" action="/unsubscribe?token={e(token, quote=True)}">'
+            '<button type="submit">Unsubscribe</button></form>'
+            '<p><a href="/">Open the ZL page</a></p></main></body></html>'
+        )
+        return HTMLResponse(body, headers=NO_STORE)
 
     @routes.post("/unsubscribe", response_class=HTMLResponse)
     def unsubscribe_one_click(token: Annotated[str, Query(min_length=8, max_length=200)]):
-        """RFC 8058 one-click unsubscribe (List-Unsubscribe-Post): what a mail client's own
-        unsubscribe button sends; the same effect as the link."""
+        """Stops the digest (or removes the price alert) the token came with: the page's
+        button, and RFC 8058 one-click unsubscribe (List-Unsubscribe-Post, what a mail client's
+        own unsubscribe button sends). Open (the token is the credential) and idempotent."""
         return _unsubscribe(token)
 
     return routes

@@ -127,12 +127,19 @@ def test_unsubscribe_link_is_open_one_click_and_idempotent(client):
             (hashed, uid),
         )
     anyone = TestClient(client.app)  # no session: the token in the link is the credential
-    first = anyone.get(f"/unsubscribe?token={token}")
-    again = anyone.get(f"/unsubscribe?token={token}")
+    # Opening the link (what a mail scanner does too) changes nothing: a page with a button.
+    opened = anyone.get(f"/unsubscribe?token={token}")
+    assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
+    assert f'<form method="post" action="/unsubscribe?token={token}">' in opened.text
+    assert digest.subscription(client.store, uid)["cadence"] == "daily"
+    first = anyone.post(f"/unsubscribe?token={token}")  # the button
+    again = anyone.post(f"/unsubscribe?token={token}")
     assert first.status_code == again.status_code == 200
     assert "no more digests" in first.text and first.headers["content-type"].startswith("text/html")
     assert digest.subscription(client.store, uid)["cadence"] == "off"
-    unknown = anyone.get("/unsubscribe?token=<script>alert(1)</script>")
+    hostile = anyone.get('/unsubscribe?token="><script>alert(1)</script>')
+    assert hostile.status_code == 200 and "<script>" not in hostile.text
+    unknown = anyone.post("/unsubscribe?token=<script>alert(1)</script>")
     assert unknown.status_code == 404 and "<script>" not in unknown.text
     assert anyone.get("/unsubscribe").status_code == 422
     # RFC 8058: a mail client's one-click POST to the List-Unsubscribe URL does the same.
