@@ -118,9 +118,16 @@ def snapshot_path(database: str | Path, table: str) -> Path:
 
 def publish_snapshot(con: duckdb.DuckDBPyConnection, database: str | Path, table: str) -> Path:
     """Write `table` as an atomic Parquet snapshot (call inside `write_connection`)."""
-    target = snapshot_path(database, table)
+    return write_parquet_atomic(
+        con.sql(f"SELECT * FROM {table}").pl(), snapshot_path(database, table)
+    )
+
+
+def write_parquet_atomic(frame: pl.DataFrame, target: str | Path) -> Path:
+    """Write `frame` to `target` through a temporary file in its folder and `os.replace`, so a
+    reader sees the old file or the new one, never half of one."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    frame = con.sql(f"SELECT * FROM {table}").pl()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:

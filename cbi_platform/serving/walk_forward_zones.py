@@ -10,13 +10,12 @@ atomically, the way `storage.publish_snapshot` hands readers a snapshot.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
 
 from cbi_platform.settings import HORIZONS
+from cbi_platform.storage import write_parquet_atomic
 
 FOLDER = ("published", "walk_forward_zones")
 COLUMNS = ("horizon", "origin", "target_date", "role", "price", "p10", "p30", "p50", "p70", "p90")
@@ -45,18 +44,7 @@ def past_walk_forward_zones(zones: pl.DataFrame, horizon: str) -> pl.DataFrame:
 
 def publish_walk_forward_zones(home: str | Path, horizon: str, zones: pl.DataFrame) -> Path:
     """Write `past_walk_forward_zones(zones, horizon)` atomically; returns the path."""
-    target = zones_path(home, horizon)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    frame = past_walk_forward_zones(zones, horizon)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_parquet_atomic(past_walk_forward_zones(zones, horizon), zones_path(home, horizon))
 
 
 def parse_walk_forward_zones(data: bytes) -> pl.DataFrame:
