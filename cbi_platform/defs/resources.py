@@ -23,7 +23,6 @@ import duckdb
 import polars as pl
 from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_polars import DuckDBPolarsIOManager, DuckDBPolarsTypeHandler
-from dagster_gcp import BigQueryResource
 from pydantic import Field
 
 from cbi_platform import clock
@@ -304,6 +303,10 @@ class MarketSourceResource(dg.ConfigurableResource):
     def load(self) -> MarketBundle:
         config = self.source_config()
         if config.kind == "bigquery":
+            # dagster-gcp (with google-cloud-bigquery) costs ~0.4 s to import: only when used,
+            # not in every run process that imports the definitions.
+            from dagster_gcp import BigQueryResource
+
             bq = BigQueryResource(project=self.bigquery_project, location=self.bigquery_location)
             with bq.get_client() as client:
                 return load_market(config, bigquery_client=client)

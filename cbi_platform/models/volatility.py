@@ -12,7 +12,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from arch import arch_model
 
 from cbi_platform.models.base import FitData, ModelSpec
 from cbi_platform.models.baselines import forecast_rows, log_closes, single_thread
@@ -31,6 +30,8 @@ def _arch(returns: np.ndarray, kind: str, dist: str) -> Any:
         raise ValueError(f"unknown volatility kind {kind!r}; known {sorted(VOL_KINDS)}")
     if dist not in DISTRIBUTIONS:
         raise ValueError(f"unknown error distribution {dist!r}; known {DISTRIBUTIONS}")
+    from arch import arch_model  # ~0.6 s to import: only in processes that fit GARCH
+
     scaled = SCALE * np.asarray(returns, dtype=np.float64)
     return arch_model(
         scaled, mean="Constant", vol="GARCH", p=1, o=VOL_KINDS[kind], q=1, dist=dist, rescale=False

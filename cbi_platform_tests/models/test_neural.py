@@ -317,3 +317,23 @@ def test_max_train_rows_trains_on_the_most_recent_rows_only():
     np.testing.assert_allclose(model.feature_mean, X[-120:].mean(axis=0))
     with pytest.raises(ValueError, match="nn_recent"):
         NeuralModel(ModelSpec("nn_recent", "gru", "neural", {"max_train_rows": 10}))
+
+
+@pytest.mark.parametrize("family", ["gru", "attention"])
+def test_inference_graph_is_traced_once_and_matches_keras_predict(family):
+    """Any batch size goes through one traced graph per network (predict_on_batch traced one
+    per new shape: seconds over a cold daily refresh), with keras' own numbers."""
+    model = _fitted(family)
+    rng = np.random.default_rng(5)
+    lookback, p = model.lookback, len(model.feature_names)
+    for n in (1, 16, 3, 1030):
+        windows = rng.normal(size=(n, lookback, p)).astype(np.float32)
+        expected = np.asarray(model.network.predict(windows, verbose=0), dtype=np.float64)
+        got = model._forward(windows)
+        np.testing.assert_array_equal(
+            got, model.target_mean + model.target_scale * expected.reshape(-1)
+        )
+    assert model._graph().experimental_get_tracing_count() == 1
+    restored = pickle.loads(pickle.dumps(model))  # the graph is not pickled, it is rebuilt
+    assert "_graph_fn" not in restored.__dict__
+    np.testing.assert_array_equal(restored._forward(windows), model._forward(windows))
