@@ -45,7 +45,11 @@ Faults (`--faults NAME@DAY,...`; DAY counts business days from 0):
   the next day's refresh succeed;
 - late_revision: from that day on the feed delivers the close of 5 business days earlier 3%
   higher, published that day: no row lost or duplicated, the warehouse holds the revised value.
-Not planted: a Celery worker killed mid-step (the soak's runs do not use the Celery executor).
+- celery_worker_kill (the stack only; Redis and three Celery workers run beside the services):
+  launch `shared_data_job_celery` through GraphQL, and once one of its steps runs in a worker,
+  SIGKILL that worker's `celery worker` process (its pool child dies with it): the run must
+  fail, not hang (the executor finds the step's task lost), be retried from the failure, and
+  the supervisor restart the worker; a failed-run alert fires.
 
 Results: benchmarks/results/<name>.{md,json,png}.
 """
@@ -101,7 +105,7 @@ SOAK_DAY_TAG = "cbi/soak_day"
 DEFAULT_FAULTS = (
     "daemon_kill@8,webserver_kill@16,run_kill@24,api_kill@32,feed_outage@40,smtp_down@41,"
     "postgres_restart@50,bias@60,daemon_kill@75,run_kill@85,bad_negative_price@92,"
-    "bad_duplicate_date@96,bad_missing_column@100,late_revision@104"
+    "bad_duplicate_date@96,bad_missing_column@100,late_revision@104,celery_worker_kill@112"
 )
 BIAS_LOGRET = "pm0.08"
 API_PATHS = ("/health", "/forecast/1w", "/forecast/1m", "/predictions", "/history")
@@ -400,6 +404,92 @@ def fault_run_kill(soak: Soak, i: int, fault: dict) -> None:
     soak.killed_runs.append({"run_id": run.run_id, "family": sorted(family), "at": killed_at})
 
 
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+CELERY_JOB = "shared_data_job_celery"
+CELERY_WORKERS = ("celery_default1", "celery_default2", "celery_gpu1")
+
+
+def fault_celery_worker_kill(soak: Soak, i: int, fault: dict) -> None:
+    """An engineer launches the shared assets on the Celery workers (`shared_data_job_celery`,
+    through GraphQL as the launchpad does); once one of its steps runs in a worker, SIGKILL that
+    worker's `celery worker` process (the service the supervisor runs), as a crashed host would.
+    Its pool child, which runs the step, dies with it. The run must not hang: it fails once the
+    step's task is found lost, dagster.yaml's run retry re-executes it from the failure, and the
+    supervisor restarts the worker. Judged after the soak (`_judge`)."""
+    deployment = soak.deployment
+    if not getattr(deployment, "supervised", False):
+        fault.update(skipped="celery_worker_kill needs the stack (--stack)")
+        return
+    instance = deployment.instance()
+    launched = deployment.gql(
+        LAUNCH_RUN,
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": "cbi_platform",
+                    "repositoryName": "__repository__",
+                    "jobName": CELERY_JOB,
+                },
+                "runConfigData": {},
+            }
+        },
+    )["launchRun"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        fault.update(error=f"launchRun: {launched}"[:400])
+        return
+    run_id = launched["run"]["runId"]
+    masters = {name: deployment.pid(name) for name in CELERY_WORKERS}
+
+    def step_in_a_worker():
+        for record in instance.all_logs(run_id):
+            event = record.dagster_event
+            if event is None or event.event_type_value != "STEP_START" or not event.pid:
+                continue
+            if not alive(event.pid):
+                continue
+            try:
+                parent = int(
+                    Path(f"/proc/{event.pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, ValueError, IndexError):
+                continue
+            for name, pid in masters.items():
+                if pid in (parent, event.pid):
+                    return name, pid, event.pid, event.step_key
+        return None
+
+    try:
+        name, master, step_pid, step = wait_for("a step in a Celery worker", step_in_a_worker, 300)
+    except AssertionError as exc:
+        fault.update(run_id=run_id, error=str(exc)[:300])
+        return
+    killed_at = deployment.kill(name)
+    fault.update(
+        run_id=run_id,
+        worker=name,
+        step=step,
+        killed_pids=[master, step_pid],
+        killed_at=killed_at,
+    )
+    soak.killed_runs.append({"run_id": run_id, "family": [master, step_pid], "at": killed_at})
+    began = time.monotonic()
+    try:
+        deployment.wait_ready(name, 240)
+        fault["worker_back_s"] = round(time.monotonic() - began, 1)
+    except AssertionError as exc:
+        fault["worker_back_error"] = str(exc)[:300]
+    time.sleep(2)
+    fault["step_process_alive_after_kill"] = alive(step_pid)
+
+
 def _started_steps(instance, run_id: str) -> list[str]:
     """Steps started and not yet finished in the run."""
     started, finished = [], set()
@@ -516,6 +606,7 @@ FAULTS: dict[str, Callable[[Soak, int, dict], None]] = {
     "bias": fault_bias,
     "run_kill": fault_run_kill,
     "postgres_restart": fault_postgres_restart,
+    "celery_worker_kill": fault_celery_worker_kill,
 }
 AFTER_ADVANCE = {"run_kill"}  # the others act before the clock moves to their day
 
@@ -755,8 +846,7 @@ def write_results(name: str, result: dict, soak: Soak, smoke: bool) -> Path:
         f"zoo ({json.dumps(s['protocol'])}), simulated source; start {s['start']}, "
         f"{s['days']} business days to {s['end']}, >= {s['seconds_per_day']} s per day",
         f"- deployment: **{s['deployment']}**",
-        "- services: PostgreSQL, code server, daemon, webserver, API (`cbi serve`); SMTP "
-        "(aiosmtpd, in the driver)",
+        f"- services: {', '.join(s.get('services') or [])}; SMTP (aiosmtpd, in the driver)",
         f"- operations sensors: {s['sensor_interval_s']}",
         f"- wall time: {result['wall_seconds']} s, of which setup (train the home, services "
         f"up) {result['setup_seconds']} s; **{result['seconds_per_simulated_day']} s per "
@@ -806,8 +896,9 @@ def write_results(name: str, result: dict, soak: Soak, smoke: bool) -> Path:
         "",
         "Bad data and the late revision are planted in the simulated feed's delivery "
         "(`CBI_PLANTED_DATA`, cbi_platform/market/planted.py), before the platform's "
-        "validation reads it. Not planted: a Celery worker killed mid-step (the soak's runs "
-        "do not use the Celery executor).",
+        "validation reads it. The Celery worker kill launches `shared_data_job_celery` (the "
+        "shared assets, each step on the stack's Celery workers) and kills the worker running "
+        "one of its steps.",
         "",
         "## Alert log",
         "",
@@ -896,6 +987,9 @@ def main() -> int:
     try:
         if args.stack:
             deployment = prepare_stack(root, days[0], horizons=HORIZONS, extra_env=extra)
+            # Redis and the Celery workers beside the services, as `make up` runs them.
+            deployment.services = (*deployment.services, "redis", *CELERY_WORKERS)
+            deployment.ports["redis"] = free_port()
         else:
             deployment = prepare(root, days[0], horizons=HORIZONS, extra_env=extra)
         print(f"home trained in {time.monotonic() - started:.0f} s", flush=True)
@@ -998,6 +1092,7 @@ def main() -> int:
                 "end": days[len(soak.timeline) - 1].isoformat(),
                 "days": len(soak.timeline),
                 "seconds_per_day": args.seconds_per_day,
+                "services": list(getattr(deployment, "services", ())),
                 "day_timeout_s": args.day_timeout,
                 "faults_planned": plan,
                 "deployment": "on the stack (PostgreSQL, supervisor): cbi_platform.stack "
@@ -1078,6 +1173,51 @@ def _judge(soak: Soak, fault: dict) -> None:
         fault["retries"] = [(r.run_id, r.status.value) for r in retries]
         fired = log.filter(log["key"].str.starts_with("failed_run")) if log.height else log
         fault["failed_run_alerts"] = fired.height
+    if fault["name"] == "celery_worker_kill" and "run_id" in fault:
+        instance = soak.deployment.instance()
+        record = instance.get_run_record_by_id(fault["run_id"])
+        fault["killed_run_status"] = record.dagster_run.status.value if record else None
+        if record is not None and record.end_time:
+            fault["run_ended_after_kill_s"] = round(record.end_time - fault["killed_at"], 1)
+        failure = [
+            r.dagster_event.message or ""
+            for r in instance.all_logs(fault["run_id"])
+            if _event(r) in ("PIPELINE_FAILURE", "RUN_FAILURE") and r.dagster_event is not None
+        ]
+        fault["failure_message"] = failure[0][:300] if failure else None
+        errors = [
+            (r.user_message or "")
+            for r in instance.all_logs(fault["run_id"])
+            if "lost" in (r.user_message or "").lower()
+        ]
+        fault["lost_task_message"] = errors[0][:400] if errors else None
+        retries = instance.get_run_records(
+            dg.RunsFilter(tags={"dagster/parent_run_id": fault["run_id"]})
+        )
+        fault["retries"] = [
+            {
+                "run_id": r.dagster_run.run_id,
+                "status": r.dagster_run.status.value,
+                "ended_after_kill_s": round(r.end_time - fault["killed_at"], 1)
+                if r.end_time
+                else None,
+            }
+            for r in retries
+        ]
+        fault["supervisor_reasons"] = [
+            e.get("reason")
+            for e in soak.deployment.events_since(fault["killed_at"])
+            if e.get("event") == "restart" and e.get("service") == fault.get("worker")
+        ][:1]
+        fired = log.filter(log["key"] == f"failed_run/{CELERY_JOB}") if log.height else log
+        fault["failed_run_alert_events"] = (
+            [
+                {"event": r["event"], "as_of": str(r["as_of"]), "delivered": r["delivered"]}
+                for r in fired.to_dicts()
+            ]
+            if fired.height
+            else []
+        )
     if fault["name"] == "postgres_restart" and "killed_at" in fault:
         # Until the end of its day (later faults restart services too).
         end = entry["advanced"] + entry["wall_s"] + 1 if entry else None

@@ -37,9 +37,7 @@ def route_pool_to_queue(assets: Iterable, pool: str = GPU_POOL, queue: str = GPU
     (and anything that is not an AssetsDefinition) pass through unchanged."""
     routed = []
     for item in assets:
-        is_op = isinstance(item, dg.AssetsDefinition) and isinstance(
-            item.node_def, dg.OpDefinition
-        )
+        is_op = isinstance(item, dg.AssetsDefinition) and isinstance(item.node_def, dg.OpDefinition)
         if is_op and item.op.pool == pool:
             item = with_op_tags(item, {DAGSTER_CELERY_QUEUE_TAG: queue})
         routed.append(item)
@@ -68,6 +66,7 @@ def celery_asset_job(
 shared_data_job_celery = celery_asset_job(
     "shared_data_job_celery",
     SHARED,
+    tags=TRAINING_LANE,  # it rebuilds what market_data_job and a retrain rebuild
     description="The market-data and shared assets with each step in a celery worker "
     "(`make workers-up` first); gpu-pool steps go to the one-worker `gpu` queue.",
 )

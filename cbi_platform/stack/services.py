@@ -52,8 +52,8 @@ def stack_env(
     config: StackConfig, secrets: Secrets, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The environment every service gets: DAGSTER_HOME, CBI_HOME, MLFLOW_TRACKING_URI,
-    CBI_ACCOUNTS_DSN (the stack's `accounts` database), the secrets, and this checkout first on
-    PYTHONPATH."""
+    CBI_ACCOUNTS_DSN (the stack's `accounts` database), CBI_CELERY_BROKER (the stack's Redis),
+    the secrets, and this checkout first on PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
     env.update(
@@ -61,6 +61,9 @@ def stack_env(
         CBI_HOME=str(config.cbi_home),
         MLFLOW_TRACKING_URI=mlflow_tracking_uri(config),
         CBI_ACCOUNTS_DSN=accounts_dsn(config),
+        # The stack's Redis: the celery executor of every run process and the workers agree
+        # (without it a celery job's run submitted to Redis' default port, 6379).
+        CBI_CELERY_BROKER=workers.broker_url(config.ports["redis"]),
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *others]),
     )
     env.update(secrets)

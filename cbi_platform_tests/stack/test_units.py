@@ -173,6 +173,13 @@ def test_service_specs_pass_secrets_by_environment_never_on_the_command_line(tmp
     for spec in specs:
         assert spec.env["CBI_ACCOUNTS_DSN"] == "postgresql://cbi@127.0.0.1:55432/accounts"
         assert spec.env["PGPASSWORD"] == "db-pw-123456"
+        # Run processes (celery executor) and the workers use the stack's Redis.
+        assert spec.env["CBI_CELERY_BROKER"] == "redis://127.0.0.1:56379/0"
+    worker = next(s for s in specs if s.name == "celery_default1")
+    assert (
+        "redis://127.0.0.1:56379/0"
+        in (Path(worker.env["PYTHONPATH"].split(":")[0]) / "dagster_celery_config.py").read_text()
+    )
 
 
 def test_scram_verifier_matches_the_rfc_7677_example():
