@@ -74,11 +74,17 @@ def start_redis(services_dir: Path, port: int = DEFAULT_PORT, timeout: float = 1
 
 
 def _write_celery_config(services_dir: Path, broker: str) -> Path:
-    """The module dagster_celery.app reads on workers (`dagster_celery_config`)."""
+    """The module dagster_celery.app reads on workers (`dagster_celery_config`).
+
+    `task_track_started`: a worker stores STARTED, with its hostname and pid, in the result
+    backend when a step begins; the executor reads it there to tell a task that waits in the
+    queue (PENDING) from one whose worker died mid-step (cbi_platform/celery_watch.py). Only the
+    workers need it: the executor reads states from the backend."""
     config_dir = services_dir / "celery_config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "dagster_celery_config.py").write_text(
         f"broker_url = {broker!r}\nresult_backend = {broker!r}\nworker_prefetch_multiplier = 1\n"
+        "task_track_started = True\n"
     )
     return config_dir
 

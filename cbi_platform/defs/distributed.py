@@ -3,6 +3,16 @@
 Steps go to dagster-celery's default queue (`dagster`); every asset in the `gpu` pool is routed
 to the one-worker queue `gpu` by the op tag dagster-celery honours (`route_pool_to_queue`).
 Workers: `make workers-up` (cbi_platform/workers.py).
+
+The executor is dagster-celery's with one change: a step whose worker dies mid-step fails the
+run instead of hanging it. Measured: kill -9 of a worker's master process (its pool child dies
+with it) left dagster-celery's loop polling `AsyncResult.ready()` forever, since nobody will
+ever store that task's result. `LostTaskAwareCeleryExecutor` wraps each step's AsyncResult so
+that a STARTED task no live worker runs any more reads as ready and raises `CeleryTaskLost`
+(the decision and its throttled inspect broadcasts: cbi_platform/celery_watch.py). It reuses
+dagster-celery's submission (`_submit_task`) and loop (`core_celery_execution_loop`) as they
+are in the pinned dagster-celery; cbi_platform_tests/test_celery_lost_task.py runs the whole
+path against real workers, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations
@@ -12,8 +22,11 @@ from collections.abc import Iterable
 
 import dagster as dg
 from dagster_celery import celery_executor
+from dagster_celery.core_execution_loop import core_celery_execution_loop
+from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor, _submit_task
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
+from cbi_platform.celery_watch import LostAwareResult, LostTaskWatch
 from cbi_platform.defs.dagster_internals import with_op_tags
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.pipeline import HORIZON, SHARED, TRAINING_LANE
@@ -26,10 +39,47 @@ def celery_broker() -> str:
     return os.environ.get("CBI_CELERY_BROKER", broker_url())
 
 
+class LostTaskAwareCeleryExecutor(CeleryExecutor):
+    """dagster-celery's executor whose run fails, instead of hanging, when a worker dies
+    mid-step: every submitted step's AsyncResult is a `LostAwareResult`, and one
+    `LostTaskWatch` per run (bound to the loop's Celery app) serves all of them."""
+
+    def execute(self, plan_context, execution_plan):
+        watches: list[LostTaskWatch] = []  # the run's one watch, made at the first submission
+
+        def submit(app, context, step, queue, priority, known_state) -> LostAwareResult:
+            if not watches:
+                watches.append(LostTaskWatch(app))
+            result = _submit_task(app, context, step, queue, priority, known_state)
+            return LostAwareResult(result, step.key, watches[0])
+
+        return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
+
+
+@dg.executor(
+    name="celery",
+    config_schema=CELERY_CONFIG,
+    requirements=dg.multiple_process_executor_requirements(),
+)
+def lost_task_aware_celery_executor(init_context: dg.InitExecutorContext) -> CeleryExecutor:
+    """`dagster_celery.celery_executor` (same config, same parsing) building the lost-task-aware
+    executor."""
+    base = celery_executor.executor_creation_fn(init_context)
+    return LostTaskAwareCeleryExecutor(
+        retries=base.retries,
+        broker=base.broker,
+        backend=base.backend,
+        include=base.include,
+        config_source=vars(base.config_source),
+    )
+
+
 def redis_celery_executor(broker: str | None = None) -> dg.ExecutorDefinition:
-    """dagster-celery's executor with broker and result backend on the same Redis."""
+    """The lost-task-aware celery executor with broker and result backend on the same Redis."""
     url = broker or celery_broker()
-    return celery_executor.configured({"broker": url, "backend": url}, name="celery_redis")
+    return lost_task_aware_celery_executor.configured(
+        {"broker": url, "backend": url}, name="celery_redis"
+    )
 
 
 def route_pool_to_queue(assets: Iterable, pool: str = GPU_POOL, queue: str = GPU_QUEUE) -> list:
