@@ -5,12 +5,15 @@ Why it exists: the pinned Dagster (1.13.x) has no public read of an asset's stal
 partition-aware read of asset-check results (the forecast gates need the latest evaluation of
 a check for one partition; the alert sensor needs the latest evaluation of each blocking
 check), no public way to copy an op-backed asset with extra op tags (the celery queue
-routing), and no public way to give a DuckDB IO manager another client (the warehouse's
-locked, fenced connections). Everything private sits here, pinned by
-cbi_platform_tests/defs/test_dagster_internals.py, so a Dagster upgrade breaks one file.
+routing), no public way to give a DuckDB IO manager another client (the warehouse's
+locked, fenced connections), and no public hook on the results of dagster-celery's submitted
+steps (a step whose worker died must fail its run, not hang it: cbi_platform/celery_watch.py).
+Everything private sits here, pinned by cbi_platform_tests/defs/test_dagster_internals.py, so a
+Dagster upgrade breaks one file.
 What would replace it: a public stale-status read, a public check-record query on
 `DagsterInstance` that takes a partition (and returns status, run id and metadata), and a
-public op-tag override on `AssetsDefinition`, and a client hook on `DuckDBIOManager`.
+public op-tag override on `AssetsDefinition`, a client hook on `DuckDBIOManager`, and a
+result hook (or a lost-task timeout) in dagster-celery's executor.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.db_io_manager import DbIOManager
 from dagster._time import get_current_datetime
+from dagster_celery.core_execution_loop import core_celery_execution_loop
+from dagster_celery.executor import _submit_task as celery_submit_task
 
 from cbi_platform.release.gates import LEAKAGE_CHECKS
 
@@ -186,3 +191,17 @@ def duckdb_io_manager_with_client(io_manager_factory, db_client) -> DbIOManager:
         default_load_type=io_manager_factory.default_load_type(),
         io_manager_name="DuckDBIOManager",
     )
+
+
+# ---- dagster-celery's orchestration loop with a hook on each step's result ------------------
+
+
+def run_celery_steps(plan_context, execution_plan, wrap):
+    """dagster-celery's `CeleryExecutor.execute` (its loop and its task submission, as pinned),
+    with each submitted step's AsyncResult passed through `wrap(app, step_key, result)`."""
+
+    def submit(app, context, step, queue, priority, known_state):
+        result = celery_submit_task(app, context, step, queue, priority, known_state)
+        return wrap(app, step.key, result)
+
+    return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)

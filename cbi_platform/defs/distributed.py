@@ -10,8 +10,8 @@ with it) left dagster-celery's loop polling `AsyncResult.ready()` forever, since
 ever store that task's result. `LostTaskAwareCeleryExecutor` wraps each step's AsyncResult so
 that a STARTED task no live worker runs any more reads as ready and raises `CeleryTaskLost`
 (the decision and its throttled inspect broadcasts: cbi_platform/celery_watch.py). It reuses
-dagster-celery's submission (`_submit_task`) and loop (`core_celery_execution_loop`) as they
-are in the pinned dagster-celery; cbi_platform_tests/test_celery_lost_task.py runs the whole
+dagster-celery's submission and loop as they are in the pinned dagster-celery, through
+`dagster_internals.run_celery_steps`; cbi_platform_tests/test_celery_lost_task.py runs the whole
 path against real workers, so an upgrade that changes them fails there.
 """
 
@@ -22,12 +22,11 @@ from collections.abc import Iterable
 
 import dagster as dg
 from dagster_celery import celery_executor
-from dagster_celery.core_execution_loop import core_celery_execution_loop
-from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor, _submit_task
+from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
 from cbi_platform.celery_watch import LostAwareResult, LostTaskWatch
-from cbi_platform.defs.dagster_internals import with_op_tags
+from cbi_platform.defs.dagster_internals import run_celery_steps, with_op_tags
 from cbi_platform.defs.partitions import horizon_partitions
 from cbi_platform.defs.pipeline import HORIZON, SHARED, TRAINING_LANE
 from cbi_platform.workers import GPU_QUEUE, broker_url
@@ -47,13 +46,12 @@ class LostTaskAwareCeleryExecutor(CeleryExecutor):
     def execute(self, plan_context, execution_plan):
         watches: list[LostTaskWatch] = []  # the run's one watch, made at the first submission
 
-        def submit(app, context, step, queue, priority, known_state) -> LostAwareResult:
+        def wrap(app, step_key: str, result) -> LostAwareResult:
             if not watches:
                 watches.append(LostTaskWatch(app))
-            result = _submit_task(app, context, step, queue, priority, known_state)
-            return LostAwareResult(result, step.key, watches[0])
+            return LostAwareResult(result, step_key, watches[0])
 
-        return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
+        return run_celery_steps(plan_context, execution_plan, wrap)
 
 
 @dg.executor(

@@ -128,7 +128,15 @@ def test_op_copy_adds_tags_and_keeps_the_rest():
     assert result.output_for_node("trains") == 1
 
 
-@pytest.mark.parametrize("pattern", [r"^\s*(from|import) dagster\._", r"dagster_internal_init"])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"^\s*(from|import) dagster\._",
+        r"dagster_internal_init",
+        r"^\s*from dagster_\w+\.[\w.]+ import .*\b_\w+",  # a library's private name
+        r"^\s*from dagster_celery\.core_execution_loop import",
+    ],
+)
 def test_no_module_but_the_adapter_uses_dagster_internals(pattern):
     package = Path(cbi_platform.__file__).parent
     adapter = package / "defs" / "dagster_internals.py"
