@@ -449,11 +449,14 @@ def fault_celery_worker_kill(soak: Soak, i: int, fault: dict) -> None:
     masters = {name: deployment.pid(name) for name in CELERY_WORKERS}
 
     def step_in_a_worker():
-        for record in instance.all_logs(run_id):
+        records = instance.all_logs(run_id)
+        # A pool child outlives its task (it takes the next one): only a step not yet finished.
+        running = set(_started_steps(instance, run_id))
+        for record in records:
             event = record.dagster_event
             if event is None or event.event_type_value != "STEP_START" or not event.pid:
                 continue
-            if not alive(event.pid):
+            if event.step_key not in running or not alive(event.pid):
                 continue
             try:
                 parent = int(
@@ -1185,11 +1188,14 @@ def _judge(soak: Soak, fault: dict) -> None:
             if _event(r) in ("PIPELINE_FAILURE", "RUN_FAILURE") and r.dagster_event is not None
         ]
         fault["failure_message"] = failure[0][:300] if failure else None
-        errors = [
-            (r.user_message or "")
-            for r in instance.all_logs(fault["run_id"])
-            if "lost" in (r.user_message or "").lower()
-        ]
+        errors = []
+        for r in instance.all_logs(fault["run_id"]):
+            data = getattr(r.dagster_event, "event_specific_data", None)
+            error = getattr(data, "error", None)
+            text = error.to_string() if error is not None else ""
+            if "was lost" in text:  # CeleryTaskLost, inside the executor's DagsterSubprocessError
+                line = next(x for x in text.splitlines() if "was lost" in x)
+                errors.append(line.strip())
         fault["lost_task_message"] = errors[0][:400] if errors else None
         retries = instance.get_run_records(
             dg.RunsFilter(tags={"dagster/parent_run_id": fault["run_id"]})
