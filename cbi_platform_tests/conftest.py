@@ -105,3 +105,21 @@ def file_resources(manifest: Path, home: Path) -> dict:
     return build_resources(
         {"CBI_SOURCE": "files", "CBI_MANIFEST": str(manifest), "CBI_HOME": str(home)}
     )
+
+
+@pytest.fixture
+def redis_broker(monkeypatch) -> tuple[int, str]:
+    """A free port and the Redis broker URL on it for a test's own Redis and Celery workers
+    (CBI_TEST_CELERY_BROKER, which the workers inherit); skips without redis-server."""
+    import socket
+
+    from cbi_platform import workers
+
+    if not workers.redis_available():
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = workers.broker_url(port)
+    monkeypatch.setenv("CBI_TEST_CELERY_BROKER", broker)
+    return port, broker

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -225,12 +224,6 @@ def lost_toy_job() -> dg.JobDefinition:
     return dg.Definitions(assets=[lost_toy_step], jobs=[job]).resolve_job_def("lost_toy_job")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _parent(pid: int) -> int:
     # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")"
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -246,14 +239,10 @@ def _wait_for(path: Path, timeout: float) -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")
-def test_killing_the_worker_master_mid_step_fails_the_run(tmp_path, monkeypatch):
-    if not workers.redis_available():
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
-    broker = workers.broker_url(port)
+def test_killing_the_worker_master_mid_step_fails_the_run(tmp_path, monkeypatch, redis_broker):
+    port, broker = redis_broker
     marks = tmp_path / "marks"
     marks.mkdir()
-    monkeypatch.setenv("CBI_TEST_CELERY_BROKER", broker)
     monkeypatch.setenv("CBI_TEST_LOST_DIR", str(marks))  # the workers inherit it
     services = tmp_path / "services"
     outcome: dict = {}

@@ -1,7 +1,6 @@
 """The celery executor on this machine: Redis, two default-queue workers, one gpu-queue worker."""
 
 import os
-import socket
 import time
 
 import dagster as dg
@@ -52,12 +51,6 @@ def toy_celery_job() -> dg.JobDefinition:
     return defs.resolve_job_def("toy_celery_job")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _overlap(a: dict, b: dict) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
@@ -71,12 +64,8 @@ def test_route_pool_to_queue_tags_only_the_pool() -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Task name 'execute_plan' is already registered")
-def test_celery_workers_run_steps_in_parallel_and_gpu_queue_serially(tmp_path, monkeypatch):
-    if not workers.redis_available():
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
-    broker = workers.broker_url(port)
-    monkeypatch.setenv("CBI_TEST_CELERY_BROKER", broker)
+def test_celery_workers_run_steps_in_parallel_and_gpu_queue_serially(tmp_path, redis_broker):
+    port, broker = redis_broker
     services = tmp_path / "services"
     try:
         pids = workers.start_all(services, port=port, broker=broker)
