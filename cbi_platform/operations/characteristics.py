@@ -307,6 +307,22 @@ class Trial:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def hold_min_episode(state: np.ndarray, min_days: int) -> np.ndarray:
+    """A drift state with the daily run's hysteresis (`drift.hold_episodes`): once open, an
+    episode stays open for at least `min_days` judgement days, each held day counting towards
+    the streak as the condition log records it. One entry per judgement day."""
+    raw = np.asarray(state, dtype=bool)
+    out = np.zeros(raw.size, dtype=bool)
+    streak = 0
+    for i, firing in enumerate(raw):
+        if firing or 0 < streak < min_days:
+            out[i] = True
+            streak += 1
+        else:
+            streak = 0
+    return out
+
+
 def opened(state: np.ndarray) -> np.ndarray:
     """Indices of the days an episode opens (closed the day before, open on the day)."""
     prev = np.concatenate([[False], state[:-1]])

@@ -174,3 +174,28 @@ def test_false_alarms_count_episode_starts_outside_fault_windows_and_detection_i
     open_before[15:25] = True
     late = oc.Trial("accuracy/1w", "bias +4%", days, open_before, start=18, observable=19)
     assert oc.detection(late, within=10) == (False, None, None)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_benchmarks_drift_hold_equals_the_daily_runs(seed):
+    """monitors.py holds a drift state open `min_episode_days` with `hold_min_episode`; on any
+    raw verdict sequence that must equal what the daily run's `drift.hold_episodes` does with
+    its condition log, day by day."""
+    from cbi_platform.conditions import DRIFT, Condition
+
+    rng = np.random.default_rng(seed)
+    raw = rng.random(60) < 0.3
+    settings = drift.DriftSettings(min_episode_days=5)
+    schema = {"key": pl.Utf8, "as_of": pl.Date, "seq": pl.Int64, "firing": pl.Boolean}
+    log: list[dict] = []
+    daily = []
+    for k, firing in enumerate(raw):
+        day = dt.date(2022, 1, 3) + dt.timedelta(days=k)
+        c = Condition("drift/1w", DRIFT, bool(firing), "Drift (1w): x", day, "1w", {"fired": []})
+        (held,) = drift.hold_episodes([c], pl.DataFrame(log, schema=schema), settings)
+        daily.append(held.firing)
+        log.append({"key": held.key, "as_of": day, "seq": k, "firing": held.firing})
+    bench = oc.hold_min_episode(raw, settings.min_episode_days)
+    assert bench.tolist() == daily
+    assert bench.sum() > raw.sum()  # the hold did something on this sequence
+    assert (oc.opened(bench).size) <= oc.opened(raw).size
