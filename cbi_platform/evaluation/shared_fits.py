@@ -55,6 +55,7 @@ from cbi_platform.evaluation.walk_forward import (
     _SpecResult,
     _training_mask,
     assemble,
+    may_start_processes,
     prepare,
     refit_due,
 )
@@ -325,7 +326,7 @@ def run_shared_walk_forward(
                 f"{r.seconds:.2f}s"
             )
 
-    if n_workers <= 1 or len(tasks) <= 1:
+    if n_workers <= 1 or len(tasks) <= 1 or not may_start_processes():
         for i, schedules in tasks:
             results[i] = _run_spec(specs[i], build_model, prices, schedules)
             report(i, results[i])

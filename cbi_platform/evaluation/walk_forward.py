@@ -443,10 +443,21 @@ def environment(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def may_start_processes() -> bool:
+    """False in a daemonic process, which multiprocessing forbids to start children: a Celery
+    prefork pool child, where a step on a celery worker runs. Work meant for spawned processes
+    then runs in the calling process (the pool child is itself a process of its own)."""
+    return not mp.current_process().daemon
+
+
 def in_spawned_process(fn: Callable[..., T], *args: Any, env: dict[str, str] | None = None) -> T:
     """fn(*args) in one fresh spawned process (its environment: os.environ plus `env` and one
     thread per library): what it imports (TensorFlow for a network) and allocates is gone
-    with the process instead of staying resident in this one. Exceptions are re-raised here."""
+    with the process instead of staying resident in this one. Exceptions are re-raised here.
+    In a daemonic process (`may_start_processes`) fn runs here, in the same environment."""
+    if not may_start_processes():
+        with environment({**SINGLE_THREAD_ENV, **(env or {})}):
+            return fn(*args)
     with environment({**SINGLE_THREAD_ENV, **(env or {})}):
         with cf.ProcessPoolExecutor(
             max_workers=1, mp_context=mp.get_context("spawn"), initializer=die_with_parent
@@ -554,9 +565,11 @@ def execute(
 ) -> dict[tuple[int, str], _SpecResult]:
     """The origin loop of every (spec, horizon), in-process or in `n_workers` spawned workers
     (`isolate`: in spawned workers even for one task or one worker, so that what the fits load,
-    such as TensorFlow, never stays resident in this process)."""
+    such as TensorFlow, never stays resident in this process). In a daemonic process (a Celery
+    pool child: `may_start_processes`) every task runs here, one after the other."""
     tasks = [(i, h) for h in prepared.arrays for i in range(len(specs))]
     results: dict[tuple[int, str], _SpecResult] = {}
+    in_process = ((n_workers <= 1 or len(tasks) <= 1) and not isolate) or not may_start_processes()
 
     def report(i: int, h: str, r: _SpecResult) -> None:
         if progress is not None:
@@ -566,7 +579,7 @@ def execute(
                 + ("" if explain is None else f", explain {r.explain_seconds:.2f}s")
             )
 
-    if (n_workers <= 1 or len(tasks) <= 1) and not isolate:
+    if in_process:
         for i, h in tasks:
             results[(i, h)] = _walk_spec(
                 specs[i],

@@ -427,3 +427,43 @@ def test_live_origin_replaces_a_last_origin_on_the_last_date():
     live = with_live_origin(plan, dates[-1])
     assert live.n_origins == plan.n_origins and live.role[-1] == LIVE
     assert live.role.count(LIVE) == 1
+
+
+def _twice(x: int) -> int:
+    return 2 * x
+
+
+def _walk_in_this_process(out) -> None:
+    """Runs in a daemonic process, like a step in a Celery prefork pool child."""
+    from cbi_platform.evaluation.walk_forward import in_spawned_process, may_start_processes
+
+    try:
+        frame = make_frame(horizons=("1w", "1m"))
+        specs = [spec("random_walk"), spec("least_squares")]
+        oof = run_walk_forward(frame, specs, build_test_model, small_plan(frame), n_workers=2)
+        out.put(("ok", may_start_processes(), oof, in_spawned_process(_twice, 21)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        out.put(("error", repr(exc), None, None))
+
+
+def test_a_daemonic_process_runs_the_walk_forward_itself():
+    """A step on a Celery worker runs in the prefork pool's daemonic child, which may not start
+    processes: the networks' isolated fits and a 2-worker walk-forward failed there with
+    "daemonic processes are not allowed to have children". They now run in that process, with
+    the same forecasts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_walk_in_this_process, args=(out,), daemon=True)
+    child.start()
+    status, detail, oof, twice = out.get(timeout=240)
+    child.join(timeout=30)
+    assert status == "ok", detail
+    assert detail is False  # the child was daemonic: no process could be started there
+    assert twice == 42
+    frame = make_frame(horizons=("1w", "1m"))
+    serial = run_walk_forward(
+        frame, [spec("random_walk"), spec("least_squares")], build_test_model, small_plan(frame)
+    )
+    assert_frame_equal(serial, oof)
