@@ -455,10 +455,9 @@ def in_spawned_process(fn: Callable[..., T], *args: Any, env: dict[str, str] | N
     thread per library): what it imports (TensorFlow for a network) and allocates is gone
     with the process instead of staying resident in this one. Exceptions are re-raised here.
     In a daemonic process (`may_start_processes`) fn runs here, in the same environment."""
-    if not may_start_processes():
-        with environment({**SINGLE_THREAD_ENV, **(env or {})}):
-            return fn(*args)
     with environment({**SINGLE_THREAD_ENV, **(env or {})}):
+        if not may_start_processes():
+            return fn(*args)
         with cf.ProcessPoolExecutor(
             max_workers=1, mp_context=mp.get_context("spawn"), initializer=die_with_parent
         ) as pool:
