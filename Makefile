@@ -77,11 +77,10 @@ PY := $(BIN)/python
 SHARED := manifests/shared_data.yaml
 REAL_HOME ?= /tmp/cbi-results-real
 SIM_HOME ?= $$($(PY) -c "import json; print(json.load(open('benchmarks/results/speed_simulated.json'))['home'])")
-DAILY_COVERAGE_ARGS ?= --manifest $(SHARED)
 RESULTS_TARGETS := results-accuracy results-zones results-volatility results-neural \
 	results-coverage results-speed results-procurement results-api results-refresh \
 	results-replay results-monitors results-sentiment results-fit-times results-distributed \
-	results-lookahead \
+	results-lookahead results-concurrency \
 	results-test-suite
 
 .PHONY: results $(RESULTS_TARGETS) results-neural-tuning results-equivalence results-test-speed \
@@ -96,6 +95,7 @@ results-accuracy: $(STAMP)
 
 results-zones: $(STAMP)
 	$(PY) benchmarks/zones.py --manifest $(SHARED) --refresh
+	$(PY) benchmarks/zone_repair.py --manifest $(SHARED) --tail-rows 3000
 
 results-volatility: $(STAMP)
 	$(PY) benchmarks/neural_volatility.py
@@ -107,9 +107,11 @@ results-neural: $(STAMP)
 results-neural-tuning: $(STAMP)
 	$(PY) benchmarks/neural_tuning.py
 
+# Daily origins on the simulator (daily_coverage_simulated, ~21 min) and on the real ZL.
 results-coverage: $(STAMP)
 	$(PY) benchmarks/coverage_intervals.py
-	$(PY) benchmarks/daily_coverage.py $(DAILY_COVERAGE_ARGS)
+	$(PY) benchmarks/daily_coverage.py
+	$(PY) benchmarks/daily_coverage.py --manifest $(SHARED)
 
 results-speed: $(STAMP)
 	$(PY) benchmarks/speed.py --warm
@@ -161,6 +163,10 @@ results-lookahead: $(STAMP)
 	$(PY) benchmarks/lookahead_guards.py
 
 # The issue-17 renovation against the commit before it (a one-off proof; not in `results`).
+# Run lanes: a daily refresh launched beside a retrain, through a real daemon (~8 min).
+results-concurrency: $(STAMP)
+	$(PY) benchmarks/concurrency.py --horizon 1w --job retrain_job --lead 20
+
 results-equivalence: $(STAMP)
 	$(PY) benchmarks/refactor_equivalence.py --before 7fbe24a --after a9740c3 --repeat 3
 

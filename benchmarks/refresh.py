@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import git_commit, machine_stamp, record_run  # noqa: E402
 
-BIN = ROOT / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the interpreter running this benchmark (its venv)
 TARGET_IN_PROCESS, TARGET_LAUNCHED = 10.0, 15.0
 FIRST_DAY = dt.date(2026, 1, 1)  # the day after the default simulator's end
 
