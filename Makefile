@@ -80,7 +80,7 @@ SIM_HOME ?= $$($(PY) -c "import json; print(json.load(open('benchmarks/results/s
 RESULTS_TARGETS := results-accuracy results-zones results-volatility results-neural \
 	results-coverage results-speed results-procurement results-api results-refresh \
 	results-replay results-monitors results-sentiment results-fit-times results-distributed \
-	results-lookahead results-concurrency \
+	results-lookahead results-concurrency results-clean-clone \
 	results-test-suite
 
 .PHONY: results $(RESULTS_TARGETS) results-neural-tuning results-equivalence results-test-speed \
@@ -123,8 +123,11 @@ results-procurement: $(STAMP)
 	  $(PY) benchmarks/procurement.py --home $(REAL_HOME) --label shared_data; \
 	else echo "results-procurement: ../shared/data absent, procurement_shared_data skipped"; fi
 
+# api_under_refresh works on a copy of the home (its launched refresh does not move it on).
 results-api: $(STAMP)
 	$(PY) benchmarks/api_load.py --home $(SIM_HOME)
+	$(PY) benchmarks/api_load.py --home $(SIM_HOME) --auth cookie
+	$(PY) benchmarks/api_under_refresh.py --home $(SIM_HOME)
 
 # After procurement and api: the refresh moves the home's simulated market forward.
 results-refresh: $(STAMP)
@@ -163,6 +166,10 @@ results-lookahead: $(STAMP)
 	$(PY) benchmarks/lookahead_guards.py
 
 # The issue-17 renovation against the commit before it (a one-off proof; not in `results`).
+# A new user's first `make install` and `make run` in a fresh clone of HEAD (~20 min).
+results-clean-clone: $(STAMP)
+	$(PY) benchmarks/clean_clone.py
+
 # Run lanes: a daily refresh launched beside a retrain, through a real daemon (~8 min).
 results-concurrency: $(STAMP)
 	$(PY) benchmarks/concurrency.py --horizon 1w --job retrain_job --lead 20
