@@ -119,6 +119,10 @@ def launched(checkout: Path, home: Path, day: dt.date, launches: int) -> dict:
         CBI_HOME=str(home),
         CBI_SIM_END=day.isoformat(),
     )
+    # Create the instance's storage here, before the daemon starts: two processes initialising
+    # a fresh SQLite instance at once can both stamp its schema ("more than one head present").
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(instance_dir)))
+    instance.get_run_records(limit=1)
     log = (instance_dir / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-m", "cbi_platform.definitions"],
@@ -130,7 +134,6 @@ def launched(checkout: Path, home: Path, day: dt.date, launches: int) -> dict:
     )
     runs = []
     try:
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(instance_dir)))
         deadline = time.time() + 240
         while time.time() < deadline:
             beats = instance.get_daemon_heartbeats()
