@@ -4,8 +4,9 @@ simulator in a fresh `.cbi_home`), each with its wall time and CPU seconds.
 
 Usage: .venv/bin/python benchmarks/clean_clone.py [--ref HEAD] [--keep]
 The clone is made from this repository's committed `--ref` into a temporary folder (removed
-afterwards unless `--keep`). pip uses this machine's download cache when it has one (the file
-says whether it did): a machine that has never downloaded the wheels also pays the download.
+afterwards unless `--keep`). pip uses this machine's download cache and configuration (a local
+wheel mirror, find-links): the file records both, since a machine that has to download the
+wheels from PyPI also pays the download.
 Results: benchmarks/results/clean_clone.{md,json} with the machine, date and commit.
 """
 
@@ -60,7 +61,7 @@ def main() -> int:
     repo = work / "repo"
     log_path = work / "make.log"
     pip_cache = Path(os.environ.get("PIP_CACHE_DIR", Path.home() / ".cache" / "pip"))
-    env_note = {"pip_cache_present": pip_cache.exists()}
+    env_note: dict = {"pip_cache_present": pip_cache.exists(), "pip_config": []}
     stages: dict[str, dict] = {}
     try:
         subprocess.run(
@@ -70,6 +71,12 @@ def main() -> int:
         with log_path.open("w") as log:
             stages["make install"] = timed(["make", "install"], repo, log)
             if stages["make install"]["exit_code"] == 0:
+                # where pip took the wheels from (an index, a local mirror, find-links)
+                config = subprocess.run(
+                    [str(repo / ".venv" / "bin" / "pip"), "config", "list"],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                env_note["pip_config"] = config.stdout.strip().splitlines()
                 stages["make run"] = timed(["make", "run"], repo, log)
         tail = log_path.read_text(errors="replace").splitlines()[-40:]
     finally:
@@ -98,6 +105,7 @@ def main() -> int:
         for name, s in stages.items()
     )
     tail_text = "\n".join(tail)
+    pip_config = "; ".join(f"`{line}`" for line in env_note["pip_config"]) or "none"
     cache = "present (wheels not downloaded again)" if env_note["pip_cache_present"] else "absent"
     (out / "clean_clone.md").write_text(
         "# A clean clone's first `make run`\n\n"
@@ -106,7 +114,8 @@ def main() -> int:
         f"- command: `.venv/bin/python benchmarks/clean_clone.py --ref {args.ref}`: "
         f"`git clone` of commit `{commit}` into a new folder, then `make install` and "
         "`make run` there (a fresh `.venv` and `.cbi_home`)\n"
-        f"- pip's download cache on this machine: {cache}\n"
+        f"- pip's download cache on this machine: {cache}; pip's configuration (where it "
+        f"takes the wheels from): {pip_config}\n"
         f"- {'succeeded' if ok else 'FAILED'}: **{total_wall:.0f} s** wall in all, "
         f"{total_cpu:.0f} CPU seconds\n\n"
         "| stage | exit | wall (s) | CPU (s) | CPU / wall |\n|---|---|---|---|---|\n"
