@@ -107,7 +107,7 @@ results-neural: $(STAMP)
 results-neural-tuning: $(STAMP)
 	$(PY) benchmarks/neural_tuning.py
 
-# Daily origins on the simulator (daily_coverage_simulated, ~21 min) and on the real ZL.
+# Daily origins on the simulator (daily_coverage_simulated, ~7 min) and on the real ZL.
 results-coverage: $(STAMP)
 	$(PY) benchmarks/coverage_intervals.py
 	$(PY) benchmarks/daily_coverage.py
@@ -165,15 +165,15 @@ results-distributed: $(STAMP)
 results-lookahead: $(STAMP)
 	$(PY) benchmarks/lookahead_guards.py
 
-# The issue-17 renovation against the commit before it (a one-off proof; not in `results`).
-# A new user's first `make install` and `make run` in a fresh clone of HEAD (~20 min).
+# A new user's first `make install` and `make run` in a fresh clone of HEAD (~15 min).
 results-clean-clone: $(STAMP)
 	$(PY) benchmarks/clean_clone.py
 
-# Run lanes: a daily refresh launched beside a retrain, through a real daemon (~8 min).
+# Run lanes: a daily refresh launched beside a retrain, through a real daemon (~7 min).
 results-concurrency: $(STAMP)
 	$(PY) benchmarks/concurrency.py --horizon 1w --job retrain_job --lead 20
 
+# The issue-17 renovation against the commit before it (a one-off proof; not in `results`).
 results-equivalence: $(STAMP)
 	$(PY) benchmarks/refactor_equivalence.py --before 7fbe24a --after a9740c3 --repeat 3
 
