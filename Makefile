@@ -120,7 +120,8 @@ results-procurement: $(STAMP)
 	$(PY) benchmarks/procurement.py --home $(SIM_HOME) --label simulated
 	@if [ -d ../shared/data ]; then \
 	  DAGSTER_HOME= CBI_HOME=$(REAL_HOME) $(BIN)/cbi run --manifest $(SHARED) --horizons 1w 1m 3m && \
-	  $(PY) benchmarks/procurement.py --home $(REAL_HOME) --label shared_data; \
+	  $(PY) benchmarks/procurement.py --home $(REAL_HOME) --label shared_data && \
+	  $(PY) benchmarks/programme_backtest.py --repeat 3; \
 	else echo "results-procurement: ../shared/data absent, procurement_shared_data skipped"; fi
 
 # api_under_refresh works on a copy of the home (its launched refresh does not move it on).
