@@ -61,6 +61,18 @@ def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60.0) -> 
     raise RuntimeError("the server did not answer /health in time")
 
 
+async def _exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """Send one keep-alive HTTP/1.1 request and read its answer: (status, body)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
 async def _client(
     port: int, path: str, auth: str, claim, latencies: list[float], statuses: dict, errors: list
 ) -> None:
@@ -72,14 +84,7 @@ async def _client(
         while claim():
             started = time.perf_counter()
             try:
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
+                status, body = await _exchange(reader, writer, request)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 errors.append(repr(exc))
                 writer.close()

@@ -37,7 +37,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import machine_stamp, record_run  # noqa: E402
-from api_load import TARGET_P95_MS, _free_port, _percentile, _wait_ready  # noqa: E402
+from api_load import (  # noqa: E402
+    TARGET_P95_MS,
+    _exchange,
+    _free_port,
+    _percentile,
+    _wait_ready,
+)
 from refresh import FIRST_DAY, business_days, launched  # noqa: E402
 
 MAX_REQUESTS = 500_000  # a bound, whatever happens to the run
@@ -53,14 +59,7 @@ async def _client(port, path, auth, stop, samples, errors) -> None:
         while not stop.is_set() and len(samples) < MAX_REQUESTS:
             at, started = time.time(), time.perf_counter()
             try:
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
+                status, body = await _exchange(reader, writer, request)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 errors.append((at, repr(exc)))
                 writer.close()
