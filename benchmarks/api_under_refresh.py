@@ -137,17 +137,17 @@ def main() -> int:
             loader.join(timeout=60)
         load_ended = time.time()
         after = _get(port, args.path, key)
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(refresh["instance"]))
+        (record,) = instance.get_run_records()
+        run_start, run_end = record.start_time, record.end_time
+        shutil.rmtree(refresh["instance"], ignore_errors=True)
     finally:
         server.terminate()
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(refresh["instance"]))
-    (record,) = instance.get_run_records()
-    run_start, run_end = record.start_time, record.end_time
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(refresh["instance"], ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # the home's copy, also when the run failed
 
     writing = [s for s in samples if run_start <= s[0] <= run_end]
     window_errors = [e for e in errors if run_start <= e[0] <= run_end]
